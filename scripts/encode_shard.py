@@ -1,0 +1,19 @@
+"""Snakemake script for rule encode_shard: thin; the logic is neucodec_workflow.jobs.encode_shard_job."""
+
+from neucodec_workflow.jobs import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
+
+from neucodec_workflow.jobs import encode_shard_job  # noqa: E402
+
+encode_shard_job(
+    shard=snakemake.wildcards.shard,  # noqa: F821
+    tar=snakemake.input.tar,  # noqa: F821
+    metadata=snakemake.input.metadata,  # noqa: F821
+    tokens=snakemake.output.tokens,  # noqa: F821
+    report=snakemake.output.report,  # noqa: F821
+    codec=dict(snakemake.params.codec),  # noqa: F821
+    encode=dict(snakemake.params.encode),  # noqa: F821
+    columns=dict(snakemake.params.columns),  # noqa: F821
+    threads=snakemake.threads,  # noqa: F821
+)

@@ -1,0 +1,109 @@
+"""Stream FLAC members out of a shard's tar, decode, downmix, resample to 16 kHz, and classify.
+
+Every member ends as exactly one of: a ``Clip`` ready to encode, or a ``Reject`` with a reason.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+SAMPLE_RATE = 16_000
+HOP = 320  # samples per token at 16 kHz: tokens = n_samples // HOP
+
+
+class Reason:
+    """Reject reasons: the strings users see in reports and stats."""
+
+    DECODE_ERROR = "decode_error"
+    EMPTY = "empty_audio"
+    TOO_SHORT = "shorter_than_one_frame"
+    NON_FINITE = "non_finite_samples"
+    TOO_LONG = "longer_than_max_seconds"
+    NOT_IN_METADATA = "not_in_metadata"
+    MISSING_FROM_TAR = "missing_from_tar"
+    DUPLICATE_IN_TAR = "duplicate_in_tar"
+    DUPLICATE_IN_METADATA = "duplicate_in_metadata"
+    ENCODE_ERROR = "encode_error"
+
+
+@dataclass
+class Clip:
+    segment_id: str
+    member: str
+    audio: np.ndarray  # float32 mono 16 kHz
+    source_rate: int
+    source_channels: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.audio) // HOP
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+@dataclass
+class Reject:
+    segment_id: str
+    reason: str
+    detail: str = ""
+    member: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"segment_id": self.segment_id, "reason": self.reason, "detail": self.detail, "member": self.member}
+
+
+def segment_id_of(member_name: str) -> str:
+    """``a/b/seg-1.flac`` -> ``seg-1`` (members may sit in sub-folders of the tar)."""
+    return PurePosixPath(member_name).name[: -len(".flac")]
+
+
+def iter_flac_members(fileobj: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(member name, bytes)`` for each ``*.flac`` file, streaming (no seeking, nothing on disk)."""
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for info in tar:
+            if info.isfile() and info.name.lower().endswith(".flac"):
+                f = tar.extractfile(info)
+                assert f is not None
+                yield info.name, f.read()
+
+
+def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Downmix ``[frames, channels]`` by averaging channels, then resample to 16 kHz (torchaudio sinc)."""
+    mono = audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else audio.astype(np.float32)
+    if sample_rate == SAMPLE_RATE:
+        return np.ascontiguousarray(mono, dtype=np.float32)
+    return AF.resample(torch.from_numpy(np.ascontiguousarray(mono)), sample_rate, SAMPLE_RATE).numpy()
+
+
+def decode_member(segment_id: str, member: str, data: bytes, max_seconds: float) -> Clip | Reject:
+    """Decode one FLAC member and apply the per-segment checks."""
+    try:
+        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError on corrupt streams
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "FLAC member", str(exc))
+        return Reject(segment_id, Reason.DECODE_ERROR, f"{type(exc).__name__}: {detail}", member)
+    frames, channels = audio.shape
+    if frames == 0:
+        return Reject(segment_id, Reason.EMPTY, "0 samples", member)
+    if frames / rate > max_seconds:
+        return Reject(segment_id, Reason.TOO_LONG, f"{frames / rate:.1f} s > max_seconds {max_seconds:g}", member)
+    if not np.isfinite(audio).all():
+        bad = int((~np.isfinite(audio)).sum())
+        return Reject(segment_id, Reason.NON_FINITE, f"{bad} NaN/inf samples", member)
+    mono = to_mono_16k(audio, rate)
+    if len(mono) < HOP:
+        return Reject(segment_id, Reason.TOO_SHORT, f"{len(mono)} samples at 16 kHz < {HOP} (0 tokens)", member)
+    return Clip(segment_id, member, mono, rate, channels)
