@@ -90,8 +90,13 @@ def to_mono_16k(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 def decode_member(segment_id: str, member: str, data: bytes, max_seconds: float) -> Clip | Reject:
     """Decode one FLAC member and apply the per-segment checks."""
+    if not data:
+        return Reject(segment_id, Reason.EMPTY, "0 bytes", member)
     try:
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            rate = f.samplerate
+            # a stream that declares 0 frames cannot be seeked/read by libsndfile: it is empty
+            audio = f.read(dtype="float32", always_2d=True) if f.frames else np.zeros((0, f.channels), np.float32)
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError on corrupt streams
         detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "FLAC member", str(exc))
         return Reject(segment_id, Reason.DECODE_ERROR, f"{type(exc).__name__}: {detail}", member)

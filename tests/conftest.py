@@ -1,0 +1,77 @@
+"""Shared fixtures: seeded random weights (real architecture) saved once per run, tiny real shards."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from neucodec_workflow.codec import Codec, load_codec, save_random_checkpoint
+from neucodec_workflow.synth import Member, flac_bytes, speech_like, write_shard
+
+REPO = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch):
+    """Tests never reach the Hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def random_ckpt(tmp_path_factory) -> Path:
+    """Seeded, non-degenerate random weights as a checkpoint file, loaded like real weights."""
+    return save_random_checkpoint(tmp_path_factory.mktemp("weights") / "random-seed0.pt", seed=0)
+
+
+@pytest.fixture(scope="session")
+def codec(random_ckpt) -> Codec:
+    return load_codec(str(random_ckpt))
+
+
+def clip(seconds: float, sr: int = 16_000, seed: int = 0, channels: int = 1) -> np.ndarray:
+    audio = speech_like(seconds, sr, np.random.default_rng(seed))
+    return np.stack([audio, 0.5 * audio], axis=1) if channels == 2 else audio
+
+
+def float_wav_bytes(audio: np.ndarray, sr: int) -> bytes:
+    """A float WAV (can hold NaN/inf, unlike FLAC): a mislabelled member, as found in real corpora."""
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def simple_shard(root: Path, shard: str, durations: list[float], sr: int = 16_000, seed: int = 0, speaker: str = "spk") -> Path:
+    """A clean shard: one FLAC per duration, metadata with every standard column."""
+    members, rows = [], []
+    for i, d in enumerate(durations):
+        seg = f"{shard.replace('/', '_')}_{i:03d}"
+        members.append(Member(f"{seg}.flac", flac_bytes(clip(d, sr, seed + i), sr)))
+        rows.append({"segment_id": seg, "text": f"utterance {i}", "language": "en", "speaker": f"{speaker}{i % 2}",
+                     "duration": d, "dataset": "unit"})
+    return write_shard(root / shard, members, pd.DataFrame(rows))
+
+
+def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = None, check: bool = True,
+                  timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI on this repo's workflow with ``workdir`` as working directory."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(REPO / "config" / "config.yaml"), "--workflow-profile", str(REPO / "profiles" / "default"),
+           "--cores", "2", "--resources", "gpu=1", *args]
+    if config:
+        cmd += ["--config", *[f"{k}={v}" for k, v in config.items()]]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    return proc

@@ -1,0 +1,144 @@
+"""One shard end to end in the package: dirty input, accounting, the output contract."""
+
+import io
+import tarfile
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import clip, float_wav_bytes, simple_shard
+
+from neucodec_workflow.audio import Reason
+from neucodec_workflow.encode import ReferenceEncoder, reference_tokens
+from neucodec_workflow.shard import ShardError, encode_shard
+from neucodec_workflow.synth import Member, flac_bytes, write_shard
+from neucodec_workflow.tokens_io import read_provenance
+
+
+@pytest.fixture(scope="module")
+def dirty_shard(tmp_path_factory):
+    """Every kind of dirt the contract lists, next to clean segments of other rates and channel counts."""
+    good = {
+        "good_16k": (clip(0.6, 16_000, 1), 16_000),
+        "good_44k_stereo": (clip(0.5, 44_100, 2, channels=2), 44_100),
+        "sub/dir/nested_24k": (clip(0.4, 24_000, 3), 24_000),
+        "ünïcode_ид": (clip(0.3, 16_000, 4), 16_000),
+        "dup_in_tar": (clip(0.3, 16_000, 5), 16_000),
+    }
+    members = [Member(f"{k}.flac", flac_bytes(a, sr)) for k, (a, sr) in good.items()]
+    members += [
+        Member("dup_in_tar.flac", flac_bytes(clip(0.3, 16_000, 6), 16_000)),
+        Member("corrupt.flac", b"fLaC not really"),
+        Member("empty.flac", float_wav_bytes(np.zeros(0, np.float32), 16_000)),
+        Member("subframe.flac", flac_bytes(clip(0.01), 16_000)),
+        Member("nan.flac", float_wav_bytes(np.array([0.0, np.nan] * 4000, np.float32), 16_000)),
+        Member("too_long.flac", flac_bytes(clip(3.0, 8_000), 8_000)),
+        Member("orphan_in_tar.flac", flac_bytes(clip(0.3), 16_000)),
+        Member("dup_in_meta.flac", flac_bytes(clip(0.3), 16_000)),
+        Member("readme.txt", b"not audio"),
+    ]
+    ids = ["good_16k", "good_44k_stereo", "nested_24k", "ünïcode_ид", "dup_in_tar", "corrupt", "empty", "subframe",
+           "nan", "too_long", "dup_in_meta", "dup_in_meta", "only_in_metadata"]
+    meta = pd.DataFrame({"segment_id": ids, "text": [f"t{i}" for i in range(len(ids))]})
+    return write_shard(tmp_path_factory.mktemp("corpus") / "lang" / "shard-1", members, meta)
+
+
+@pytest.fixture(scope="module")
+def encoded(dirty_shard, codec):
+    out = dirty_shard / "neucodec_tokens.parquet"
+    report = encode_shard("lang/shard-1", dirty_shard / "audio.tar", dirty_shard / "metadata.parquet", out,
+                          ReferenceEncoder(codec), codec.provenance, max_seconds=2.0)
+    return report, out
+
+
+def test_every_segment_is_accounted_for(encoded):
+    report, _ = encoded
+    d = report.as_dict()
+    reasons = {r["segment_id"]: r["reason"] for r in d["rejected"] if r["segment_id"] != "dup_in_tar"}
+    assert reasons == {
+        "corrupt": Reason.DECODE_ERROR,
+        "empty": Reason.EMPTY,
+        "subframe": Reason.TOO_SHORT,
+        "nan": Reason.NON_FINITE,
+        "too_long": Reason.TOO_LONG,
+        "orphan_in_tar": Reason.NOT_IN_METADATA,
+        "dup_in_meta": Reason.DUPLICATE_IN_METADATA,
+        "only_in_metadata": Reason.MISSING_FROM_TAR,
+    }
+    assert [r["reason"] for r in d["rejected"] if r["segment_id"] == "dup_in_tar"] == [Reason.DUPLICATE_IN_TAR]
+    assert d["encoded"] == 5 and d["segments_in_tar"] == 13 and d["segments_in_metadata"] == 12
+    # each tar member + each metadata id without a member: one outcome each
+    assert d["encoded"] + d["rejected_count"] == d["segments"] == d["segments_in_tar"] + 1
+    assert d["resampled"] == 2 and d["downmixed"] == 1
+    # 0.6 s, 0.5 s, 0.4 s, 0.3 s, 0.3 s of audio at 50 tokens per second
+    assert d["tokens"] == 30 + 25 + 20 + 15 + 15
+
+
+def test_tokens_parquet_contract_and_reference_equality(encoded, dirty_shard, codec):
+    report, out = encoded
+    # the exact reading snippet from contracts.md
+    df = pd.read_parquet(out)
+    tokens = np.frombuffer(df.iloc[0].neucodec_tokens, dtype=np.uint16)
+    codes = torch.tensor(tokens, dtype=torch.long)[None, None]
+    assert codes.shape == (1, 1, df.iloc[0].token_count)
+    assert list(df.columns) == ["segment_id", "neucodec_tokens", "token_count"]
+    assert df.segment_id.tolist() == ["good_16k", "good_44k_stereo", "nested_24k", "ünïcode_ид", "dup_in_tar"]
+    assert (df.neucodec_tokens.map(len) // 2 == df.token_count).all()
+    # n_samples_16k // 320 on every row; first clip: 0.6 s at 16 kHz = 9600 samples -> 30 tokens
+    assert df.token_count.tolist()[0] == 30 and report.tokens == df.token_count.sum()
+    # tokens equal NeuCodec.encode_code on the same audio
+    from neucodec_workflow.audio import decode_member, iter_flac_members
+
+    with open(dirty_shard / "audio.tar", "rb") as f:
+        first = next(decode_member("good_16k", m, b, 60) for m, b in iter_flac_members(f) if m == "good_16k.flac")
+    np.testing.assert_array_equal(np.frombuffer(df.iloc[0].neucodec_tokens, "<u2"), reference_tokens(codec, first.audio))
+    prov = read_provenance(out)
+    assert prov["random_weights"] is True and prov["semantic_layers"] == 16 and prov["versions"]["neucodec"] == "0.0.6"
+
+
+def test_shard_without_valid_segment_fails_naming_it(tmp_path, codec):
+    shard = write_shard(tmp_path / "s", [Member("a.flac", b"garbage")], pd.DataFrame({"segment_id": ["a"]}))
+    with pytest.raises(ShardError, match=r"shard bad/one: no segment could be encoded \(\{'decode_error': 1\}\)"):
+        encode_shard("bad/one", shard / "audio.tar", shard / "metadata.parquet", shard / "neucodec_tokens.parquet",
+                     ReferenceEncoder(codec), {})
+    assert not (shard / "neucodec_tokens.parquet").exists()
+    assert not list(shard.glob(".*tmp*"))
+
+
+def test_unreadable_tar_fails_naming_shard(tmp_path, codec):
+    shard = simple_shard(tmp_path, "x/s1", [0.3])
+    (shard / "audio.tar").write_bytes(b"\x00" * 10 + b"definitely not a tar" * 100)
+    with pytest.raises(ShardError, match="shard x/s1: cannot read audio.tar"):
+        encode_shard("x/s1", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+
+
+def test_truncated_tar_fails_naming_shard(tmp_path, codec):
+    shard = simple_shard(tmp_path, "x/s2", [0.3, 0.3])
+    data = (shard / "audio.tar").read_bytes()
+    (shard / "audio.tar").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match="shard x/s2: cannot read audio.tar"):
+        encode_shard("x/s2", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+    assert not (shard / "out.parquet").exists()
+
+
+def test_unreadable_metadata_fails_naming_shard(tmp_path, codec):
+    shard = simple_shard(tmp_path, "x/s3", [0.3])
+    (shard / "metadata.parquet").write_bytes(b"PAR1 broken")
+    with pytest.raises(ShardError, match="shard x/s3: cannot read metadata.parquet"):
+        encode_shard("x/s3", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+
+
+def test_missing_id_column_fails_naming_shard(tmp_path, codec):
+    shard = simple_shard(tmp_path, "x/s4", [0.3])
+    pd.DataFrame({"id": ["x"]}).to_parquet(shard / "metadata.parquet")
+    with pytest.raises(ShardError, match="shard x/s4: cannot read metadata.parquet column 'segment_id'"):
+        encode_shard("x/s4", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+
+
+def test_tar_from_a_stream(tmp_path, codec):
+    shard = simple_shard(tmp_path, "x/s5", [0.4])
+    stream = io.BytesIO((shard / "audio.tar").read_bytes())
+    report = encode_shard("x/s5", stream, shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+    assert report.encoded == 1
+    assert tarfile.is_tarfile(shard / "audio.tar")
