@@ -22,5 +22,8 @@ rule all:
     """Every shard encoded, the SFT dataset assembled and the stats written."""
     default_target: True
     input:
+        # listed explicitly so that a deleted shard output is re-made even when the dataset is newer
+        tokens=all_of(TOKENS),
+        reports=all_reports(),
         sft=f"{OUTPUT}/sft_dataset",
         stats=f"{OUTPUT}/stats.json",

@@ -1,0 +1,139 @@
+"""The real Snakemake CLI on tiny real shards: end to end, dry-runs, reruns, failures, lint."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, run_snakemake, simple_shard
+
+from neucodec_workflow.audio import decode_member, iter_flac_members
+from neucodec_workflow.encode import reference_tokens
+
+pytestmark = pytest.mark.workflow
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    """The 'Job stats' table of a Snakemake run or dry-run."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stdout, re.M) if m.group(1) != "total"}
+
+
+def pending_shards(stdout: str) -> list[str]:
+    return sorted(set(re.findall(r"wildcards: shard=(\S+)", stdout)))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wf")
+    corpus = root / "corpus"
+    simple_shard(corpus, "en/shard-0", [0.7, 0.5], sr=16_000, seed=1, speaker="a")
+    simple_shard(corpus, "de/deep/shard-1", [0.6], sr=44_100, seed=7, speaker="b")
+    config = {"corpus": str(corpus), "output": str(root / "out"), "codec": json.dumps({"weights": "random"})}
+    return root, corpus, root / "out", config
+
+
+@pytest.fixture(scope="module")
+def first_run(project):
+    root, _, _, config = project
+    return run_snakemake(root, config=config)
+
+
+def test_end_to_end(project, first_run, codec):
+    root, corpus, out, _ = project
+    for shard in ("en/shard-0", "de/deep/shard-1"):
+        df = pd.read_parquet(corpus / shard / "neucodec_tokens.parquet")
+        report = json.loads((out / "shards" / f"{shard}.json").read_text())
+        assert report["encoded"] == len(df) and report["rejected_count"] == 0
+        assert report["codec"]["random_weights"] is True
+        assert (out / "logs" / "encode" / f"{shard}.log").exists() and (out / "benchmarks" / "encode" / f"{shard}.tsv").exists()
+        # workflow tokens == NeuCodec.encode_code on the same seeded weights
+        with open(corpus / shard / "audio.tar", "rb") as f:
+            for (member, data), row in zip(iter_flac_members(f), df.itertuples(), strict=True):
+                clip = decode_member(row.segment_id, member, data, 60)
+                np.testing.assert_array_equal(np.frombuffer(row.neucodec_tokens, "<u2"), reference_tokens(codec, clip.audio))
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["shards"] == 2 and stats["encoded"] == 3 and stats["segments"] == 3 and stats["random_weights"]
+    assert stats["tokens"] == 35 + 25 + 30
+    from datasets import load_dataset
+
+    assert len(load_dataset(str(out / "sft_dataset"), split="train")) == 3
+    assert "RANDOM" in (out / "logs" / "encode" / "en" / "shard-0.log").read_text()
+
+
+def test_rerun_after_success_does_nothing(project, first_run):
+    root, _, _, config = project
+    proc = run_snakemake(root, "-n", config=config)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_touching_scripts_and_rules_does_not_reencode(project, first_run):
+    root, _, _, config = project
+    for path in [*REPO.glob("scripts/*.py"), *REPO.glob("rules/*.smk"), REPO / "Snakefile"]:
+        path.touch()
+    proc = run_snakemake(root, "-n", config=config)
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_deleted_output_reruns_exactly_that_shard(project, first_run):
+    root, corpus, _, config = project
+    (corpus / "de/deep/shard-1" / "neucodec_tokens.parquet").unlink()
+    dry = run_snakemake(root, "-n", config=config)
+    assert job_counts(dry.stdout)["encode_shard"] == 1
+    assert pending_shards(dry.stdout) == ["de/deep/shard-1"]
+    run = run_snakemake(root, config=config)
+    assert job_counts(run.stdout)["encode_shard"] == 1
+    assert (corpus / "de/deep/shard-1" / "neucodec_tokens.parquet").exists()
+
+
+def test_injected_failure_then_rerun_only_missing(project, first_run):
+    root, corpus, out, config = project
+    bad = simple_shard(corpus, "fr/shard-2", [0.5], seed=11)
+    good_tar = (bad / "audio.tar").read_bytes()
+    (bad / "audio.tar").write_bytes(b"not a tar at all" * 64)
+    simple_shard(corpus, "fr/shard-3", [0.4], seed=12)
+    failed = run_snakemake(root, "--keep-going", config=config, check=False)
+    assert failed.returncode != 0
+    assert "shard fr/shard-2: cannot read audio.tar" in (out / "logs" / "encode" / "fr" / "shard-2.log").read_text()
+    assert not (bad / "neucodec_tokens.parquet").exists() and not (out / "shards" / "fr" / "shard-2.json").exists()
+    assert (corpus / "fr/shard-3" / "neucodec_tokens.parquet").exists()  # the other shard went on
+    (bad / "audio.tar").write_bytes(good_tar)
+    dry = run_snakemake(root, "-n", config=config)
+    assert pending_shards(dry.stdout) == ["fr/shard-2"]
+    run = run_snakemake(root, config=config)
+    assert job_counts(run.stdout)["encode_shard"] == 1
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["shards"] == 4 and stats["encoded"] == 5
+
+
+def test_config_errors_are_readable(project):
+    root, _, _, config = project
+    proc = run_snakemake(root, "-n", config={**config, "codec": json.dumps({"weights": "random", "device": "tpu"})}, check=False)
+    assert proc.returncode != 0 and "device" in proc.stdout + proc.stderr
+    empty = root / "empty"
+    empty.mkdir()
+    proc = run_snakemake(root, "-n", config={**config, "corpus": str(empty)}, check=False)
+    assert proc.returncode != 0 and "no shard" in proc.stdout + proc.stderr
+
+
+def test_lint_is_clean():
+    proc = run_snakemake(REPO, "--lint", check=False)
+    assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_demo_corpus_layout(tmp_path):
+    from neucodec_workflow.synth import DEMO_SHARDS, make_demo_corpus
+
+    make_demo_corpus(tmp_path, use_espeak=False)
+    for shard, _, sr, channels in DEMO_SHARDS:
+        meta = pd.read_parquet(tmp_path / shard / "metadata.parquet")
+        assert {"segment_id", "text", "language", "speaker", "duration", "dataset"} <= set(meta.columns)
+        with open(tmp_path / shard / "audio.tar", "rb") as f:
+            import io
+
+            import soundfile as sf
+
+            infos = [sf.info(io.BytesIO(d)) for m, d in iter_flac_members(f) if not m.startswith("broken")]
+        assert {(i.samplerate, i.channels) for i in infos} == {(sr, channels)}
+    shutil.rmtree(tmp_path)
