@@ -80,10 +80,10 @@ def test_deleted_output_reruns_exactly_that_shard(project, first_run):
     root, corpus, _, config = project
     (corpus / "de/deep/shard-1" / "neucodec_tokens.parquet").unlink()
     dry = run_snakemake(root, "-n", config=config)
-    assert job_counts(dry.stdout)["encode_shard"] == 1
-    assert pending_shards(dry.stdout) == ["de/deep/shard-1"]
+    assert job_counts(dry.stdout + dry.stderr)["encode_shard"] == 1
+    assert pending_shards(dry.stdout + dry.stderr) == ["de/deep/shard-1"]
     run = run_snakemake(root, config=config)
-    assert job_counts(run.stdout)["encode_shard"] == 1
+    assert job_counts(run.stdout + run.stderr)["encode_shard"] == 1
     assert (corpus / "de/deep/shard-1" / "neucodec_tokens.parquet").exists()
 
 
@@ -100,9 +100,9 @@ def test_injected_failure_then_rerun_only_missing(project, first_run):
     assert (corpus / "fr/shard-3" / "neucodec_tokens.parquet").exists()  # the other shard went on
     (bad / "audio.tar").write_bytes(good_tar)
     dry = run_snakemake(root, "-n", config=config)
-    assert pending_shards(dry.stdout) == ["fr/shard-2"]
+    assert pending_shards(dry.stdout + dry.stderr) == ["fr/shard-2"]
     run = run_snakemake(root, config=config)
-    assert job_counts(run.stdout)["encode_shard"] == 1
+    assert job_counts(run.stdout + run.stderr)["encode_shard"] == 1
     stats = json.loads((out / "stats.json").read_text())
     assert stats["shards"] == 4 and stats["encoded"] == 5
 

@@ -28,6 +28,11 @@ def setup_logging(log_file: str | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
     logging.captureWarnings(True)
 
+    def log_uncaught(kind, value, tb):  # the failure reason lands in the rule's log, not only on stderr
+        log.error("job failed: %s", value, exc_info=(kind, value, tb))
+
+    sys.excepthook = log_uncaught
+
 
 def pick_device(requested: str) -> str:
     import torch
