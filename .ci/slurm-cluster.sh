@@ -31,9 +31,9 @@ install() {
   command -v apt-get >/dev/null || cannot "SLURM/munge are not installed and there is no apt-get"
   export DEBIAN_FRONTEND=noninteractive
   # The cached package lists usually suffice; update them only when that fails. Bounded: a broken mirror fails, not hangs.
-  timeout 300 apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null 2>&1 ||
-    { timeout 300 apt-get update -qq >/dev/null 2>&1 &&
-      timeout 300 apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null 2>&1; } ||
+  timeout 200 apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null 2>&1 ||
+    { timeout 200 apt-get update -qq >/dev/null 2>&1 &&
+      timeout 200 apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null 2>&1; } ||
     cannot "apt-get install ${PACKAGES[*]} failed"
   have_binaries || cannot "packages installed but binaries missing"
 }

@@ -51,7 +51,7 @@ def cluster(tmp_path_factory):
         pytest.skip("the test SLURM cluster runs its daemons as root (CI runs as root)")
     state = tmp_path_factory.mktemp("slurm")
     t0 = time.monotonic()
-    proc = cluster_cmd("start", state, timeout=600)  # apt-get on a fresh machine is bounded inside the script
+    proc = cluster_cmd("start", state, timeout=700)  # apt-get is bounded inside the script (3 x 200 s)
     if proc.returncode == 77:
         pytest.skip(f"no SLURM test cluster here: {proc.stderr.strip()}")
     if proc.returncode != 0:
