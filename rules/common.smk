@@ -28,3 +28,13 @@ def all_of(name):
 
 def all_reports():
     return [f"{OUTPUT}/shards/{s}.json" for s in SHARDS]
+
+
+def encode_runtime(wildcards, input, attempt):
+    """Minutes of wall time for one encode_shard job, from the size of its audio.tar and the attempt.
+
+    20 min for start-up (model load, staging) plus 1 min per 25 MB of FLAC: a shard of ~28 h of 16 kHz
+    speech (~1.9 GB) gets ~96 min, about twice what it needs at 40x real time on one GPU. A retry gets
+    twice (then three times) as long. Override per site in the profile (set-resources).
+    """
+    return int(attempt * (20 + input.size_mb / 25))

@@ -18,6 +18,7 @@ rule encode_shard:
     resources:
         gpu=1,
         mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        runtime=encode_runtime,
     conda:
         "../envs/encode.yaml"
     script:

@@ -54,6 +54,7 @@ def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report
 
     torch.set_num_threads(max(1, threads))
     device = pick_device(codec.get("device", "auto"))
+    log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device, os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
     loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=device)
     if loaded.is_random:
         log.warning(RANDOM_BANNER)
