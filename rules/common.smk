@@ -38,3 +38,7 @@ def encode_runtime(wildcards, input, attempt):
     twice (then three times) as long. Override per site in the profile (set-resources).
     """
     return int(attempt * (20 + input.size_mb / 25))
+
+
+def audit_targets():
+    return [f"{OUTPUT}/audit/{s}.json" for s in (config["audit"]["shards"] or SHARDS)]

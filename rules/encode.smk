@@ -23,3 +23,32 @@ rule encode_shard:
         "../envs/encode.yaml"
     script:
         "../scripts/encode_shard.py"
+
+
+rule audit_shard:
+    """Re-encode a sample of a shard's stored segments with the reference path; report token agreement."""
+    input:
+        tar=shard_path("{shard}", TAR),
+        tokens=shard_path("{shard}", TOKENS),
+    output:
+        audit=f"{OUTPUT}/audit/{{shard}}.json",
+    log:
+        f"{OUTPUT}/logs/audit/{{shard}}.log",
+    params:
+        codec=config["codec"],
+        segments=config["audit"]["segments"],
+        max_seconds=config["encode"]["max_seconds"],
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+    conda:
+        "../envs/encode.yaml"
+    script:
+        "../scripts/audit_shard.py"
+
+
+rule audit:
+    """Target: the fidelity audit over audit.shards (all shards when empty): snakemake audit."""
+    input:
+        audits=audit_targets(),

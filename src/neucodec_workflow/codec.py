@@ -11,6 +11,7 @@ touches them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -58,10 +59,11 @@ class Codec:
         return next(self.model.parameters()).device
 
 
-def build_neucodec(semantic_layers: int = SEMANTIC_LAYERS) -> nn.Module:
+def build_neucodec(semantic_layers: int = SEMANTIC_LAYERS, *, init: bool = True) -> nn.Module:
     """The NeuCodec module tree exactly as ``NeuCodec.__init__`` builds it, minus the Hub calls.
 
-    Parameters hold torch's default random init; load weights before use.
+    ``init=True``: torch's default random init. ``init=False``: the large modules are allocated but
+    not initialised (built on the meta device, ~10 s faster); only for loading a checkpoint over it.
     """
     from neucodec.codec_decoder_vocos import CodecDecoderVocos
     from neucodec.codec_encoder import CodecEncoder
@@ -73,9 +75,12 @@ def build_neucodec(semantic_layers: int = SEMANTIC_LAYERS) -> nn.Module:
     nn.Module.__init__(model)
     model.sample_rate = 24_000
     model.hop_length = 480
-    # Wav2Vec2BertConfig() defaults equal facebook/w2v-bert-2.0 for every value the forward uses.
-    config = Wav2Vec2BertConfig(num_hidden_layers=semantic_layers, output_hidden_states=True)
-    model.semantic_model = Wav2Vec2BertModel(config)
+    with torch.device("meta") if not init else contextlib.nullcontext():
+        # Wav2Vec2BertConfig() defaults equal facebook/w2v-bert-2.0 for every value the forward uses.
+        config = Wav2Vec2BertConfig(num_hidden_layers=semantic_layers, output_hidden_states=True)
+        model.semantic_model = Wav2Vec2BertModel(config)
+        model.SemanticEncoder_module = SemanticEncoder(1024, 1024, 1024)
+        model.CodecEnc = CodecEncoder()
     model.feature_extractor = SeamlessM4TFeatureExtractor(
         feature_size=80,
         num_mel_bins=80,
@@ -85,11 +90,12 @@ def build_neucodec(semantic_layers: int = SEMANTIC_LAYERS) -> nn.Module:
         return_attention_mask=True,
         padding_side="right",
     )
-    model.SemanticEncoder_module = SemanticEncoder(1024, 1024, 1024)
-    model.CodecEnc = CodecEncoder()
-    model.generator = CodecDecoderVocos(hop_length=model.hop_length)
+    model.generator = CodecDecoderVocos(hop_length=model.hop_length)  # FSQ computes buffers at init: never meta
     model.fc_prior = nn.Linear(2048, 2048)
     model.fc_post_a = nn.Linear(2048, 1024)
+    if not init:
+        for module in (model.semantic_model, model.SemanticEncoder_module, model.CodecEnc):
+            module.to_empty(device="cpu")
     return model.eval()
 
 
@@ -271,7 +277,7 @@ def load_codec(weights: str, *, seed: int = 0, semantic_layers: int = SEMANTIC_L
         provenance.update(codec_id="random", revision=None, random_weights=True, seed=seed)
         missing: list[str] = []
     else:
-        model = build_neucodec(semantic_layers)
+        model = build_neucodec(semantic_layers, init=False)
         if weights in HUB_IDS:
             revision = os.environ.get("NEUCODEC_REVISION") or None
             path, revision = _hub_checkpoint(weights, revision)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -34,37 +33,53 @@ def setup_logging(log_file: str | None) -> None:
     sys.excepthook = log_uncaught
 
 
-def pick_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"codec.device={requested} but no CUDA device is visible (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
-    return requested
-
-
 def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report: str, codec: dict[str, Any],
                      encode: dict[str, Any], columns: dict[str, Any], threads: int) -> None:
     import torch
 
     from neucodec_workflow.codec import load_codec
-    from neucodec_workflow.encode import ReferenceEncoder
-    from neucodec_workflow.shard import encode_shard, write_report
+    from neucodec_workflow.device import pick_device
+    from neucodec_workflow.encode import reference_tokens
+    from neucodec_workflow.engine import Engine, EngineConfig
+    from neucodec_workflow.shard import encode_shard, read_metadata_ids, write_report
 
+    read_metadata_ids(shard, metadata, columns.get("segment_id", "segment_id"))  # fail fast, before the model loads
     torch.set_num_threads(max(1, threads))
     device = pick_device(codec.get("device", "auto"))
-    log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device, os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
+    log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
+             os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
     loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=device)
     if loaded.is_random:
         log.warning(RANDOM_BANNER)
-    id_column = columns.get("segment_id", "segment_id")
-    result = encode_shard(shard, tar, metadata, tokens, ReferenceEncoder(loaded), loaded.provenance,
-                          id_column=id_column, max_seconds=float(encode["max_seconds"]))
+    engine = Engine(loaded, EngineConfig(mode=encode.get("mode", "exact"), batch_seconds=float(encode.get("batch_seconds", 120))))
+    provenance = {**loaded.provenance, "mode": engine.config.mode}
+    if engine.config.mode == "fast":
+        provenance["precision"] = "bf16 autocast + tf32 (fc_prior and quantizer fp32)"
+    result = encode_shard(shard, tar, metadata, tokens, engine, provenance,
+                          id_column=columns.get("segment_id", "segment_id"), max_seconds=float(encode["max_seconds"]),
+                          decode_workers=int(encode.get("decode_workers", 2)),
+                          reference=lambda audio: reference_tokens(loaded, audio), audit_segments=int(encode.get("audit_segments", 0)))
     write_report(report, result)
     d = result.as_dict()
-    log.info("shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s",
-             shard, d["encoded"], d["rejected_count"], d["audio_seconds"], d["tokens"], d["audio_seconds_per_wall_second"], device)
+    log.info("shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)",
+             shard, d["encoded"], d["rejected_count"], d["audio_seconds"], d["tokens"], d["audio_seconds_per_wall_second"], device, engine.name)
+
+
+def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, Any], segments: int, max_seconds: float, threads: int) -> None:
+    import torch
+
+    from neucodec_workflow.codec import load_codec
+    from neucodec_workflow.device import pick_device
+    from neucodec_workflow.encode import exact_numerics, reference_tokens
+    from neucodec_workflow.shard import audit_stored, write_json
+
+    torch.set_num_threads(max(1, threads))
+    exact_numerics()
+    loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=pick_device(codec.get("device", "auto")))
+    result = audit_stored(shard, tar, tokens, lambda audio: reference_tokens(loaded, audio), segments, max_seconds)
+    result["reference_codec"] = loaded.provenance
+    write_json(out, result)
+    log.info("audit of shard %s: %d segments, token agreement %s", shard, result["segments"], result["token_agreement"])
 
 
 def assemble_job(*, shards: list[str], tokens: list[str], metadata: list[str], out_dir: str, columns: dict[str, Any], sft: dict[str, Any]) -> None:
@@ -78,13 +93,11 @@ def assemble_job(*, shards: list[str], tokens: list[str], metadata: list[str], o
 
 
 def stats_job(*, reports: list[str], sft_dir: str, out: str) -> None:
+    from neucodec_workflow.shard import write_json
     from neucodec_workflow.stats import corpus_stats, load_reports
-    from neucodec_workflow.tokens_io import atomic_path
 
     stats = corpus_stats(load_reports(reports), sft_dir)
-    tmp = atomic_path(Path(out))
-    tmp.write_text(json.dumps(stats, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_json(out, stats)
     if stats["random_weights"]:
         log.warning(RANDOM_BANNER)
     log.info("%d shards, %d segments (%d encoded, %d rejected), %.3f h, %d tokens", stats["shards"], stats["segments"],

@@ -7,12 +7,13 @@ segment, and each ends either encoded or rejected with a reason, so that
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +22,9 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from neucodec_workflow.audio import SAMPLE_RATE, Clip, Reason, Reject, decode_member, iter_flac_members, segment_id_of
+from neucodec_workflow.audio import SAMPLE_RATE, Clip, Reason, Reject, decode_member, iter_flac_members, ordered_map, segment_id_of
 from neucodec_workflow.encode import Encoder
-from neucodec_workflow.tokens_io import atomic_path, write_tokens
+from neucodec_workflow.tokens_io import NoRowsError, atomic_path, read_provenance, write_tokens
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class ShardReport:
     downmixed: int = 0
     codec: dict[str, Any] = field(default_factory=dict)
     encoder: str = ""
+    audit: dict[str, Any] | None = None
 
     @property
     def segments(self) -> int:
@@ -86,6 +88,40 @@ def _open_tar(shard: str, tar: str | Path | BinaryIO) -> Iterator[BinaryIO]:
         yield f
 
 
+def audit_pick(segment_id: str, wanted: int, total: int) -> bool:
+    """Deterministic sample of about ``wanted`` of ``total`` segments, by a hash of the id."""
+    if wanted <= 0 or total <= 0:
+        return False
+    h = int.from_bytes(hashlib.sha256(segment_id.encode()).digest()[:8], "big") / 2**64
+    return h < wanted / total
+
+
+@dataclass
+class Audit:
+    """Token agreement of the engine with the reference path on a sample of segments."""
+
+    segments: int = 0
+    identical_segments: int = 0
+    tokens: int = 0
+    matching_tokens: int = 0
+    mismatched: list[str] = field(default_factory=list)
+
+    def add(self, segment_id: str, tokens: np.ndarray, reference: np.ndarray) -> None:
+        n = max(len(tokens), len(reference))
+        same = int((tokens[: len(reference)] == reference[: len(tokens)]).sum())
+        self.segments += 1
+        self.tokens += n
+        self.matching_tokens += same
+        if same == n:
+            self.identical_segments += 1
+        else:
+            self.mismatched.append(segment_id)
+
+    def as_dict(self) -> dict[str, Any]:
+        agreement = self.matching_tokens / self.tokens if self.tokens else None
+        return {**self.__dict__, "mismatched": self.mismatched[:20], "token_agreement": agreement}
+
+
 def encode_shard(
     shard: str,
     tar: str | Path | BinaryIO,
@@ -96,8 +132,15 @@ def encode_shard(
     *,
     id_column: str = "segment_id",
     max_seconds: float = 120.0,
+    decode_workers: int = 1,
+    reference: Callable[[np.ndarray], np.ndarray] | None = None,
+    audit_segments: int = 0,
 ) -> ShardReport:
-    """Encode every valid segment of one shard; write the tokens parquet atomically; return the report."""
+    """Encode every valid segment of one shard; stream the tokens parquet (published atomically).
+
+    With ``reference`` and ``audit_segments > 0``, a deterministic sample of segments is also
+    encoded with the reference path and the agreement goes into the report.
+    """
     start = time.perf_counter()
     report = ShardReport(shard=shard, codec=provenance, encoder=encoder.name)
     ids = read_metadata_ids(shard, metadata, id_column)
@@ -107,8 +150,10 @@ def encode_shard(
     known = set(ids)
     seen: set[str] = set()
     rejects: list[Reject] = []
+    audit = Audit()
 
-    def clips() -> Iterator[Clip]:
+    def members() -> Iterator[tuple[str, str, bytes]]:
+        """Stream the tar (this thread) and settle id-level outcomes; yield what needs decoding."""
         with _open_tar(shard, tar) as f:
             try:
                 for member, data in iter_flac_members(f):
@@ -123,45 +168,78 @@ def encode_shard(
                     elif seg in duplicated_meta:
                         rejects.append(Reject(seg, Reason.DUPLICATE_IN_METADATA, f"{counts[seg]} metadata rows", member))
                     else:
-                        result = decode_member(seg, member, data, max_seconds)
-                        if isinstance(result, Reject):
-                            rejects.append(result)
-                        else:
-                            yield result
+                        yield seg, member, data
             except Exception as exc:  # tarfile.ReadError, truncated streams, network errors
-                if isinstance(exc, ShardError):
-                    raise
                 raise ShardError(shard, f"cannot read audio.tar after {report.segments_in_tar} members: {type(exc).__name__}: {exc}") from exc
 
-    rows: list[tuple[str, np.ndarray]] = []
-    for clip, tokens in encoder.encode(clips()):
-        if isinstance(tokens, Exception):
-            rejects.append(Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member))
-            continue
-        rows.append((clip.segment_id, tokens))
-        report.audio_seconds += len(clip.audio) / SAMPLE_RATE
-        report.tokens += len(tokens)
-        report.resampled += clip.source_rate != SAMPLE_RATE
-        report.downmixed += clip.source_channels > 1
+    def clips() -> Iterator[Clip]:
+        decode = lambda item: decode_member(item[0], item[1], item[2], max_seconds)  # noqa: E731
+        for result in ordered_map(decode, members(), decode_workers, ahead=4 * decode_workers):
+            if isinstance(result, Reject):
+                rejects.append(result)
+            else:
+                yield result
+
+    def rows() -> Iterator[tuple[str, np.ndarray]]:
+        for clip, tokens in encoder.encode(clips()):
+            if isinstance(tokens, Exception):
+                rejects.append(Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member))
+                continue
+            if reference is not None and audit.segments < audit_segments and audit_pick(clip.segment_id, audit_segments, len(known)):
+                audit.add(clip.segment_id, tokens, reference(clip.audio))
+            report.encoded += 1
+            report.audio_seconds += len(clip.audio) / SAMPLE_RATE
+            report.tokens += len(tokens)
+            report.resampled += clip.source_rate != SAMPLE_RATE
+            report.downmixed += clip.source_channels > 1
+            yield clip.segment_id, tokens
+
+    try:
+        write_tokens(tokens_path, rows(), provenance)
+        nothing = False
+    except NoRowsError:
+        nothing = True
     for seg in sorted(known - seen):
         rejects.append(Reject(seg, Reason.MISSING_FROM_TAR, "id in metadata.parquet, no FLAC member in audio.tar"))
-
-    report.encoded = len(rows)
     report.rejected = [r.as_dict() for r in rejects]
-    report.wall_seconds = time.perf_counter() - start
     for r in rejects:
         log.warning("shard %s: segment %s rejected: %s %s", shard, r.segment_id, r.reason, r.detail)
-    if not rows:
+    if nothing:
         summary = dict(Counter(r.reason for r in rejects)) or "no FLAC members and no metadata rows"
         raise ShardError(shard, f"no segment could be encoded ({summary})")
-    write_tokens(tokens_path, rows, provenance)
+    if reference is not None and audit_segments > 0:
+        report.audit = audit.as_dict()
+        log.info("shard %s: audit of %d segments: token agreement %s", shard, audit.segments, report.audit["token_agreement"])
     report.wall_seconds = time.perf_counter() - start
     return report
 
 
-def write_report(path: str | Path, report: ShardReport) -> None:
+def audit_stored(shard: str, tar: str | Path | BinaryIO, tokens_path: str | Path, reference: Callable[[np.ndarray], np.ndarray],
+                 segments: int, max_seconds: float = 120.0) -> dict[str, Any]:
+    """Re-encode a deterministic sample of a shard's stored segments with the reference path and
+    compare with the tokens on disk: the audit users run on their own weights and data."""
+    stored = pd.read_parquet(tokens_path)
+    tokens = dict(zip(stored["segment_id"], stored["neucodec_tokens"], strict=True))
+    audit = Audit()
+    with _open_tar(shard, tar) as f:
+        for member, data in iter_flac_members(f):
+            seg = segment_id_of(member)
+            if audit.segments >= segments:
+                break
+            if seg in tokens and audit_pick(seg, segments, len(tokens)):
+                clip = decode_member(seg, member, data, max_seconds)
+                if isinstance(clip, Clip):
+                    audit.add(seg, np.frombuffer(tokens.pop(seg), "<u2"), reference(clip.audio))
+    return {"shard": shard, "stored": str(Path(tokens_path).name), "provenance": read_provenance(tokens_path), **audit.as_dict()}
+
+
+def write_json(path: str | Path, data: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
-    tmp.write_text(json.dumps(report.as_dict(), indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def write_report(path: str | Path, report: ShardReport) -> None:
+    write_json(path, report.as_dict())

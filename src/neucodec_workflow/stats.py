@@ -34,6 +34,7 @@ def corpus_stats(reports: list[dict[str, Any]], sft_dir: str | Path) -> dict[str
         "encode_wall_seconds": wall,
         "audio_seconds_per_wall_second": audio / wall if wall else 0.0,
         "random_weights": any(r["codec"].get("random_weights") for r in reports),
+        "audit": audit_totals(reports),
     }
     groups: dict[str, dict[str, dict[str, float]]] = {"language": defaultdict(lambda: defaultdict(float)), "dataset": defaultdict(lambda: defaultdict(float))}
     splits: Counter[str] = Counter()
@@ -53,3 +54,17 @@ def corpus_stats(reports: list[dict[str, Any]], sft_dir: str | Path) -> dict[str
     stats["per_dataset"] = {k: dict(v) for k, v in sorted(groups["dataset"].items())}
     stats["sft_rows_per_split"] = dict(splits)
     return stats
+
+
+def audit_totals(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Overall token agreement of the engine with the reference on the audited samples."""
+    audits = [(r["shard"], r["audit"]) for r in reports if r.get("audit")]
+    tokens = sum(a["tokens"] for _, a in audits)
+    matching = sum(a["matching_tokens"] for _, a in audits)
+    return {
+        "shards": len(audits),
+        "segments": sum(a["segments"] for _, a in audits),
+        "tokens": tokens,
+        "token_agreement": matching / tokens if tokens else None,
+        "shards_below_1": sorted(s for s, a in audits if a["token_agreement"] is not None and a["token_agreement"] < 1),
+    }

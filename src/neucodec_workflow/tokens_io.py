@@ -21,27 +21,49 @@ def atomic_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def write_tokens(path: str | Path, rows: Iterable[tuple[str, np.ndarray]], provenance: dict[str, Any]) -> int:
-    """Write ``(segment_id, uint16 tokens)`` rows with provenance in the key-value metadata; returns rows."""
+class NoRowsError(ValueError):
+    """Nothing to write: an empty tokens file is never published."""
+
+
+def write_tokens(path: str | Path, rows: Iterable[tuple[str, np.ndarray]], provenance: dict[str, Any], *,
+                 rows_per_group: int = 2048) -> int:
+    """Stream ``(segment_id, uint16 tokens)`` rows into the parquet as they come (a row group per
+    ``rows_per_group``), provenance in the key-value metadata; renamed into place only when complete.
+    Returns the number of rows; raises ``NoRowsError`` (publishing nothing) when there are none.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ids, blobs, counts = [], [], []
-    for segment_id, tokens in rows:
-        tokens = np.asarray(tokens)
-        if tokens.min(initial=0) < 0 or tokens.max(initial=0) > 0xFFFF:
-            raise ValueError(f"segment {segment_id}: token out of uint16 range")
-        ids.append(segment_id)
-        blobs.append(np.asarray(tokens, "<u2").tobytes())
-        counts.append(len(tokens))
     schema = SCHEMA.with_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()})
-    table = pa.table([ids, blobs, pa.array(counts, pa.int32())], schema=schema)
     tmp = atomic_path(path)
+    written = 0
     try:
-        pq.write_table(table, tmp, compression="zstd")
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            ids: list[str] = []
+            blobs: list[bytes] = []
+            counts: list[int] = []
+
+            def flush() -> None:
+                writer.write_table(pa.table([ids, blobs, pa.array(counts, pa.int32())], schema=schema))
+                ids.clear(), blobs.clear(), counts.clear()
+
+            for segment_id, tokens in rows:
+                tokens = np.asarray(tokens)
+                if tokens.min(initial=0) < 0 or tokens.max(initial=0) > 0xFFFF:
+                    raise ValueError(f"segment {segment_id}: token out of uint16 range")
+                ids.append(segment_id)
+                blobs.append(np.asarray(tokens, "<u2").tobytes())
+                counts.append(len(tokens))
+                written += 1
+                if len(ids) >= rows_per_group:
+                    flush()
+            if ids:
+                flush()
+        if not written:
+            raise NoRowsError(f"no rows for {path.name}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return len(ids)
+    return written
 
 
 def read_provenance(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,18 @@
+"""Snakemake script for rule audit_shard: thin; the logic is neucodec_workflow.shard.audit_stored."""
+
+from neucodec_workflow.jobs import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
+
+from neucodec_workflow.jobs import audit_job  # noqa: E402
+
+audit_job(
+    shard=snakemake.wildcards.shard,  # noqa: F821
+    tar=snakemake.input.tar,  # noqa: F821
+    tokens=snakemake.input.tokens,  # noqa: F821
+    out=snakemake.output.audit,  # noqa: F821
+    codec=dict(snakemake.params.codec),  # noqa: F821
+    segments=int(snakemake.params.segments),  # noqa: F821
+    max_seconds=float(snakemake.params.max_seconds),  # noqa: F821
+    threads=snakemake.threads,  # noqa: F821
+)
