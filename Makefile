@@ -33,8 +33,12 @@ test: setup
 	$(VENV)/bin/pytest
 
 lint: setup
-	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts benchmarks
+	$(PY) -c "from pathlib import Path; from neucodec_workflow.synth import make_demo_corpus as m; p = Path('demo/corpus'); p.exists() or m(p, use_espeak=False)"
 	$(VENV)/bin/snakemake --lint
+
+bench: setup
+	$(PY) benchmarks/encoder.py $(BENCH_ARGS)
 
 clean-demo:
 	rm -rf demo/ .snakemake/

@@ -65,9 +65,9 @@ def simple_shard(root: Path, shard: str, durations: list[float], sr: int = 16_00
 def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = None, check: bool = True,
                   timeout: float = 900) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI on this repo's workflow with ``workdir`` as working directory."""
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(REPO / "config" / "config.yaml"), "--workflow-profile", str(REPO / "profiles" / "default"),
-           "--cores", "2", "--resources", "gpu=1", *args]
+           "--cores", "2", "--resources", "gpu=1"]
     if config:
         cmd += ["--config", *[f"{k}={v}" for k, v in config.items()]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

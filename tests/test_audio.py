@@ -9,7 +9,16 @@ import torch
 import torchaudio.functional as AF
 from conftest import clip, float_wav_bytes
 
-from neucodec_workflow.audio import HOP, Clip, Reason, Reject, decode_member, iter_flac_members, segment_id_of, to_mono_16k
+from neucodec_workflow.audio import (
+    HOP,
+    Clip,
+    Reason,
+    Reject,
+    decode_member,
+    iter_flac_members,
+    segment_id_of,
+    to_mono_16k,
+)
 from neucodec_workflow.synth import flac_bytes
 
 

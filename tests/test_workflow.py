@@ -55,6 +55,7 @@ def test_end_to_end(project, first_run, codec):
                 np.testing.assert_array_equal(np.frombuffer(row.neucodec_tokens, "<u2"), reference_tokens(codec, clip.audio))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["shards"] == 2 and stats["encoded"] == 3 and stats["segments"] == 3 and stats["random_weights"]
+    assert stats["audit"]["token_agreement"] == 1.0 and stats["audit"]["segments"] >= 1  # exact mode vs encode_code
     assert stats["tokens"] == 35 + 25 + 30
     from datasets import load_dataset
 
@@ -107,6 +108,13 @@ def test_injected_failure_then_rerun_only_missing(project, first_run):
     assert stats["shards"] == 4 and stats["encoded"] == 5
 
 
+def test_audit_target(project, first_run):
+    root, _, out, config = project
+    run_snakemake(root, "audit", config={**config, "audit": json.dumps({"shards": ["en/shard-0"], "segments": 2})})
+    audit = json.loads((out / "audit" / "en" / "shard-0.json").read_text())
+    assert audit["segments"] == 2 and audit["token_agreement"] == 1.0 and audit["mismatched"] == []
+
+
 def test_config_errors_are_readable(project):
     root, _, _, config = project
     proc = run_snakemake(root, "-n", config={**config, "codec": json.dumps({"weights": "random", "device": "tpu"})}, check=False)
@@ -117,8 +125,9 @@ def test_config_errors_are_readable(project):
     assert proc.returncode != 0 and "no shard" in proc.stdout + proc.stderr
 
 
-def test_lint_is_clean():
-    proc = run_snakemake(REPO, "--lint", check=False)
+def test_lint_is_clean(project):
+    root, _, _, config = project
+    proc = run_snakemake(root, "--lint", config=config, check=False)
     assert proc.returncode == 0 and "Congratulations" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 

@@ -22,7 +22,16 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from neucodec_workflow.audio import SAMPLE_RATE, Clip, Reason, Reject, decode_member, iter_flac_members, ordered_map, segment_id_of
+from neucodec_workflow.audio import (
+    SAMPLE_RATE,
+    Clip,
+    Reason,
+    Reject,
+    decode_member,
+    iter_flac_members,
+    ordered_map,
+    segment_id_of,
+)
 from neucodec_workflow.encode import Encoder
 from neucodec_workflow.tokens_io import NoRowsError, atomic_path, read_provenance, write_tokens
 
