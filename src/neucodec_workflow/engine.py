@@ -32,6 +32,7 @@ from neucodec_workflow.fbank import TorchFbank
 
 log = logging.getLogger(__name__)
 MODES = ("exact", "fast")
+MAX_PAD_RATIO = 1.15  # a batch's longest clip is at most 15 % longer than its shortest
 
 
 @dataclass
@@ -102,12 +103,13 @@ class Engine:
         return tokens
 
     def _batches(self, clips: list[Clip]) -> Iterator[list[Clip]]:
-        """Length-sorted batches whose padded size stays within ``batch_seconds``."""
+        """Length-sorted batches whose padded size stays within ``batch_seconds`` and whose shortest
+        clip is at least ``1 / MAX_PAD_RATIO`` of the longest (padding is wasted compute)."""
         budget = self.config.batch_seconds * 16_000
         batch: list[Clip] = []
         for clip in sorted(clips, key=lambda c: len(c.audio)):
             longest = len(clip.audio) + HOP
-            if batch and longest * (len(batch) + 1) > budget:
+            if batch and (longest * (len(batch) + 1) > budget or longest > MAX_PAD_RATIO * (len(batch[0].audio) + HOP)):
                 yield batch
                 batch = []
             batch.append(clip)
