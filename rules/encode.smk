@@ -1,16 +1,19 @@
 rule encode_shard:
     """Encode one shard's audio.tar into neucodec_tokens.parquet and a report of every segment."""
     input:
+        # In S3: tracked (existence, mtime) but not downloaded; the job streams them (bounded disk).
+        tar=shard_file("{shard}", TAR, retrieve=False),
+        metadata=shard_file("{shard}", METADATA, retrieve=False),
+    output:
+        tokens=shard_file("{shard}", TOKENS),
+        report=output_file("shards/{shard}.json"),
+    log:
+        f"{LOCAL}/logs/encode/{{shard}}.log",
+    benchmark:
+        f"{LOCAL}/benchmarks/encode/{{shard}}.tsv"
+    params:
         tar=shard_path("{shard}", TAR),
         metadata=shard_path("{shard}", METADATA),
-    output:
-        tokens=shard_path("{shard}", TOKENS),
-        report=f"{OUTPUT}/shards/{{shard}}.json",
-    log:
-        f"{OUTPUT}/logs/encode/{{shard}}.log",
-    benchmark:
-        f"{OUTPUT}/benchmarks/encode/{{shard}}.tsv"
-    params:
         codec=config["codec"],
         encode=config["encode"],
         columns=config["columns"],
