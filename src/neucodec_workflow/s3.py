@@ -37,6 +37,8 @@ SETTING_NAMES = ("endpoint_url", "region", "access_key", "secret_key", "token")
 ENV_PREFIX = "SNAKEMAKE_STORAGE_S3_"
 #: Set to 1 (the tests do) to make a missing endpoint an error instead of a fallback to AWS.
 REQUIRE_ENDPOINT_ENV = "NEUCODEC_S3_REQUIRE_ENDPOINT"
+#: Set to 1 to leave the plugin unpatched (to measure the stock behaviour in benchmarks/s3_requests.py).
+STOCK_ENV = "NEUCODEC_S3_STOCK_PLUGIN"
 
 
 class S3Error(RuntimeError):
@@ -377,6 +379,9 @@ def activate(plugin_settings: Any, roots: list[str]) -> Inventory:
     settings = S3Settings.from_plugin(plugin_settings)
     settings.export_to_env()
     inv = _ACTIVE if _ACTIVE is not None and sorted({split_url(r) for r in roots}) == _ACTIVE.roots else Inventory(settings, roots)
+    if os.environ.get(STOCK_ENV) == "1":
+        log.warning("%s=1: the S3 storage plugin runs unpatched (one request per question; benchmarks only)", STOCK_ENV)
+        return inv
     install_plugin_patches(inv)
     return inv
 
