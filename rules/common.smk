@@ -1,4 +1,6 @@
 # Helpers shared by the rules: config validation, shard discovery, paths (local or S3 through the storage plugin).
+import os
+
 from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
@@ -61,6 +63,23 @@ def local_corpus_files(name):
 
 def all_reports(retrieve=True):
     return [output_file(f"shards/{s}.json", retrieve) for s in SHARDS]
+
+
+def _exists(path):
+    return S3_INVENTORY.exists(*s3.split_url(path)) if s3.is_s3(path) else os.path.exists(path)
+
+
+def tokens_targets():
+    """Token files that the default target requests. Local corpus: all of them. S3 corpus: only those whose report exists but whose
+    object is gone (re-made); the others come with their reports. A pending job that lists a storage file keeps its
+    local copy until the end of the run, so listing every token file would pile them up on local disk."""
+    if not s3.is_s3(CORPUS):
+        return all_of(TOKENS)
+    return [
+        shard_file(s, TOKENS)
+        for s in SHARDS
+        if _exists(f"{OUTPUT}/shards/{s}.json") and not _exists(shard_path(s, TOKENS))
+    ]
 
 
 def encode_runtime(wildcards, input, attempt):

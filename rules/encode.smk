@@ -12,8 +12,9 @@ rule encode_shard:
     benchmark:
         f"{LOCAL}/benchmarks/encode/{{shard}}.tsv"
     params:
-        tar=shard_path("{shard}", TAR),
-        metadata=shard_path("{shard}", METADATA),
+        # what the job opens: a local path, or an s3:// URL it streams
+        tar=lambda wildcards: shard_path(wildcards.shard, TAR),
+        metadata=lambda wildcards: shard_path(wildcards.shard, METADATA),
         codec=config["codec"],
         encode=config["encode"],
         columns=config["columns"],

@@ -51,10 +51,9 @@ def client(server: Any) -> Any:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from neucodec_workflow.codec import save_random_checkpoint
-
-    return save_random_checkpoint(tmp_path_factory.mktemp("codec") / "random_seed0.pt", seed=0)
+def checkpoint(random_ckpt: Path) -> Path:
+    """Seeded random weights of the real architecture, saved once per session (conftest.py)."""
+    return random_ckpt
 
 
 def s3_env(endpoint: str, home: Path) -> dict[str, str]:
@@ -264,7 +263,7 @@ def test_sigkill_mid_encode_then_rerun(server: Any, client: Any, checkpoint: Pat
             assert_tokens_valid(client, key, 2.0)  # whatever exists is complete
     unlock = run(snakemake_args(tmp_path, prefix, checkpoint, "--unlock"), env)
     assert unlock.returncode == 0, unlock.stderr[-3000:]
-    r = run(snakemake_args(tmp_path, prefix, checkpoint), env)
+    r = run(snakemake_args(tmp_path, prefix, checkpoint, "--until", "encode_shard"), env)
     assert r.returncode == 0, r.stderr[-3000:]
     for s in shards:
         assert_tokens_valid(client, f"{prefix}/{s}/neucodec_tokens.parquet", 2.0)
