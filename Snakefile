@@ -25,5 +25,5 @@ rule all:
         # listed explicitly so that a deleted shard output is re-made even when the dataset is newer
         tokens=tokens_targets(),
         reports=all_reports(),
-        sft=output_file("sft_dataset"),
+        sft=SFT_DIR,
         stats=output_file("stats.json"),

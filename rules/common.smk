@@ -15,8 +15,10 @@ validate(config, schema="../config/config.schema.yaml")
 
 CORPUS = config["corpus"].rstrip("/")
 OUTPUT = config["output"].rstrip("/")
-# Logs and benchmarks always stay on local disk (the plugin would otherwise upload each one).
+# Logs and benchmarks always stay on local disk (the plugin would otherwise upload each one), and so does the SFT
+# dataset: Snakemake cannot track a directory() in storage, and its file names are known only once it is written.
 LOCAL = config["local_dir"].rstrip("/") if s3.is_s3(OUTPUT) else OUTPUT
+SFT_DIR = f"{LOCAL}/sft_dataset"
 
 # S3 corpus/output: one listing of these prefixes per run answers every exists/mtime/size question of the storage
 # plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.

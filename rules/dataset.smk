@@ -7,7 +7,7 @@ rule assemble_sft:
         tokens=local_corpus_files(TOKENS),
         metadata=local_corpus_files(METADATA),
     output:
-        sft=directory(output_file("sft_dataset")),
+        sft=directory(SFT_DIR),
     log:
         f"{LOCAL}/logs/assemble_sft.log",
     params:
@@ -28,7 +28,7 @@ rule corpus_stats:
     """Corpus totals, per-language and per-dataset numbers, rejects by reason."""
     input:
         reports=all_reports(),
-        sft=output_file("sft_dataset"),
+        sft=SFT_DIR,
     output:
         stats=output_file("stats.json"),
     log:

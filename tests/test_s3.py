@@ -176,7 +176,10 @@ def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NEUCODEC_S3_REQUIRE_ENDPOINT", "1")
     with pytest.raises(S3Error, match="refusing to use AWS"):
         S3Settings(access_key="x", secret_key="y").client()
-    assert SECRET not in repr(S3Settings(endpoint_url="http://127.0.0.1:1", access_key=ACCESS_KEY, secret_key=SECRET))
+    settings = S3Settings(endpoint_url="http://127.0.0.1:1", access_key=ACCESS_KEY, secret_key=SECRET)
+    assert SECRET not in repr(settings)
+    config = settings.client().meta.config  # the same checksum settings the plugin forces process-wide
+    assert (config.request_checksum_calculation, config.response_checksum_validation) == ("when_required", "when_required")
 
 
 def test_dry_run_requests_and_pending_list(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
@@ -239,6 +242,10 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
     assert_tokens_valid(client, tokens[2])
     assert (tmp_path / "out/sft_dataset/README.md").exists() and (tmp_path / "out/stats.json").exists()
     assert not list((tmp_path / ".snakemake/storage").rglob("*.parquet")), "local copies of tokens left behind"
+
+    client.delete_object(Bucket=BUCKET, Key=tokens[0])  # a deleted output is re-made, though its report exists
+    dry2 = run(snakemake_args(tmp_path, prefix, checkpoint, "-n"), env)
+    assert dry2.returncode == 0 and PENDING.findall(dry2.stdout) == ["en/shard-0"], dry2.stdout[-3000:]
     assert_no_secret(tmp_path, r.stdout, r.stderr, dry.stdout, r2.stdout, r2.stderr, client=client, prefix=prefix)
 
 
