@@ -95,4 +95,4 @@ def encode_runtime(wildcards, input, attempt):
 
 
 def audit_targets():
-    return [f"{OUTPUT}/audit/{s}.json" for s in (config["audit"]["shards"] or SHARDS)]
+    return [output_file(f"audit/{s}.json") for s in (config["audit"]["shards"] or SHARDS)]

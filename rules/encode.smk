@@ -32,13 +32,16 @@ rule encode_shard:
 rule audit_shard:
     """Re-encode a sample of a shard's stored segments with the reference path; report token agreement."""
     input:
-        tar=shard_path("{shard}", TAR),
-        tokens=shard_path("{shard}", TOKENS),
+        tar=shard_file("{shard}", TAR, retrieve=False),
+        tokens=shard_file("{shard}", TOKENS, retrieve=False),
     output:
-        audit=f"{OUTPUT}/audit/{{shard}}.json",
+        audit=output_file("audit/{shard}.json"),
     log:
-        f"{OUTPUT}/logs/audit/{{shard}}.log",
+        f"{LOCAL}/logs/audit/{{shard}}.log",
     params:
+        # what the job opens: a local path, or an s3:// URL (tar streamed, tokens fetched)
+        tar=lambda wildcards: shard_path(wildcards.shard, TAR),
+        tokens=lambda wildcards: shard_path(wildcards.shard, TOKENS),
         codec=config["codec"],
         segments=config["audit"]["segments"],
         max_seconds=config["encode"]["max_seconds"],

@@ -75,12 +75,14 @@ def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, A
     from neucodec_workflow.codec import load_codec
     from neucodec_workflow.device import pick_device
     from neucodec_workflow.encode import exact_numerics, reference_tokens
+    from neucodec_workflow.s3 import local_copy, open_source
     from neucodec_workflow.shard import audit_stored, write_json
 
     torch.set_num_threads(max(1, threads))
     exact_numerics()
     loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=pick_device(codec.get("device", "auto")))
-    result = audit_stored(shard, tar, tokens, lambda audio: reference_tokens(loaded, audio), segments, max_seconds)
+    with open_source(tar) as tar_in, local_copy(tokens) as tokens_path:  # s3://: tar streamed, tokens fetched
+        result = audit_stored(shard, tar_in, tokens_path, lambda audio: reference_tokens(loaded, audio), segments, max_seconds)
     result["reference_codec"] = loaded.provenance
     write_json(out, result)
     log.info("audit of shard %s: %d segments, token agreement %s", shard, result["segments"], result["token_agreement"])

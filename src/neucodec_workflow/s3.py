@@ -487,6 +487,21 @@ def open_source(path: str, *, seekable: bool = False) -> Iterator[str | BinaryIO
         stream.close()
 
 
+@contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """A local path unchanged, or an ``s3://`` object downloaded to a temporary file (removed afterwards)."""
+    if not is_s3(path):
+        yield path
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="neucodec-s3-") as tmp:
+        local = os.path.join(tmp, split_url(path)[1].rsplit("/", 1)[-1])
+        with open(local, "wb") as f:
+            f.write(read_bytes(path))
+        yield local
+
+
 class OneAtATime:
     """``reader(url_or_path)`` for the SFT assembly: local paths unchanged; S3 objects fetched into memory,
     keeping only the most recent one (each shard's tokens are read twice: rows, then provenance)."""
