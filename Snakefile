@@ -23,7 +23,7 @@ rule all:
     default_target: True
     input:
         # listed explicitly so that a deleted shard output is re-made even when the dataset is newer
-        tokens=all_of(TOKENS),
+        tokens=tokens_targets(),
         reports=all_reports(),
-        sft=f"{OUTPUT}/sft_dataset",
-        stats=f"{OUTPUT}/stats.json",
+        sft=SFT_DIR,
+        stats=output_file("stats.json"),

@@ -1,6 +1,10 @@
-# Helpers shared by the rules: config validation, shard discovery, paths.
+# Helpers shared by the rules: config validation, shard discovery, paths (local or S3 through the storage plugin).
+import os
+
+from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
+from neucodec_workflow import s3
 from neucodec_workflow.shards import METADATA, TAR, TOKENS, shard_list
 
 
@@ -11,23 +15,73 @@ validate(config, schema="../config/config.schema.yaml")
 
 CORPUS = config["corpus"].rstrip("/")
 OUTPUT = config["output"].rstrip("/")
-SHARDS = shard_list(CORPUS, config.get("shards"), config.get("shards_file"))
+# Logs and benchmarks always stay on local disk (the plugin would otherwise upload each one), and so does the SFT
+# dataset: Snakemake cannot track a directory() in storage, and its file names are known only once it is written.
+LOCAL = config["local_dir"].rstrip("/") if s3.is_s3(OUTPUT) else OUTPUT
+SFT_DIR = f"{LOCAL}/sft_dataset"
+
+# S3 corpus/output: one listing of these prefixes per run answers every exists/mtime/size question of the storage
+# plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.
+S3_ROOTS = [p for p in (CORPUS, OUTPUT) if s3.is_s3(p)]
+S3_INVENTORY = (
+    s3.activate(get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider.settings, S3_ROOTS)
+    if S3_ROOTS
+    else None
+)
+SHARDS = shard_list(CORPUS, config.get("shards"), config.get("shards_file"), inventory=S3_INVENTORY)
 
 
 wildcard_constraints:
     shard=r"[^.][^\s]*",
 
 
+def tracked(path, retrieve=True):
+    """A file target: an s3:// URL through the storage plugin (retrieve=False: tracked, never downloaded)."""
+    return storage.s3(path, retrieve=retrieve) if s3.is_s3(path) else path
+
+
 def shard_path(shard, name):
+    """Where a shard's file lives: a local path or an s3:// URL (what jobs read and stream)."""
     return f"{CORPUS}/{shard}/{name}"
+
+
+def shard_file(shard, name, retrieve=True):
+    return tracked(shard_path(shard, name), retrieve)
+
+
+def output_file(name, retrieve=True):
+    return tracked(f"{OUTPUT}/{name}", retrieve)
 
 
 def all_of(name):
     return [shard_path(s, name) for s in SHARDS]
 
 
-def all_reports():
-    return [f"{OUTPUT}/shards/{s}.json" for s in SHARDS]
+def local_corpus_files(name):
+    """Every shard's file as a tracked input when the corpus is local; none when it is in S3 (jobs read the
+    bucket one shard at a time, and the reports carry the dependency)."""
+    return [] if s3.is_s3(CORPUS) else all_of(name)
+
+
+def all_reports(retrieve=True):
+    return [output_file(f"shards/{s}.json", retrieve) for s in SHARDS]
+
+
+def _exists(path):
+    return S3_INVENTORY.exists(*s3.split_url(path)) if s3.is_s3(path) else os.path.exists(path)
+
+
+def tokens_targets():
+    """Token files that the default target requests. Local corpus: all of them. S3 corpus: only those whose report exists but whose
+    object is gone (re-made); the others come with their reports. A pending job that lists a storage file keeps its
+    local copy until the end of the run, so listing every token file would pile them up on local disk."""
+    if not s3.is_s3(CORPUS):
+        return all_of(TOKENS)
+    return [
+        shard_file(s, TOKENS)
+        for s in SHARDS
+        if _exists(f"{OUTPUT}/shards/{s}.json") and not _exists(shard_path(s, TOKENS))
+    ]
 
 
 def encode_runtime(wildcards, input, attempt):
@@ -41,4 +95,4 @@ def encode_runtime(wildcards, input, attempt):
 
 
 def audit_targets():
-    return [f"{OUTPUT}/audit/{s}.json" for s in (config["audit"]["shards"] or SHARDS)]
+    return [output_file(f"audit/{s}.json") for s in (config["audit"]["shards"] or SHARDS)]

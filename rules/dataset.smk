@@ -1,14 +1,19 @@
 rule assemble_sft:
     """Join every shard's tokens with its metadata into the Hugging Face SFT dataset, one shard at a time."""
     input:
-        tokens=all_of(TOKENS),
-        metadata=all_of(METADATA),
+        # The reports come from the same jobs as the tokens; with an S3 corpus the tokens and metadata are read
+        # from the bucket one shard at a time instead of being downloaded (and kept) up front.
+        reports=all_reports(retrieve=False),
+        tokens=local_corpus_files(TOKENS),
+        metadata=local_corpus_files(METADATA),
     output:
-        sft=directory(f"{OUTPUT}/sft_dataset"),
+        sft=directory(SFT_DIR),
     log:
-        f"{OUTPUT}/logs/assemble_sft.log",
+        f"{LOCAL}/logs/assemble_sft.log",
     params:
         shards=SHARDS,
+        tokens=all_of(TOKENS),
+        metadata=all_of(METADATA),
         columns=config["columns"],
         sft=config["sft"],
     resources:
@@ -23,11 +28,11 @@ rule corpus_stats:
     """Corpus totals, per-language and per-dataset numbers, rejects by reason."""
     input:
         reports=all_reports(),
-        sft=f"{OUTPUT}/sft_dataset",
+        sft=SFT_DIR,
     output:
-        stats=f"{OUTPUT}/stats.json",
+        stats=output_file("stats.json"),
     log:
-        f"{OUTPUT}/logs/corpus_stats.log",
+        f"{LOCAL}/logs/corpus_stats.log",
     conda:
         "../envs/dataset.yaml"
     script:

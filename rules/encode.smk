@@ -1,16 +1,20 @@
 rule encode_shard:
     """Encode one shard's audio.tar into neucodec_tokens.parquet and a report of every segment."""
     input:
-        tar=shard_path("{shard}", TAR),
-        metadata=shard_path("{shard}", METADATA),
+        # In S3: tracked (existence, mtime) but not downloaded; the job streams them (bounded disk).
+        tar=shard_file("{shard}", TAR, retrieve=False),
+        metadata=shard_file("{shard}", METADATA, retrieve=False),
     output:
-        tokens=shard_path("{shard}", TOKENS),
-        report=f"{OUTPUT}/shards/{{shard}}.json",
+        tokens=shard_file("{shard}", TOKENS),
+        report=output_file("shards/{shard}.json"),
     log:
-        f"{OUTPUT}/logs/encode/{{shard}}.log",
+        f"{LOCAL}/logs/encode/{{shard}}.log",
     benchmark:
-        f"{OUTPUT}/benchmarks/encode/{{shard}}.tsv"
+        f"{LOCAL}/benchmarks/encode/{{shard}}.tsv"
     params:
+        # what the job opens: a local path, or an s3:// URL it streams
+        tar=lambda wildcards: shard_path(wildcards.shard, TAR),
+        metadata=lambda wildcards: shard_path(wildcards.shard, METADATA),
         codec=config["codec"],
         encode=config["encode"],
         columns=config["columns"],
@@ -28,13 +32,16 @@ rule encode_shard:
 rule audit_shard:
     """Re-encode a sample of a shard's stored segments with the reference path; report token agreement."""
     input:
-        tar=shard_path("{shard}", TAR),
-        tokens=shard_path("{shard}", TOKENS),
+        tar=shard_file("{shard}", TAR, retrieve=False),
+        tokens=shard_file("{shard}", TOKENS, retrieve=False),
     output:
-        audit=f"{OUTPUT}/audit/{{shard}}.json",
+        audit=output_file("audit/{shard}.json"),
     log:
-        f"{OUTPUT}/logs/audit/{{shard}}.log",
+        f"{LOCAL}/logs/audit/{{shard}}.log",
     params:
+        # what the job opens: a local path, or an s3:// URL (tar streamed, tokens fetched)
+        tar=lambda wildcards: shard_path(wildcards.shard, TAR),
+        tokens=lambda wildcards: shard_path(wildcards.shard, TOKENS),
         codec=config["codec"],
         segments=config["audit"]["segments"],
         max_seconds=config["encode"]["max_seconds"],

@@ -8,8 +8,8 @@ from neucodec_workflow.jobs import assemble_job  # noqa: E402
 
 assemble_job(
     shards=list(snakemake.params.shards),  # noqa: F821
-    tokens=list(snakemake.input.tokens),  # noqa: F821
-    metadata=list(snakemake.input.metadata),  # noqa: F821
+    tokens=list(snakemake.params.tokens),  # noqa: F821 (paths, or s3:// URLs read one at a time)
+    metadata=list(snakemake.params.metadata),  # noqa: F821
     out_dir=snakemake.output.sft,  # noqa: F821
     columns=dict(snakemake.params.columns),  # noqa: F821
     sft=dict(snakemake.params.sft),  # noqa: F821

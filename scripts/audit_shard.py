@@ -8,8 +8,8 @@ from neucodec_workflow.jobs import audit_job  # noqa: E402
 
 audit_job(
     shard=snakemake.wildcards.shard,  # noqa: F821
-    tar=snakemake.input.tar,  # noqa: F821
-    tokens=snakemake.input.tokens,  # noqa: F821
+    tar=snakemake.params.tar,  # noqa: F821 (a path, or an s3:// URL)
+    tokens=snakemake.params.tokens,  # noqa: F821
     out=snakemake.output.audit,  # noqa: F821
     codec=dict(snakemake.params.codec),  # noqa: F821
     segments=int(snakemake.params.segments),  # noqa: F821

@@ -8,8 +8,8 @@ from neucodec_workflow.jobs import encode_shard_job  # noqa: E402
 
 encode_shard_job(
     shard=snakemake.wildcards.shard,  # noqa: F821
-    tar=snakemake.input.tar,  # noqa: F821
-    metadata=snakemake.input.metadata,  # noqa: F821
+    tar=snakemake.params.tar,  # noqa: F821 (a path, or an s3:// URL that is streamed)
+    metadata=snakemake.params.metadata,  # noqa: F821
     tokens=snakemake.output.tokens,  # noqa: F821
     report=snakemake.output.report,  # noqa: F821
     codec=dict(snakemake.params.codec),  # noqa: F821

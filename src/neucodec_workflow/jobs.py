@@ -41,24 +41,28 @@ def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report
     from neucodec_workflow.device import pick_device
     from neucodec_workflow.encode import reference_tokens
     from neucodec_workflow.engine import Engine, EngineConfig
+    from neucodec_workflow.s3 import open_source
     from neucodec_workflow.shard import encode_shard, read_metadata_ids, write_report
 
-    read_metadata_ids(shard, metadata, columns.get("segment_id", "segment_id"))  # fail fast, before the model loads
-    torch.set_num_threads(max(1, threads))
-    device = pick_device(codec.get("device", "auto"))
-    log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
-             os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
-    loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=device)
-    if loaded.is_random:
-        log.warning(RANDOM_BANNER)
-    engine = Engine(loaded, EngineConfig(mode=encode.get("mode", "exact"), batch_seconds=float(encode.get("batch_seconds", 120))))
-    provenance = {**loaded.provenance, "mode": engine.config.mode}
-    if engine.config.mode == "fast":
-        provenance["precision"] = "bf16 autocast + tf32 (fc_prior and quantizer fp32)"
-    result = encode_shard(shard, tar, metadata, tokens, engine, provenance,
-                          id_column=columns.get("segment_id", "segment_id"), max_seconds=float(encode["max_seconds"]),
-                          decode_workers=int(encode.get("decode_workers", 2)),
-                          reference=lambda audio: reference_tokens(loaded, audio), audit_segments=int(encode.get("audit_segments", 0)))
+    with open_source(tar) as tar_in, open_source(metadata, seekable=True) as metadata_in:  # s3:// is streamed
+        read_metadata_ids(shard, metadata_in, columns.get("segment_id", "segment_id"))  # fail fast, before the model loads
+        if not isinstance(metadata_in, str):
+            metadata_in.seek(0)
+        torch.set_num_threads(max(1, threads))
+        device = pick_device(codec.get("device", "auto"))
+        log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
+                 os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
+        loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=device)
+        if loaded.is_random:
+            log.warning(RANDOM_BANNER)
+        engine = Engine(loaded, EngineConfig(mode=encode.get("mode", "exact"), batch_seconds=float(encode.get("batch_seconds", 120))))
+        provenance = {**loaded.provenance, "mode": engine.config.mode}
+        if engine.config.mode == "fast":
+            provenance["precision"] = "bf16 autocast + tf32 (fc_prior and quantizer fp32)"
+        result = encode_shard(shard, tar_in, metadata_in, tokens, engine, provenance,
+                              id_column=columns.get("segment_id", "segment_id"), max_seconds=float(encode["max_seconds"]),
+                              decode_workers=int(encode.get("decode_workers", 2)),
+                              reference=lambda audio: reference_tokens(loaded, audio), audit_segments=int(encode.get("audit_segments", 0)))
     write_report(report, result)
     d = result.as_dict()
     log.info("shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)",
@@ -71,22 +75,26 @@ def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, A
     from neucodec_workflow.codec import load_codec
     from neucodec_workflow.device import pick_device
     from neucodec_workflow.encode import exact_numerics, reference_tokens
+    from neucodec_workflow.s3 import local_copy, open_source
     from neucodec_workflow.shard import audit_stored, write_json
 
     torch.set_num_threads(max(1, threads))
     exact_numerics()
     loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=pick_device(codec.get("device", "auto")))
-    result = audit_stored(shard, tar, tokens, lambda audio: reference_tokens(loaded, audio), segments, max_seconds)
+    with open_source(tar) as tar_in, local_copy(tokens) as tokens_path:  # s3://: tar streamed, tokens fetched
+        result = audit_stored(shard, tar_in, tokens_path, lambda audio: reference_tokens(loaded, audio), segments, max_seconds)
     result["reference_codec"] = loaded.provenance
     write_json(out, result)
     log.info("audit of shard %s: %d segments, token agreement %s", shard, result["segments"], result["token_agreement"])
 
 
 def assemble_job(*, shards: list[str], tokens: list[str], metadata: list[str], out_dir: str, columns: dict[str, Any], sft: dict[str, Any]) -> None:
+    from neucodec_workflow.s3 import OneAtATime
     from neucodec_workflow.sft import assemble_sft
 
     tokens_of, metadata_of = dict(zip(shards, tokens, strict=True)), dict(zip(shards, metadata, strict=True))
-    summary = assemble_sft(shards, tokens_of.__getitem__, metadata_of.__getitem__, out_dir, columns,
+    read_tokens, read_metadata = OneAtATime(), OneAtATime()  # s3:// objects: fetched one shard at a time
+    summary = assemble_sft(shards, lambda s: read_tokens(tokens_of[s]), lambda s: read_metadata(metadata_of[s]), out_dir, columns,
                            validation_fraction=float(sft["validation_fraction"]), target_file_mb=float(sft["target_file_mb"]),
                            rows_per_row_group=int(sft["rows_per_row_group"]))
     log.info("SFT dataset: %s", summary)

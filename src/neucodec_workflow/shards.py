@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from neucodec_workflow.s3 import Inventory
 
 TAR = "audio.tar"
 METADATA = "metadata.parquet"
@@ -36,13 +40,29 @@ def discover_local(corpus: str | Path) -> list[str]:
     return sorted(p.parent.relative_to(root).as_posix() for p in root.rglob(TAR) if p.is_file() and p.parent != root)
 
 
-def shard_list(corpus: str, shards: list[str] | None = None, shards_file: str | None = None) -> list[str]:
-    """The shards to process: ``shards`` (config list), else ``shards_file`` (one per line), else discovery."""
+def discover_s3(corpus: str, inventory: Inventory) -> list[str]:
+    """Shard prefixes under ``s3://bucket/prefix`` with an ``audio.tar``, from the run's one listing; sorted."""
+    from neucodec_workflow.s3 import split_url
+
+    bucket, prefix = split_url(corpus)
+    start = len(prefix) + 1 if prefix else 0
+    suffix = "/" + TAR
+    return sorted(key[start : -len(suffix)] for key in inventory.keys(bucket, prefix) if key.endswith(suffix) and len(key) > start + len(suffix))
+
+
+def shard_list(corpus: str, shards: list[str] | None = None, shards_file: str | None = None, inventory: Inventory | None = None) -> list[str]:
+    """The shards to process: ``shards`` (config list), else ``shards_file`` (one per line), else discovery
+    (a directory walk, or for an ``s3://`` corpus the ``inventory`` listing)."""
     if shards:
         return _clean(list(shards))
     if shards_file:
         return _clean(Path(shards_file).read_text().splitlines())
-    found = discover_local(corpus)
+    if corpus.startswith("s3://"):
+        if inventory is None:
+            raise ShardListError(f"corpus {corpus} is in S3: discovery needs the run's S3 inventory")
+        found = discover_s3(corpus, inventory)
+    else:
+        found = discover_local(corpus)
     if not found:
         raise ShardListError(f"no shard (a directory holding {TAR}) under corpus {corpus}")
     return found
