@@ -44,14 +44,14 @@ def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report
     from neucodec_workflow.s3 import open_source
     from neucodec_workflow.shard import encode_shard, read_metadata_ids, write_report
 
+    torch.set_num_threads(max(1, threads))
+    device = pick_device(codec.get("device", "auto"))
+    log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
+             os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
     with open_source(tar) as tar_in, open_source(metadata, seekable=True) as metadata_in:  # s3:// is streamed
         read_metadata_ids(shard, metadata_in, columns.get("segment_id", "segment_id"))  # fail fast, before the model loads
         if not isinstance(metadata_in, str):
             metadata_in.seek(0)
-        torch.set_num_threads(max(1, threads))
-        device = pick_device(codec.get("device", "auto"))
-        log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
-                 os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
         loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=device)
         if loaded.is_random:
             log.warning(RANDOM_BANNER)
