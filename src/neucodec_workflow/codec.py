@@ -151,7 +151,7 @@ def _hub_checkpoint(repo_id: str, revision: str | None) -> tuple[Path, str | Non
     return path, snapshot.group(1) if snapshot else revision
 
 
-def _w2v_bert_state_dict(semantic_layers: int) -> dict[str, torch.Tensor]:
+def _w2v_bert_state_dict() -> dict[str, torch.Tensor]:
     """The pretrained w2v-bert-2.0 weights, as upstream's NeuCodec.__init__ takes them from the Hub."""
     from transformers import Wav2Vec2BertModel
 
@@ -289,7 +289,7 @@ def load_codec(weights: str, *, seed: int = 0, semantic_layers: int = SEMANTIC_L
             provenance.update(codec_id=f"checkpoint:{path.name}", revision=None)  # no machine paths in outputs
         state, meta = _read_state_dict(path)
         if not any(k.startswith("semantic_model.") for k in state):
-            state = {**state, **_w2v_bert_state_dict(semantic_layers)}
+            state = {**state, **_w2v_bert_state_dict()}
             provenance["semantic_weights"] = W2V_BERT_ID
         missing = load_state_dict_checked(model, state, semantic_layers, source=provenance["codec_id"])
         provenance["weights_sha256"] = fingerprint(path)

@@ -503,19 +503,15 @@ def local_copy(path: str) -> Iterator[str]:
 
 
 class OneAtATime:
-    """``reader(url_or_path)`` for the SFT assembly: local paths unchanged; S3 objects fetched into memory,
-    keeping only the most recent one (each shard's tokens are read twice: rows, then provenance)."""
+    """``reader(url_or_path)`` for the SFT assembly: local paths unchanged; an S3 object fetched into memory
+    (one shard's file at a time, nothing kept after the caller drops it)."""
 
     def __init__(self) -> None:
-        self._url: str | None = None
-        self._data = b""
         self._client: Any = None
 
     def __call__(self, path: str) -> str | BinaryIO:
         if not is_s3(path):
             return path
-        if path != self._url:
-            if self._client is None:
-                self._client = S3Settings.from_env().client()
-            self._url, self._data = path, read_bytes(path, self._client)
-        return io.BytesIO(self._data)
+        if self._client is None:
+            self._client = S3Settings.from_env().client()
+        return io.BytesIO(read_bytes(path, self._client))

@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -72,7 +72,7 @@ def speaker_split(dataset: str | None, speaker: str | None, segment_id: str, val
     return "validation" if h < validation_fraction else "train"
 
 
-def shard_rows(shard: str, tokens_path: str | Path, metadata_path: str | Path, mapping: dict[str, Any]) -> pd.DataFrame:
+def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: str | Path | BinaryIO, mapping: dict[str, Any]) -> pd.DataFrame:
     """One shard's encoded segments joined with their metadata, in SFT columns."""
     meta = pd.read_parquet(metadata_path)
     cols = resolve_columns(shard, meta.columns, mapping)
@@ -162,8 +162,8 @@ class _SplitWriter:
 
 def assemble_sft(
     shards: list[str],
-    tokens_path: Callable[[str], str],
-    metadata_path: Callable[[str], str],
+    tokens_path: Callable[[str], str | BinaryIO],
+    metadata_path: Callable[[str], str | BinaryIO],
     out_dir: str | Path,
     mapping: dict[str, Any],
     *,
@@ -179,11 +179,14 @@ def assemble_sft(
     writers = {s: _SplitWriter(tmp / "data", s, int(target_file_mb * 2**20), rows_per_row_group) for s in ("train", "validation")}
     provenance: list[dict[str, Any]] = []
     for shard in shards:
-        df = shard_rows(shard, tokens_path(shard), metadata_path(shard), mapping)
+        tokens = tokens_path(shard)  # fetched once: rows, then provenance from the same bytes
+        df = shard_rows(shard, tokens, metadata_path(shard), mapping)
         split = [speaker_split(d, s, i, validation_fraction) for d, s, i in zip(df["dataset"], df["speaker"], df["segment_id"], strict=True)]
         for name, part in df.groupby(pd.Series(split, index=df.index), sort=False):
             writers[str(name)].add(part)
-        provenance.append(read_provenance(tokens_path(shard)))
+        if not isinstance(tokens, (str, Path)):
+            tokens.seek(0)
+        provenance.append(read_provenance(tokens))
     for w in writers.values():
         w.close()
     summary = {n: {"num_examples": w.rows, "num_bytes": w.bytes, "files": len(w.files), "hours": w.seconds / 3600} for n, w in writers.items() if w.rows}

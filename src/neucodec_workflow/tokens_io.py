@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -66,7 +66,7 @@ def write_tokens(path: str | Path, rows: Iterable[tuple[str, np.ndarray]], prove
     return written
 
 
-def read_provenance(path: str | Path) -> dict[str, Any]:
+def read_provenance(path: str | Path | BinaryIO) -> dict[str, Any]:
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta[PROVENANCE_KEY]) if PROVENANCE_KEY in meta else {}
 
