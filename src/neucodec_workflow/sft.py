@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neucodec_workflow.audio import HOP, SAMPLE_RATE
-from neucodec_workflow.tokens_io import read_provenance
+from neucodec_workflow.tokens_io import read_provenance, tokens_of
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +85,7 @@ def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: st
     if joined["text"].isna().any():
         missing = joined.loc[joined["text"].isna(), "segment_id"].head(5).tolist()
         log.warning("shard %s: %d encoded segments without text, e.g. %s", shard, int(joined["text"].isna().sum()), missing)
-    arrays = [np.frombuffer(b, dtype="<u2") for b in joined["neucodec_tokens"]]
+    arrays = [tokens_of(b) for b in joined["neucodec_tokens"]]
     encoded_seconds = joined["token_count"].astype("float64") * SECONDS_PER_TOKEN
     duration = pd.to_numeric(joined["duration"], errors="coerce").astype("float64")
     return pd.DataFrame(

@@ -33,7 +33,7 @@ from neucodec_workflow.audio import (
     segment_id_of,
 )
 from neucodec_workflow.encode import Encoder
-from neucodec_workflow.tokens_io import NoRowsError, atomic_path, read_provenance, write_tokens
+from neucodec_workflow.tokens_io import NoRowsError, atomic_path, read_provenance, tokens_of, write_tokens
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def audit_stored(shard: str, tar: str | Path | BinaryIO, tokens_path: str | Path
             if seg in tokens and audit_pick(seg, segments, len(tokens)):
                 clip = decode_member(seg, member, data, max_seconds)
                 if isinstance(clip, Clip):
-                    audit.add(seg, np.frombuffer(tokens.pop(seg), "<u2"), reference(clip.audio))
+                    audit.add(seg, tokens_of(tokens.pop(seg)), reference(clip.audio))
     return {"shard": shard, "stored": str(Path(tokens_path).name), "provenance": read_provenance(tokens_path), **audit.as_dict()}
 
 
