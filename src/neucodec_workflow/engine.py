@@ -25,10 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from neucodec_workflow.acoustic import AcousticEncoder
 from neucodec_workflow.audio import HOP, Clip
 from neucodec_workflow.codec import Codec
 from neucodec_workflow.encode import check_token_count, exact_numerics
 from neucodec_workflow.fbank import TorchFbank
+from neucodec_workflow.semantic import SemanticModel
 
 log = logging.getLogger(__name__)
 MODES = ("exact", "fast")
@@ -60,8 +62,9 @@ class Engine:
         self.device = codec.device
         self.fbank = TorchFbank(self.device)
         m = codec.model
-        self.w2v, self.sem, self.acoustic, self.fc_prior, self.quantizer = (
-            m.semantic_model, m.SemanticEncoder_module, m.CodecEnc, m.fc_prior, m.generator.quantizer)
+        self.sem, self.fc_prior, self.quantizer = m.SemanticEncoder_module, m.fc_prior, m.generator.quantizer
+        self.w2v = SemanticModel(m.semantic_model)
+        self.acoustic = AcousticEncoder(m.CodecEnc, self.device)
         if self.config.mode == "exact":
             exact_numerics()
         else:
@@ -82,7 +85,7 @@ class Engine:
         feats, mask = self.fbank.batch(waves)
         n_feat = mask.sum(1).tolist()
         with self._autocast():
-            hidden = self.w2v(feats, attention_mask=mask if len(clips) > 1 else None, output_hidden_states=True).hidden_states[16]
+            hidden = self.w2v(feats, mask if len(clips) > 1 else None)
             semantic = [self.sem(hidden[i : i + 1, : n_feat[i]].transpose(1, 2)) for i in range(len(clips))]
             acoustic: dict[int, torch.Tensor] = {}
             by_len: dict[int, list[int]] = defaultdict(list)

@@ -1,0 +1,85 @@
+"""CodecEnc (the acoustic CNN) as the engine runs it: the stock module tree and weights, two changes.
+
+- Weight norm is resolved once (``torch._weight_norm(v, g)``, what the stock pre-forward hook
+  recomputes on every call), so every convolution gets bit-identical weights without the hook.
+- On a CPU with the native kernel, each anti-aliased SnakeBeta (``Activation1d``) runs fused in one
+  pass (``kernels/snake_aa.c``) instead of pad + transposed conv + five elementwise ops + pad + conv.
+  Results differ from torch's by a few float ulps; tests and the audit check that tokens do not.
+
+The stock modules are not modified: the reference path (audit) keeps running them as shipped.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from neucodec_workflow import kernels
+
+
+def _conv(conv: nn.Conv1d):
+    if hasattr(conv, "weight_v"):  # torch.nn.utils.weight_norm, as neucodec's WNConv1d applies it
+        weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0).detach()
+    else:
+        weight = conv.weight.detach()
+    bias = conv.bias.detach() if conv.bias is not None else None
+    stride, padding, dilation = conv.stride, conv.padding, conv.dilation
+    return lambda x: F.conv1d(x, weight, bias, stride, padding, dilation)
+
+
+def _activation(act: nn.Module, native: bool):
+    if not native:
+        return act
+    snake = act.act
+    alpha = torch.exp(snake.alpha.detach()) if snake.alpha_logscale else snake.alpha.detach()
+    beta = torch.exp(snake.beta.detach()) if snake.alpha_logscale else snake.beta.detach()
+    inv_beta = 1.0 / (beta + snake.no_div_by_zero)
+    up = act.upsample.ratio * act.upsample.filter.detach().flatten()  # x2 is exact in floating point
+    down = act.downsample.lowpass.filter.detach().flatten()
+    # bf16 under fast mode's autocast: the stock module (the kernel is float32 only)
+    return lambda x: kernels.snake_aa(x, up, down, alpha, inv_beta) if x.dtype == torch.float32 else act(x)
+
+
+def _supported(act: nn.Module) -> bool:
+    """The kernel hard-codes CodecEnc's configuration: 2x up/down, 12 taps, SnakeBeta."""
+    up, down = act.upsample, act.downsample
+    return (type(act.act).__name__ == "SnakeBeta" and up.ratio == 2 and up.kernel_size == 12 and down.ratio == 2
+            and down.lowpass.kernel_size == 12 and down.lowpass.padding_mode == "replicate")
+
+
+class AcousticEncoder:
+    """``CodecEnc(x)`` for ``x [B, 1, T]``: returns ``[B, frames, 1024]`` like the stock forward."""
+
+    def __init__(self, codec_enc: nn.Module, device: torch.device):
+        from neucodec.alias_free_torch import Activation1d
+        from neucodec.module import EncoderBlock, ResidualUnit
+
+        acts = [m for m in codec_enc.modules() if isinstance(m, Activation1d)]
+        self.native = device.type == "cpu" and all(map(_supported, acts)) and kernels.snake_aa_available()
+
+        def build(module: nn.Module):
+            if isinstance(module, nn.Conv1d):
+                return _conv(module)
+            if isinstance(module, Activation1d):
+                return _activation(module, self.native)
+            if isinstance(module, ResidualUnit):
+                inner = build(module.block)
+                return lambda x: x + inner(x)
+            if isinstance(module, EncoderBlock):
+                return build(module.block)
+            if isinstance(module, nn.Sequential):
+                steps = [build(m) for m in module]
+
+                def run(x):
+                    for step in steps:
+                        x = step(x)
+                    return x
+
+                return run
+            raise TypeError(f"unexpected module in CodecEnc: {type(module).__name__}")
+
+        self._forward = build(nn.Sequential(codec_enc.conv_blocks, codec_enc.conv_final_block))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x).permute(0, 2, 1)
