@@ -1,10 +1,13 @@
-"""CodecEnc (the acoustic CNN) as the engine runs it: the stock module tree and weights, two changes.
+"""CodecEnc (the acoustic CNN) as the engine runs it: the stock module tree and weights.
 
 - Weight norm is resolved once (``torch._weight_norm(v, g)``, what the stock pre-forward hook
   recomputes on every call), so every convolution gets bit-identical weights without the hook.
-- On a CPU with the native kernel, each anti-aliased SnakeBeta (``Activation1d``) runs fused in one
+- On a CPU with the native kernel (the usual case), the whole CNN runs channels-last (``[B, C, 1, T]``
+  in ``torch.channels_last``, memory ``[B, T, C]``): oneDNN's convolutions run 1.2-1.8x faster in that
+  layout than in ``[B, C, T]``, and each anti-aliased SnakeBeta (``Activation1d``) runs fused in one
   pass (``kernels/snake_aa.c``) instead of pad + transposed conv + five elementwise ops + pad + conv.
-  Results differ from torch's by a few float ulps; tests and the audit check that tokens do not.
+  Results differ from the stock module by float ulps; tests and the audit check that tokens do not.
+- Elsewhere (GPU, no compiler) it runs the stock convolutions and activation modules.
 
 The stock modules are not modified: the reference path (audit) keeps running them as shipped.
 """
@@ -18,13 +21,16 @@ import torch.nn.functional as F
 from neucodec_workflow import kernels
 
 
-def _conv(conv: nn.Conv1d):
+def _conv(conv: nn.Conv1d, channels_last: bool):
     if hasattr(conv, "weight_v"):  # torch.nn.utils.weight_norm, as neucodec's WNConv1d applies it
         weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0).detach()
     else:
         weight = conv.weight.detach()
     bias = conv.bias.detach() if conv.bias is not None else None
-    stride, padding, dilation = conv.stride, conv.padding, conv.dilation
+    (stride,), (padding,), (dilation,) = conv.stride, conv.padding, conv.dilation
+    if channels_last:
+        weight = weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
+        return lambda x: F.conv2d(x, weight, bias, (1, stride), (0, padding), (1, dilation))
     return lambda x: F.conv1d(x, weight, bias, stride, padding, dilation)
 
 
@@ -37,8 +43,8 @@ def _activation(act: nn.Module, native: bool):
     inv_beta = 1.0 / (beta + snake.no_div_by_zero)
     up = act.upsample.ratio * act.upsample.filter.detach().flatten()  # x2 is exact in floating point
     down = act.downsample.lowpass.filter.detach().flatten()
-    # bf16 under fast mode's autocast: the stock module (the kernel is float32 only)
-    return lambda x: kernels.snake_aa(x, up, down, alpha, inv_beta) if x.dtype == torch.float32 else act(x)
+    # (fast mode's autocast hands it bf16 conv outputs: the kernel computes in float32)
+    return lambda x: kernels.snake_aa(x.float(), up, down, alpha, inv_beta)
 
 
 def _supported(act: nn.Module) -> bool:
@@ -57,15 +63,21 @@ class AcousticEncoder:
 
         acts = [m for m in codec_enc.modules() if isinstance(m, Activation1d)]
         self.native = device.type == "cpu" and all(map(_supported, acts)) and kernels.snake_aa_available()
+        self.channels_last = self.native
 
         def build(module: nn.Module):
             if isinstance(module, nn.Conv1d):
-                return _conv(module)
+                return _conv(module, self.channels_last)
             if isinstance(module, Activation1d):
                 return _activation(module, self.native)
             if isinstance(module, ResidualUnit):
                 inner = build(module.block)
-                return lambda x: x + inner(x)
+
+                def residual(x):
+                    y = inner(x)
+                    return y.add_(x) if y.dtype == x.dtype else x + y  # x + block(x), in place when it can
+
+                return residual
             if isinstance(module, EncoderBlock):
                 return build(module.block)
             if isinstance(module, nn.Sequential):
@@ -82,4 +94,7 @@ class AcousticEncoder:
         self._forward = build(nn.Sequential(codec_enc.conv_blocks, codec_enc.conv_final_block))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self._forward(x).permute(0, 2, 1)
+        if not self.channels_last:
+            return self._forward(x).permute(0, 2, 1)
+        out = self._forward(x[:, :, None, :].contiguous(memory_format=torch.channels_last))  # [B, 1024, 1, frames]
+        return out[:, :, 0, :].permute(0, 2, 1)  # memory is already [B, frames, 1024]

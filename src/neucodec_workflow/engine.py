@@ -1,9 +1,11 @@
 """The batched encode engine used by the encode rule.
 
-exact (default): tokens identical to ``NeuCodec.encode_code`` (fp32, batch 1). What it changes is
-only how work is grouped: 16 w2v-bert layers, fbank in torch on the device (float64), w2v-bert
-batched across clips with an attention mask, CodecEnc batched only across clips of identical padded
-length, SemanticEncoder / fc_prior / quantizer per clip. No TF32, no chunking.
+exact (default): tokens identical to ``NeuCodec.encode_code`` (fp32, batch 1). It changes how work
+is grouped and which kernels run, never the arithmetic's precision: 16 w2v-bert layers, fbank in
+torch on the device (float64), w2v-bert batched across clips with an attention mask and its
+relative-position bias built from the 73 distance embeddings (``semantic.py``), CodecEnc batched
+only across clips of identical padded length, channels-last with fused activations on CPUs
+(``acoustic.py``), SemanticEncoder / fc_prior / quantizer per clip. No TF32, no chunking.
 
 fast (opt-in): TF32 matmuls and bf16 autocast for w2v-bert and CodecEnc; ``fc_prior`` and the
 quantizer stay fp32. It changes tokens: its agreement with exact mode is measured (audit, bench).
@@ -65,6 +67,7 @@ class Engine:
         self.sem, self.fc_prior, self.quantizer = m.SemanticEncoder_module, m.fc_prior, m.generator.quantizer
         self.w2v = SemanticModel(m.semantic_model)
         self.acoustic = AcousticEncoder(m.CodecEnc, self.device)
+        self.kernels = "native-cpu" if self.acoustic.native else "torch"  # recorded in the shard's provenance
         if self.config.mode == "exact":
             exact_numerics()
         else:

@@ -18,33 +18,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _position_bias(attn: nn.Module, q: torch.Tensor) -> torch.Tensor:
+def _distance_index(attn: nn.Module, length: int, device: torch.device) -> torch.Tensor:
+    """``[L, L]``: which distance embedding each (query, key) pair uses."""
+    pos = torch.arange(length, device=device)
+    distance = (pos[None, :] - pos[:, None]).clamp(-attn.left_max_position_embeddings, attn.right_max_position_embeddings)
+    return distance + attn.left_max_position_embeddings
+
+
+def _position_bias(attn: nn.Module, q: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``[B, H, L, L]``: ``scaling * q[l] . E[clamp(r - l)]``, as ``_apply_relative_key_position_encoding``."""
     length = q.shape[2]
-    pos = torch.arange(length, device=q.device)
-    distance = (pos[None, :] - pos[:, None]).clamp(-attn.left_max_position_embeddings, attn.right_max_position_embeddings)
-    index = distance + attn.left_max_position_embeddings  # [L, L] into the 73 embeddings
     per_distance = torch.matmul(q, attn.distance_embedding.weight.T) * attn.scaling  # [B, H, L, 73]
     return per_distance.gather(-1, index.expand(*q.shape[:2], length, length))
 
 
-def _attention(attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+def _attention(attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
     B, L, _ = h.shape
     shape = (B, L, attn.num_heads, attn.head_size)
     q = attn.linear_q(h).view(shape).transpose(1, 2)
     k = attn.linear_k(h).view(shape).transpose(1, 2)
     v = attn.linear_v(h).view(shape).transpose(1, 2)
-    bias = _position_bias(attn, q)
+    bias = _position_bias(attn, q, index)
     if key_mask is not None:  # padded keys get the dtype's minimum, as transformers' sdpa path does
         bias = bias.masked_fill(~key_mask[:, None, None, :], torch.finfo(bias.dtype).min)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scaling)
     return attn.linear_out(out.transpose(1, 2).reshape(B, L, -1))
 
 
-def _layer(layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def _layer(layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
     key_mask = mask.bool() if mask is not None else None
     h = layer.ffn1(layer.ffn1_layer_norm(h)) * 0.5 + h
-    h = _attention(layer.self_attn, layer.self_attn_layer_norm(h), key_mask) + h
+    h = _attention(layer.self_attn, layer.self_attn_layer_norm(h), key_mask, index) + h
     h = h + layer.conv_module(h, attention_mask=mask)
     h = layer.ffn2(layer.ffn2_layer_norm(h)) * 0.5 + h
     return layer.final_layer_norm(h)
@@ -65,6 +69,7 @@ class SemanticModel:
         h, _ = self.w2v.feature_projection(feats)
         if mask is not None:
             h = h.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+        index = _distance_index(self.layers[0].self_attn, h.shape[1], h.device)
         for layer in self.layers:
-            h = _layer(layer, h, mask)
+            h = _layer(layer, h, mask, index)
         return h
