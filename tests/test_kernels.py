@@ -56,6 +56,11 @@ def test_native_build_is_cached_and_can_be_switched_off(tmp_path, monkeypatch):
     try:
         if kernels.snake_aa_available():  # built from source into the given cache, atomically
             assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
+            blocker = tmp_path / "not-a-dir"
+            blocker.write_text("")
+            monkeypatch.setenv("NEUCODEC_WORKFLOW_CACHE", str(blocker / "cache"))  # unusable: falls back to the temp dir
+            kernels._library.cache_clear()
+            assert kernels.snake_aa_available()
         monkeypatch.setenv("NEUCODEC_WORKFLOW_NATIVE", "0")
         kernels._library.cache_clear()
         assert not kernels.snake_aa_available()

@@ -31,9 +31,21 @@ SOURCE = Path(__file__).with_name("snake_aa.c")
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("NEUCODEC_WORKFLOW_CACHE") or Path.home() / ".cache" / "neucodec_workflow"
-    return Path(root)
+def _cache_dirs() -> list[Path]:
+    """Where the built library may live: the configured cache, then a per-user temp dir (read-only homes)."""
+    first = os.environ.get("NEUCODEC_WORKFLOW_CACHE") or Path.home() / ".cache" / "neucodec_workflow"
+    return [Path(first), Path(tempfile.gettempdir()) / f"neucodec_workflow-{os.getuid()}"]
+
+
+def _build(cc: str, path: Path) -> None:
+    """Compile into a temp dir beside ``path`` and rename: concurrent jobs never load a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        built = Path(tmp) / path.name
+        proc = subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        os.replace(built, path)
 
 
 def _cpu_id() -> str:
@@ -53,17 +65,19 @@ def _library() -> ctypes.CDLL | None:
     if cc is None:
         log.warning("no C compiler found: CodecEnc's activations run as stock torch ops (slower on CPU)")
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_id().encode()).hexdigest()[:16]
-    path = _cache_dir() / f"snake_aa-{platform.machine()}-{key}.so"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-            built = Path(tmp) / path.name
-            proc = subprocess.run([cc, *FLAGS, "-o", str(built), str(SOURCE)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                log.warning("building the native snake_aa kernel failed; using stock torch ops:\n%s", proc.stderr[-2000:])
-                return None
-            os.replace(built, path)
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join([cc, *FLAGS]).encode(), _cpu_id().encode()])).hexdigest()[:16]
+    name = f"snake_aa-{platform.machine()}-{key}.so"
+    for directory in _cache_dirs():
+        path = directory / name
+        try:
+            if not path.exists():
+                _build(cc, path)
+            break
+        except (OSError, RuntimeError) as exc:
+            log.warning("cannot build the native snake_aa kernel in %s: %s", directory.name, exc)
+    else:
+        log.warning("no native kernels: CodecEnc's activations run as stock torch ops (slower on CPU)")
+        return None
     lib = ctypes.CDLL(str(path))
     f = ctypes.c_void_p
     i = ctypes.c_int64
