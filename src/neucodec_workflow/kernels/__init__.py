@@ -92,15 +92,10 @@ def snake_aa_available() -> bool:
     return _library() is not None
 
 
-_pool: ThreadPoolExecutor | None = None
-
-
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    n = torch.get_num_threads()
-    if _pool is None or _pool._max_workers != n:
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="snake_aa")
-    return _pool
+@cache
+def _threads(n: int) -> ThreadPoolExecutor:
+    """ctypes releases the GIL: ``n`` Python threads run the kernel on ``n`` cores."""
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="snake_aa")
 
 
 def snake_aa(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
@@ -120,13 +115,13 @@ def snake_aa(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: torch
     x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     B, C, T = x.shape[0], x.shape[1], x.shape[-1]
     y = torch.empty_like(x)  # keeps the memory format
-    args = [t.contiguous() for t in (up, down, alpha, inv_beta)]
+    args = [t.to(torch.float32).contiguous() for t in (up, down, alpha, inv_beta)]
     ptrs = [t.data_ptr() for t in args]
     fn, rows = (lib.snake_aa_nwc, B * T) if channels_last else (lib.snake_aa, B * C)
     n = min(torch.get_num_threads(), rows)
     bounds = [rows * k // n for k in range(n + 1)]
     calls = [(x.data_ptr(), y.data_ptr(), bounds[k], bounds[k + 1], C, T, *ptrs) for k in range(n) if bounds[k] < bounds[k + 1]]
-    results = [fn(*calls[0])] if len(calls) == 1 else list(_threads().map(lambda a: fn(*a), calls))
+    results = [fn(*calls[0])] if len(calls) == 1 else list(_threads(len(calls)).map(lambda a: fn(*a), calls))
     if any(results):
         raise MemoryError("snake_aa: out of memory for its tile buffer")
     return y
