@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from neucodec_workflow.audio import Clip, to_mono_16k
 from neucodec_workflow.codec import Codec, load_codec, save_random_checkpoint
 from neucodec_workflow.synth import Member, flac_bytes, speech_like, write_shard
 
@@ -42,6 +43,16 @@ def codec(random_ckpt) -> Codec:
 def clip(seconds: float, sr: int = 16_000, seed: int = 0, channels: int = 1) -> np.ndarray:
     audio = speech_like(seconds, sr, np.random.default_rng(seed))
     return np.stack([audio, 0.5 * audio], axis=1) if channels == 2 else audio
+
+
+def make_clips(spec):
+    """(seconds or samples, source rate, channels) -> 16 kHz clips as the decoder makes them."""
+    out = []
+    for i, (length, sr, ch) in enumerate(spec):
+        n = length if isinstance(length, int) else int(length * sr)
+        audio = clip(n / sr, sr, seed=100 + i, channels=ch)
+        out.append(Clip(f"c{i}", f"c{i}.flac", to_mono_16k(audio, sr), sr, ch))
+    return out
 
 
 def float_wav_bytes(audio: np.ndarray, sr: int) -> bytes:

@@ -3,22 +3,11 @@
 import numpy as np
 import pytest
 import torch
-from conftest import clip
+from conftest import clip, make_clips
 
-from neucodec_workflow.audio import Clip, to_mono_16k
 from neucodec_workflow.encode import reference_tokens
 from neucodec_workflow.engine import Engine, EngineConfig
 from neucodec_workflow.fbank import TorchFbank
-
-
-def make_clips(spec):
-    """(seconds or samples, source rate, channels) -> 16 kHz clips as the decoder makes them."""
-    out = []
-    for i, (length, sr, ch) in enumerate(spec):
-        n = length if isinstance(length, int) else int(length * sr)
-        audio = clip(n / sr, sr, seed=100 + i, channels=ch)
-        out.append(Clip(f"c{i}", f"c{i}.flac", to_mono_16k(audio, sr), sr, ch))
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ channels-last CodecEnc, w2v-bert with the gathered relative-position bias; and t
 import numpy as np
 import pytest
 import torch
+from conftest import make_clips
 from neucodec.activations import SnakeBeta
 from neucodec.alias_free_torch import Activation1d
-from test_engine import make_clips
 
 from neucodec_workflow import kernels
 from neucodec_workflow.acoustic import AcousticEncoder
