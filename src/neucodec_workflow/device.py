@@ -65,22 +65,3 @@ def pick_device(requested: str = "auto") -> str:
     log.info("claimed GPU %d of %d (lock in %s)", index, torch.cuda.device_count(), lock_dir())
     return f"cuda:{index}"
 
-
-def keep_freed_memory() -> bool:
-    """Let glibc keep freed large blocks for reuse instead of returning them to the kernel.
-
-    By default every tensor over 32 MiB is a fresh ``mmap``: each of its pages faults in on first
-    touch and is unmapped on free. CodecEnc at 16 kHz allocates dozens of such tensors per clip;
-    on the 2-core VMs here the page faults cost more system time than the activations' compute
-    (stock CodecEnc: 7.7 s with the default, 3.3 s with this, for 10 s of audio). A process-wide
-    setting: the encode and audit jobs call it, and the benchmark calls it before both of its paths.
-    Returns False where it does not apply (not glibc).
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31))

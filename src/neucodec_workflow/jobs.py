@@ -38,13 +38,12 @@ def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report
     import torch
 
     from neucodec_workflow.codec import load_codec
-    from neucodec_workflow.device import keep_freed_memory, pick_device
+    from neucodec_workflow.device import pick_device
     from neucodec_workflow.encode import reference_tokens
     from neucodec_workflow.engine import Engine, EngineConfig
     from neucodec_workflow.s3 import open_source
     from neucodec_workflow.shard import encode_shard, read_metadata_ids, write_report
 
-    keep_freed_memory()
     torch.set_num_threads(max(1, threads))
     device = pick_device(codec.get("device", "auto"))
     log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
@@ -74,12 +73,11 @@ def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, A
     import torch
 
     from neucodec_workflow.codec import load_codec
-    from neucodec_workflow.device import keep_freed_memory, pick_device
+    from neucodec_workflow.device import pick_device
     from neucodec_workflow.encode import exact_numerics, reference_tokens
     from neucodec_workflow.s3 import local_copy, open_source
     from neucodec_workflow.shard import audit_stored, write_json
 
-    keep_freed_memory()
     torch.set_num_threads(max(1, threads))
     exact_numerics()
     loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=pick_device(codec.get("device", "auto")))
