@@ -64,4 +64,3 @@ def pick_device(requested: str = "auto") -> str:
     index = claim_gpu(torch.cuda.device_count())
     log.info("claimed GPU %d of %d (lock in %s)", index, torch.cuda.device_count(), lock_dir())
     return f"cuda:{index}"
-

@@ -22,7 +22,8 @@
 
 #define TILE 2048
 
-/* sin(v)^2 in double: Cody-Waite reduction by pi/2, fdlibm's sin polynomial; branch-free, vectorizable. */
+/* sin(v)^2 in double: Cody-Waite reduction by pi/2 (exact for |v| < 1.6e6, about 2^20 * pi/2), fdlibm's sin
+   polynomial; branch-free, vectorizable. */
 static inline double sin2(double v) {
     const double shift = 6755399441055744.0; /* 1.5 * 2^52: rounds to nearest integer */
     double k = (v * 0.63661977236758134308 + shift) - shift;
