@@ -45,8 +45,8 @@ def _attention(attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None, 
     return attn.linear_out(out.transpose(1, 2).reshape(B, L, -1))
 
 
-def _layer(layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
-    key_mask = mask.bool() if mask is not None else None
+def _layer(layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, key_mask: torch.Tensor | None,
+           index: torch.Tensor) -> torch.Tensor:
     h = layer.ffn1(layer.ffn1_layer_norm(h)) * 0.5 + h
     h = _attention(layer.self_attn, layer.self_attn_layer_norm(h), key_mask, index) + h
     h = h + layer.conv_module(h, attention_mask=mask)
@@ -67,9 +67,10 @@ class SemanticModel:
 
     def __call__(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h, _ = self.w2v.feature_projection(feats)
-        if mask is not None:
-            h = h.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+        key_mask = mask.bool() if mask is not None else None
+        if key_mask is not None:
+            h = h.masked_fill(~key_mask.unsqueeze(-1), 0.0)
         index = _distance_index(self.layers[0].self_attn, h.shape[1], h.device)
         for layer in self.layers:
-            h = _layer(layer, h, mask, index)
+            h = _layer(layer, h, mask, key_mask, index)
         return h

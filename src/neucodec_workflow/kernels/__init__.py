@@ -82,9 +82,7 @@ def _library() -> ctypes.CDLL | None:
     f = ctypes.c_void_p
     i = ctypes.c_int64
     lib.snake_aa.argtypes = [f, f, i, i, i, i, f, f, f, f]
-    lib.snake_aa.restype = None
-    lib.snake_aa_nwc.argtypes = [f, f, i, i, i, i, f, f, f, f]
-    lib.snake_aa_nwc.restype = ctypes.c_int
+    lib.snake_aa.restype = ctypes.c_int
     return lib
 
 
@@ -99,28 +97,28 @@ def _threads(n: int) -> ThreadPoolExecutor:
 
 
 def snake_aa(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
-    """``Activation1d(SnakeBeta)`` on a float32 CPU tensor, in either layout (the result has the same one):
-
-    - ``[B, C, T]`` contiguous;
-    - ``[B, C, 1, T]``, computed in ``torch.channels_last`` (memory ``[B, T, C]``), as CodecEnc runs on CPUs.
+    """``Activation1d(SnakeBeta)`` on a float32 CPU tensor ``[B, C, 1, T]`` (as CodecEnc runs on CPUs) or
+    ``[B, C, T]``, computed channels-last (memory ``[B, T, C]``); the result has the input's shape.
 
     ``up``: 2 x the 12-tap up-sampling filter; ``down``: the 12-tap down-sampling filter;
     ``alpha``, ``inv_beta``: per channel, as SnakeBeta computes them (``exp``, ``1 / (exp(beta) + eps)``).
     """
     lib = _library()
     assert lib is not None, "native kernels unavailable"
-    channels_last = x.dim() == 4 and x.shape[2] == 1
-    if x.dtype != torch.float32 or x.device.type != "cpu" or not (channels_last or x.dim() == 3):
+    if x.dtype != torch.float32 or x.device.type != "cpu" or not (x.dim() == 3 or (x.dim() == 4 and x.shape[2] == 1)):
         raise ValueError(f"snake_aa takes a float32 CPU tensor [B, C, T] or [B, C, 1, T], not {x.dtype} {x.device} {tuple(x.shape)}")
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if x.dim() == 3:
+        return snake_aa(x[:, :, None, :], up, down, alpha, inv_beta)[:, :, 0, :]
+    x = x.contiguous(memory_format=torch.channels_last)
     B, C, T = x.shape[0], x.shape[1], x.shape[-1]
     y = torch.empty_like(x)  # keeps the memory format
     args = [t.to(torch.float32).contiguous() for t in (up, down, alpha, inv_beta)]
     ptrs = [t.data_ptr() for t in args]
-    fn, rows = (lib.snake_aa_nwc, B * T) if channels_last else (lib.snake_aa, B * C)
+    rows = B * T
     n = min(torch.get_num_threads(), rows)
     bounds = [rows * k // n for k in range(n + 1)]
     calls = [(x.data_ptr(), y.data_ptr(), bounds[k], bounds[k + 1], C, T, *ptrs) for k in range(n) if bounds[k] < bounds[k + 1]]
+    fn = lib.snake_aa
     results = [fn(*calls[0])] if len(calls) == 1 else list(_threads(len(calls)).map(lambda a: fn(*a), calls))
     if any(results):
         raise MemoryError("snake_aa: out of memory for its tile buffer")

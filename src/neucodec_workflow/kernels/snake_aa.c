@@ -6,21 +6,22 @@
      y = conv1d(replicate_pad(z, 5, 6), f_down, stride 2)                          (length T)
    Each step reads and writes the whole signal (8 passes over memory in eager torch). Here the even and odd
    phases of u are 6-tap filters of x (polyphase), and y mixes the two phases back, so one tile of x goes
-   in and one tile of y comes out while everything in between stays in L1:
+   in and one tile of y comes out while everything in between stays in cache:
      u[2m]   = sum_{k odd}  f_up[k] * x[clamp(m + (5 - k) / 2)]
      u[2m+1] = sum_{k even} f_up[k] * x[clamp(m + (6 - k) / 2)]
      y[n]    = sum_k f_down[k] * z[clamp(2n + k - 5)]
    Same products as the stock convolutions, summed in tap order; sin is computed in double precision and
    rounded, so results differ from torch by a few float ulps (the tokens are checked by the tests and audit).
 
+   Signals are channels-last, x[B][T][C] (the layout oneDNN's convolutions are fastest in on CPUs): the
+   loops run across channels (vectorized), a tile of time steps at a time.
+
    Built at first use by neucodec_workflow.kernels (cc -O3 -march=native); called through ctypes, which
-   releases the GIL, one call per thread on a range of rows. */
+   releases the GIL, one call per thread on a range of output steps. */
 
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
-
-#define TILE 2048
 
 /* sin(v)^2 in double: Cody-Waite reduction by pi/2 (exact for |v| < 1.6e6, about 2^20 * pi/2), fdlibm's sin
    polynomial; branch-free, vectorizable. */
@@ -42,71 +43,9 @@ static inline float snake(float u, float alpha, float inv_beta) {
 
 static inline int64_t clampi(int64_t i, int64_t n) { return i < 0 ? 0 : (i >= n ? n - 1 : i); }
 
-/* z at even (phase 0) or odd (phase 1) position 2m + phase, from x with replicate borders. */
-static float z_at(const float *x, int64_t T, int64_t m, int phase, const float *up, float alpha, float inv_beta) {
-    float acc = 0.0f;
-    for (int k = phase ? 0 : 1; k < 12; k += 2) acc += up[k] * x[clampi(m + ((phase ? 6 : 5) - k) / 2, T)];
-    return snake(acc, alpha, inv_beta);
-}
-
-/* rows: B*C signals of length T, row r uses channel r % C. up: 2 * f_up (12 taps), down: f_down (12 taps). */
-void snake_aa(const float *restrict x_all, float *restrict y_all, int64_t row0, int64_t row1, int64_t C, int64_t T,
-              const float *restrict up, const float *restrict down, const float *restrict alpha_c,
-              const float *restrict inv_beta_c) {
-    float xbuf[TILE + 16], ze[TILE + 8], zo[TILE + 8];
-    for (int64_t row = row0; row < row1; row++) {
-        const float *x = x_all + row * T;
-        float *y = y_all + row * T;
-        const float alpha = alpha_c[row % C], inv_beta = inv_beta_c[row % C];
-        /* z[clamp] below 0 is z[0] (even phase), above 2T-1 is z[2T-1] (odd phase). */
-        const float z_first = z_at(x, T, 0, 0, up, alpha, inv_beta);
-        const float z_last = z_at(x, T, T - 1, 1, up, alpha, inv_beta);
-        for (int64_t n0 = 0; n0 < T; n0 += TILE) {
-            const int64_t nt = (T - n0 < TILE) ? T - n0 : TILE;
-            /* ze[i] = z_even(n0 - 2 + i), zo[i] = z_odd(n0 - 3 + i), i < nt + 6; x needed: n0 - 6 ... n0 + nt + 6 */
-            const int interior = n0 >= 6 && n0 + nt + 8 <= T;
-            const float *xt = xbuf;
-            if (interior) xt = x + n0 - 6;
-            else for (int64_t i = 0; i < nt + 14; i++) xbuf[i] = x[clampi(n0 - 6 + i, T)];
-            for (int64_t i = 0; i < nt + 6; i++) {
-                /* even phase at m = n0 - 2 + i reads x[m + 2 - j] for j = 0..5 -> xt[i + 6 - j] */
-                const float *xe = xt + i;
-                float e = 0.0f, o = 0.0f;
-                e += up[1] * xe[6]; e += up[3] * xe[5]; e += up[5] * xe[4];
-                e += up[7] * xe[3]; e += up[9] * xe[2]; e += up[11] * xe[1];
-                /* odd phase at m = n0 - 3 + i reads x[m + 3 - j] for j = 0..5 -> xt[i + 6 - j] */
-                o += up[0] * xe[6]; o += up[2] * xe[5]; o += up[4] * xe[4];
-                o += up[6] * xe[3]; o += up[8] * xe[2]; o += up[10] * xe[1];
-                ze[i] = snake(e, alpha, inv_beta);
-                zo[i] = snake(o, alpha, inv_beta);
-            }
-            /* replicate borders of z: positions outside [0, 2T) */
-            if (!interior || n0 + nt + 3 > T) for (int64_t i = 0; i < nt + 6; i++) {
-                const int64_t me = n0 - 2 + i, mo = n0 - 3 + i;
-                if (me < 0) ze[i] = z_first; else if (me >= T) ze[i] = z_last;
-                if (mo < 0) zo[i] = z_first; else if (mo >= T) zo[i] = z_last;
-            }
-            /* y[n] = sum_k down[k] z[2n + k - 5]: k even -> zo[n - n0 + k/2], k odd -> ze[n - n0 + (k - 1)/2] */
-            for (int64_t j = 0; j < nt; j++) {
-                float acc = 0.0f;
-                acc += down[0] * zo[j];     acc += down[1] * ze[j];
-                acc += down[2] * zo[j + 1]; acc += down[3] * ze[j + 1];
-                acc += down[4] * zo[j + 2]; acc += down[5] * ze[j + 2];
-                acc += down[6] * zo[j + 3]; acc += down[7] * ze[j + 3];
-                acc += down[8] * zo[j + 4]; acc += down[9] * ze[j + 4];
-                acc += down[10] * zo[j + 5]; acc += down[11] * ze[j + 5];
-                y[n0 + j] = acc;
-            }
-        }
-    }
-}
-
-/* The same computation on channels-last signals x[B][T][C] (the layout oneDNN's convolutions are fastest
-   in on CPUs): vectorized across channels, a tile of time steps at a time. Same products in the same
-   order as snake_aa, so both layouts give bit-identical results. Rows r0..r1 index the B*T output steps. */
-
-static void phases_nwc(const float *x, int64_t T, int64_t C, int64_t m, int phase, const float *up, const float *alpha,
-                       const float *inv_beta, float *out) {
+/* z at even (phase 0) or odd (phase 1) position 2m + phase, every channel, from x with replicate borders. */
+static void z_at(const float *x, int64_t T, int64_t C, int64_t m, int phase, const float *up, const float *alpha,
+                 const float *inv_beta, float *out) {
     for (int64_t c = 0; c < C; c++) {
         float acc = 0.0f;
         for (int k = phase ? 0 : 1; k < 12; k += 2) acc += up[k] * x[clampi(m + ((phase ? 6 : 5) - k) / 2, T) * C + c];
@@ -114,9 +53,10 @@ static void phases_nwc(const float *x, int64_t T, int64_t C, int64_t m, int phas
     }
 }
 
-int snake_aa_nwc(const float *restrict x_all, float *restrict y_all, int64_t r0, int64_t r1, int64_t C, int64_t T,
-                 const float *restrict up, const float *restrict down, const float *restrict alpha,
-                 const float *restrict inv_beta) {
+/* Rows r0..r1 index the B*T output steps. up: 2 * f_up (12 taps), down: f_down (12 taps). */
+int snake_aa(const float *restrict x_all, float *restrict y_all, int64_t r0, int64_t r1, int64_t C, int64_t T,
+             const float *restrict up, const float *restrict down, const float *restrict alpha,
+             const float *restrict inv_beta) {
     int64_t tile = 16384 / C;
     if (tile < 8) tile = 8;
     float *buf = malloc(sizeof(float) * (size_t)C * (size_t)(2 * (tile + 6) + 2));
@@ -131,8 +71,8 @@ int snake_aa_nwc(const float *restrict x_all, float *restrict y_all, int64_t r0,
         const float *x = x_all + b * T * C;
         float *y = y_all + b * T * C;
         if (b != b_done) {
-            phases_nwc(x, T, C, 0, 0, up, alpha, inv_beta, z_first);
-            phases_nwc(x, T, C, T - 1, 1, up, alpha, inv_beta, z_last);
+            z_at(x, T, C, 0, 0, up, alpha, inv_beta, z_first);
+            z_at(x, T, C, T - 1, 1, up, alpha, inv_beta, z_last);
             b_done = b;
         }
         for (int64_t i = 0; i < nt + 6; i++) {
