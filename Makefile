@@ -27,14 +27,14 @@ espeak:
 	  echo "espeak-ng not available: the demo uses a synthetic speech-like signal"
 
 demo: setup espeak
-	$(PY) -m neucodec_workflow.demo --weights $(WEIGHTS)
+	$(PY) -m neucodec_workflow.testing.demo --weights $(WEIGHTS)
 
 test: setup
 	$(VENV)/bin/pytest
 
 lint: setup
 	$(VENV)/bin/ruff check src tests scripts benchmarks
-	$(PY) -c "from pathlib import Path; from neucodec_workflow.synth import make_demo_corpus as m; p = Path('demo/corpus'); p.exists() or m(p, use_espeak=False)"
+	$(PY) -c "from pathlib import Path; from neucodec_workflow.testing.synth import make_demo_corpus as m; p = Path('demo/corpus'); p.exists() or m(p, use_espeak=False)"
 	$(VENV)/bin/snakemake --lint
 
 bench: setup

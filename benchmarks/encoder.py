@@ -29,12 +29,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neucodec_workflow.audio import decode_member, iter_flac_members
-from neucodec_workflow.codec import build_neucodec, load_codec
-from neucodec_workflow.device import pick_device
-from neucodec_workflow.engine import Engine, EngineConfig
-from neucodec_workflow.shard import encode_shard
-from neucodec_workflow.synth import Member, flac_bytes, speech_like, write_shard
+from neucodec_workflow.shard.audio import decode_member, iter_flac_members
+from neucodec_workflow.engine.codec import build_neucodec, load_codec
+from neucodec_workflow.engine.device import pick_device
+from neucodec_workflow.engine.engine import Engine, EngineConfig
+from neucodec_workflow.shard.encode import encode_shard
+from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
 
 def keep_freed_memory() -> bool:

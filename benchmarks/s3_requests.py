@@ -101,7 +101,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def real_run(server: Any, client: Any, n: int, weights: str, tmp: Path) -> dict[str, Any]:
-    from neucodec_workflow.loopback_s3 import shard_bytes
+    from neucodec_workflow.testing.loopback_s3 import shard_bytes
 
     prefix = f"run-{n}"
     workdir = tmp / prefix
@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-run", action="store_true")
     opts = ap.parse_args(argv)
 
-    from neucodec_workflow.codec import save_random_checkpoint
-    from neucodec_workflow.loopback_s3 import LoopbackS3
-    from neucodec_workflow.s3 import S3Settings
+    from neucodec_workflow.engine.codec import save_random_checkpoint
+    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+    from neucodec_workflow.storage.s3 import S3Settings
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp_s, LoopbackS3() as server:

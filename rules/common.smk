@@ -4,8 +4,9 @@ import os
 from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
-from neucodec_workflow import s3
-from neucodec_workflow.shards import METADATA, TAR, TOKENS, shard_list
+from neucodec_workflow.contract import METADATA, TAR, TOKENS
+from neucodec_workflow.storage import plugin, s3
+from neucodec_workflow.storage.discovery import shard_list
 
 
 min_version("9.0")
@@ -24,11 +25,11 @@ SFT_DIR = f"{LOCAL}/sft_dataset"
 # plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.
 S3_ROOTS = [p for p in (CORPUS, OUTPUT) if s3.is_s3(p)]
 S3_INVENTORY = (
-    s3.activate(get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider.settings, S3_ROOTS)
+    plugin.activate(get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider.settings, S3_ROOTS)
     if S3_ROOTS
     else None
 )
-SHARDS = shard_list(CORPUS, config.get("shards"), config.get("shards_file"), inventory=S3_INVENTORY)
+SHARDS = shard_list(CORPUS, config["shards"], config["shards_file"], inventory=S3_INVENTORY)
 
 
 wildcard_constraints:
@@ -82,6 +83,11 @@ def tokens_targets():
         for s in SHARDS
         if _exists(f"{OUTPUT}/shards/{s}.json") and not _exists(shard_path(s, TOKENS))
     ]
+
+
+def encode_mem_mb(wildcards, attempt):
+    """Host memory (MB) of a job that holds the model: the model, decoded audio, the token buffer; grows with the attempt."""
+    return 16000 * attempt
 
 
 def encode_runtime(wildcards, input, attempt):

@@ -17,7 +17,9 @@ rule assemble_sft:
         columns=config["columns"],
         sft=config["sft"],
     resources:
-        mem_mb=8000,
+        # one shard's tokens + metadata at a time plus the writer's buffers; reads every shard once (hours at scale)
+        mem_mb=16000,
+        runtime=720,
     conda:
         "../envs/dataset.yaml"
     script:

@@ -21,7 +21,7 @@ rule encode_shard:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
+        mem_mb=encode_mem_mb,
         runtime=encode_runtime,
     conda:
         "../envs/encode.yaml"
@@ -48,7 +48,7 @@ rule audit_shard:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=encode_mem_mb,
     conda:
         "../envs/encode.yaml"
     script:

@@ -6,8 +6,8 @@ import torch
 import torch.nn as nn
 from conftest import clip
 
-from neucodec_workflow.codec import DECODER_ONLY, CodecLoadError, build_neucodec, load_codec, make_random_weights
-from neucodec_workflow.encode import reference_tokens
+from neucodec_workflow.engine.codec import DECODER_ONLY, CodecLoadError, build_neucodec, load_codec, make_random_weights
+from neucodec_workflow.engine.reference import reference_tokens
 
 
 def test_skeleton_matches_upstream_init(monkeypatch):

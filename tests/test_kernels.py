@@ -8,11 +8,11 @@ from conftest import make_clips
 from neucodec.activations import SnakeBeta
 from neucodec.alias_free_torch import Activation1d
 
-from neucodec_workflow import kernels
-from neucodec_workflow.acoustic import AcousticEncoder
-from neucodec_workflow.encode import reference_tokens
-from neucodec_workflow.engine import Engine
-from neucodec_workflow.semantic import SemanticModel
+from neucodec_workflow.engine import kernels
+from neucodec_workflow.engine.acoustic import AcousticEncoder
+from neucodec_workflow.engine.reference import reference_tokens
+from neucodec_workflow.engine.engine import Engine, EngineConfig
+from neucodec_workflow.engine.semantic import SemanticModel
 
 needs_native = pytest.mark.skipif(not kernels.snake_aa_available(), reason="no C compiler: the stock modules run instead")
 
@@ -99,7 +99,7 @@ def test_exact_mode_without_native_kernels_equals_encode_code(codec, monkeypatch
     monkeypatch.setenv("NEUCODEC_WORKFLOW_NATIVE", "0")
     kernels._library.cache_clear()
     try:
-        engine = Engine(codec)
+        engine = Engine(codec, EngineConfig(mode="exact", batch_seconds=60))
         assert engine.kernels == "torch" and not engine.acoustic.native
         clips = make_clips([(0.7, 16_000, 1), (320 * 9, 16_000, 1), (1.1, 24_000, 1)])
         for c, tokens in engine.encode(clips):

@@ -34,7 +34,7 @@ PENDING = re.compile(r"^\s*wildcards: shard=(\S+)", re.M)
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
     pytest.importorskip("moto")
-    from neucodec_workflow.loopback_s3 import LoopbackS3
+    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as s3:
         assert s3.endpoint.startswith("http://127.0.0.1:")
@@ -43,7 +43,7 @@ def server() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def client(server: Any) -> Any:
-    from neucodec_workflow.s3 import S3Settings
+    from neucodec_workflow.storage.s3 import S3Settings
 
     c = S3Settings(endpoint_url=server.endpoint, region="us-east-1", access_key=ACCESS_KEY, secret_key=SECRET).client()
     c.create_bucket(Bucket=BUCKET)
@@ -73,7 +73,7 @@ def s3_env(endpoint: str, home: Path) -> dict[str, str]:
 
 
 def put_shard(client: Any, prefix: str, shard: str, *, seed: int, corrupt: bool = False, seconds: float = 1.0) -> int:
-    from neucodec_workflow.loopback_s3 import shard_bytes
+    from neucodec_workflow.testing.loopback_s3 import shard_bytes
 
     tar, meta = shard_bytes(2, seconds, seed=seed, corrupt=corrupt)
     client.put_object(Bucket=BUCKET, Key=f"{prefix}/{shard}/audio.tar", Body=tar)
@@ -151,10 +151,11 @@ def test_pinned_versions_and_plugin_internals() -> None:
     from snakemake.io import _IOFile
     from snakemake_storage_plugin_s3 import StorageObject
 
-    from neucodec_workflow import s3
+    from neucodec_workflow import upstream
+    from neucodec_workflow.storage.plugin import PATCHED_METHODS
 
-    assert s3.installed_versions() == s3.TESTED_VERSIONS
-    for name in s3.PATCHED_METHODS:
+    upstream.require("snakemake", "snakemake-storage-plugin-s3")
+    for name in PATCHED_METHODS:
         assert callable(getattr(StorageObject, name)), name
     assert inspect.iscoroutinefunction(StorageObject.inventory)
     # the plugin's behaviours the patches replace
@@ -171,7 +172,7 @@ def test_pinned_versions_and_plugin_internals() -> None:
 
 
 def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from neucodec_workflow.s3 import S3Error, S3Settings
+    from neucodec_workflow.storage.s3 import S3Error, S3Settings
 
     monkeypatch.setenv("NEUCODEC_S3_REQUIRE_ENDPOINT", "1")
     with pytest.raises(S3Error, match="refusing to use AWS"):
@@ -279,7 +280,7 @@ def test_sigkill_mid_encode_then_rerun(server: Any, client: Any, checkpoint: Pat
 
 def test_read_ahead_resumes_after_a_broken_connection() -> None:
     """A connection that breaks mid-object is resumed with a Range GET; the bytes come out whole and in order."""
-    from neucodec_workflow.s3 import ReadAhead
+    from neucodec_workflow.storage.streams import ReadAhead
 
     data = bytes(range(256)) * 4000
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neucodec_workflow.sft import SftError, assemble_sft, speaker_split
-from neucodec_workflow.stats import corpus_stats
-from neucodec_workflow.tokens_io import write_tokens
+from neucodec_workflow.dataset.sft import SftError, assemble_sft, speaker_split
+from neucodec_workflow.dataset.stats import corpus_stats
+from neucodec_workflow.contract import write_tokens
 
 MAPPING = {"segment_id": "segment_id", "text": ["text", "transcript"], "language": "language", "speaker": "speaker",
            "duration": "duration", "dataset": "dataset"}
@@ -35,8 +35,9 @@ def corpus(tmp_path):
 
 
 def assemble(root, shards, out, **kw):
+    settings = {"validation_fraction": 0.0, "target_file_mb": 500, "rows_per_row_group": 20_000, **kw}
     return assemble_sft(shards, lambda s: str(root / s / "neucodec_tokens.parquet"), lambda s: str(root / s / "metadata.parquet"),
-                        out, MAPPING, **kw)
+                        out, MAPPING, **settings)
 
 
 def test_dataset_loads_with_datasets_also_streaming(corpus, tmp_path):
@@ -110,3 +111,48 @@ def test_stats_totals_and_groups(corpus, tmp_path):
     assert stats["audio_seconds_per_wall_second"] == pytest.approx(4.0)
     assert set(stats["per_language"]) == {"en", "de"} and stats["per_dataset"]["ds"]["segments"] == 54
     json.dumps(stats)
+
+
+def test_rows_without_text_or_with_bad_duration_are_excluded_and_counted(tmp_path):
+    """Each encoded segment is a dataset row or is listed with its reason; nothing is written with a null text or a
+    made-up duration."""
+    from datasets import load_dataset
+
+    d = tmp_path / "e" / "s0"
+    d.mkdir(parents=True)
+    meta = pd.DataFrame({
+        "segment_id": ["ok", "ok_no_duration", "null_text", "blank_text", "bad_duration", "negative", "dup_meta", "dup_meta"],
+        "text": ["hello", "hi", None, "   ", "x", "y", "z", "z"],
+        "duration": ["1.5", None, "1", "1", "1,5 s", "-2", "1", "1"],
+    })
+    meta.to_parquet(d / "metadata.parquet")
+    ids = ["ok", "ok_no_duration", "null_text", "blank_text", "bad_duration", "negative", "dup_meta", "orphan", "ok"]
+    write_tokens(d / "neucodec_tokens.parquet", [(i, np.arange(5 + k, dtype=np.uint16)) for k, i in enumerate(ids)], {})
+    out = tmp_path / "sft"
+    summary = assemble(tmp_path, ["e/s0"], out)
+    assert summary["train"]["num_examples"] == 2
+    rows = {r["segment_id"]: r for r in load_dataset(str(out), split="train")}
+    assert rows["ok"]["duration"] == 1.5 and rows["ok"]["token_count"] == 5  # the first of the duplicate rows
+    assert rows["ok_no_duration"]["duration"] == pytest.approx(6 * 0.02)  # missing: the encoded length
+    excluded = json.loads((out / "excluded.json").read_text())
+    reasons = {(r["segment_id"], r["reason"]) for r in excluded["segments"]}
+    assert reasons == {("null_text", "no_text"), ("blank_text", "no_text"), ("bad_duration", "unparseable_duration"),
+                       ("negative", "unparseable_duration"), ("dup_meta", "duplicate_in_metadata"),
+                       ("orphan", "not_in_metadata"), ("ok", "duplicate_in_tokens")}
+    assert all(r["shard"] == "e/s0" for r in excluded["segments"])
+    assert excluded["excluded_by_reason"] == {"duplicate_in_metadata": 1, "duplicate_in_tokens": 1, "no_text": 2,
+                                              "not_in_metadata": 1, "unparseable_duration": 2}
+    assert len(rows) + excluded["excluded"] == len(ids)  # every encoded row accounted for
+    assert "left out" in (out / "README.md").read_text()
+    stats = corpus_stats([], out)
+    assert stats["sft_excluded_by_reason"] == excluded["excluded_by_reason"]
+
+
+def test_dataset_side_does_not_import_torch():
+    """The dataset rules' environment has no torch (envs/dataset.yaml)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, neucodec_workflow.dataset.sft, neucodec_workflow.dataset.stats, neucodec_workflow.jobs, "
+            "neucodec_workflow.storage.streams; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

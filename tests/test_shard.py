@@ -1,7 +1,7 @@
 """One shard end to end in the package: dirty input, accounting, the output contract."""
 
-import io
-import tarfile
+import os
+import threading
 
 import numpy as np
 import pandas as pd
@@ -9,11 +9,19 @@ import pytest
 import torch
 from conftest import clip, float_wav_bytes, simple_shard
 
-from neucodec_workflow.audio import Reason
-from neucodec_workflow.encode import ReferenceEncoder, reference_tokens
-from neucodec_workflow.shard import ShardError, encode_shard
-from neucodec_workflow.synth import Member, flac_bytes, write_shard
-from neucodec_workflow.tokens_io import read_provenance
+from neucodec_workflow.contract import read_provenance
+from neucodec_workflow.engine.reference import ReferenceEncoder, reference_tokens
+from neucodec_workflow.records import Reason
+from neucodec_workflow.shard.audio import ShardError
+from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
+from neucodec_workflow.testing.synth import Member, flac_bytes, write_shard
+
+
+def encode(name, shard_dir, codec, *, tar=None, out="out.parquet", max_seconds=60.0):
+    """encode_shard as the job calls it: the metadata's ids read once, then the tar (a path or a stream)."""
+    ids = read_metadata_ids(name, shard_dir / "metadata.parquet", ["segment_id"])
+    return encode_shard(name, shard_dir / "audio.tar" if tar is None else tar, ids, shard_dir / out, ReferenceEncoder(codec),
+                        max_seconds=max_seconds, decode_workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +55,7 @@ def dirty_shard(tmp_path_factory):
 @pytest.fixture(scope="module")
 def encoded(dirty_shard, codec):
     out = dirty_shard / "neucodec_tokens.parquet"
-    report = encode_shard("lang/shard-1", dirty_shard / "audio.tar", dirty_shard / "metadata.parquet", out,
-                          ReferenceEncoder(codec), codec.provenance, max_seconds=2.0)
+    report = encode("lang/shard-1", dirty_shard, codec, out=out.name, max_seconds=2.0)
     return report, out
 
 
@@ -88,7 +95,7 @@ def test_tokens_parquet_contract_and_reference_equality(encoded, dirty_shard, co
     # n_samples_16k // 320 on every row; first clip: 0.6 s at 16 kHz = 9600 samples -> 30 tokens
     assert df.token_count.tolist()[0] == 30 and report.tokens == df.token_count.sum()
     # tokens equal NeuCodec.encode_code on the same audio
-    from neucodec_workflow.audio import decode_member, iter_flac_members
+    from neucodec_workflow.shard.audio import decode_member, iter_flac_members
 
     with open(dirty_shard / "audio.tar", "rb") as f:
         first = next(decode_member("good_16k", m, b, 60) for m, b in iter_flac_members(f) if m == "good_16k.flac")
@@ -100,8 +107,7 @@ def test_tokens_parquet_contract_and_reference_equality(encoded, dirty_shard, co
 def test_shard_without_valid_segment_fails_naming_it(tmp_path, codec):
     shard = write_shard(tmp_path / "s", [Member("a.flac", b"garbage")], pd.DataFrame({"segment_id": ["a"]}))
     with pytest.raises(ShardError, match=r"shard bad/one: no segment could be encoded \(\{'decode_error': 1\}\)"):
-        encode_shard("bad/one", shard / "audio.tar", shard / "metadata.parquet", shard / "neucodec_tokens.parquet",
-                     ReferenceEncoder(codec), {})
+        encode("bad/one", shard, codec, out="neucodec_tokens.parquet")
     assert not (shard / "neucodec_tokens.parquet").exists()
     assert not list(shard.glob(".*tmp*"))
 
@@ -110,7 +116,7 @@ def test_unreadable_tar_fails_naming_shard(tmp_path, codec):
     shard = simple_shard(tmp_path, "x/s1", [0.3])
     (shard / "audio.tar").write_bytes(b"\x00" * 10 + b"definitely not a tar" * 100)
     with pytest.raises(ShardError, match="shard x/s1: cannot read audio.tar"):
-        encode_shard("x/s1", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+        encode("x/s1", shard, codec)
 
 
 def test_truncated_tar_fails_naming_shard(tmp_path, codec):
@@ -118,7 +124,7 @@ def test_truncated_tar_fails_naming_shard(tmp_path, codec):
     data = (shard / "audio.tar").read_bytes()
     (shard / "audio.tar").write_bytes(data[: len(data) // 2])
     with pytest.raises(ShardError, match="shard x/s2: cannot read audio.tar"):
-        encode_shard("x/s2", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+        encode("x/s2", shard, codec)
     assert not (shard / "out.parquet").exists()
 
 
@@ -126,19 +132,32 @@ def test_unreadable_metadata_fails_naming_shard(tmp_path, codec):
     shard = simple_shard(tmp_path, "x/s3", [0.3])
     (shard / "metadata.parquet").write_bytes(b"PAR1 broken")
     with pytest.raises(ShardError, match="shard x/s3: cannot read metadata.parquet"):
-        encode_shard("x/s3", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+        encode("x/s3", shard, codec)
 
 
 def test_missing_id_column_fails_naming_shard(tmp_path, codec):
     shard = simple_shard(tmp_path, "x/s4", [0.3])
     pd.DataFrame({"id": ["x"]}).to_parquet(shard / "metadata.parquet")
-    with pytest.raises(ShardError, match="shard x/s4: cannot read metadata.parquet column 'segment_id'"):
-        encode_shard("x/s4", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
+    with pytest.raises(ShardError, match=r"shard x/s4: cannot read segment ids from metadata.parquet: .*none of the columns \['segment_id'\]"):
+        encode("x/s4", shard, codec)
 
 
-def test_tar_from_a_stream(tmp_path, codec):
-    shard = simple_shard(tmp_path, "x/s5", [0.4])
-    stream = io.BytesIO((shard / "audio.tar").read_bytes())
-    report = encode_shard("x/s5", stream, shard / "metadata.parquet", shard / "out.parquet", ReferenceEncoder(codec), {})
-    assert report.encoded == 1
-    assert tarfile.is_tarfile(shard / "audio.tar")
+def test_tar_from_a_pipe(tmp_path, codec):
+    """The tar arrives through a pipe (forward only, not seekable, in small writes), as from a network stream."""
+    shard = simple_shard(tmp_path, "x/s5", [0.4, 0.3, 0.5])
+    data = (shard / "audio.tar").read_bytes()
+    read_fd, write_fd = os.pipe()
+
+    def feed():
+        with os.fdopen(write_fd, "wb") as w:
+            for i in range(0, len(data), 1000):
+                w.write(data[i : i + 1000])
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    with os.fdopen(read_fd, "rb") as stream:
+        assert not stream.seekable()
+        report = encode("x/s5", shard, codec, tar=stream)
+    writer.join()
+    assert report.encoded == 3 and not report.rejected
+    assert pd.read_parquet(shard / "out.parquet").segment_id.tolist() == [f"x_s5_{i:03d}" for i in range(3)]

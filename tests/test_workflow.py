@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_snakemake, simple_shard
 
-from neucodec_workflow.audio import decode_member, iter_flac_members
-from neucodec_workflow.encode import reference_tokens
+from neucodec_workflow.shard.audio import decode_member, iter_flac_members
+from neucodec_workflow.engine.reference import reference_tokens
 
 pytestmark = pytest.mark.workflow
 
@@ -132,7 +132,7 @@ def test_lint_is_clean(project):
 
 
 def test_demo_corpus_layout(tmp_path):
-    from neucodec_workflow.synth import DEMO_SHARDS, make_demo_corpus
+    from neucodec_workflow.testing.synth import DEMO_SHARDS, make_demo_corpus
 
     make_demo_corpus(tmp_path, use_espeak=False)
     for shard, _, sr, channels in DEMO_SHARDS:

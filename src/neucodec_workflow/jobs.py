@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from neucodec_workflow.contract import write_json
+
 log = logging.getLogger("neucodec_workflow")
 
 RANDOM_BANNER = (
@@ -35,52 +37,47 @@ def setup_logging(log_file: str | None) -> None:
 
 def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report: str, codec: dict[str, Any],
                      encode: dict[str, Any], columns: dict[str, Any], threads: int) -> None:
+    """Rule encode_shard. ``codec``/``encode``/``columns``: the validated config sections (defaults from the schema)."""
     import torch
 
-    from neucodec_workflow.codec import load_codec
-    from neucodec_workflow.device import pick_device
-    from neucodec_workflow.encode import reference_tokens
-    from neucodec_workflow.engine import Engine, EngineConfig
-    from neucodec_workflow.s3 import open_source
-    from neucodec_workflow.shard import encode_shard, read_metadata_ids, write_report
+    from neucodec_workflow.engine.codec import load_codec
+    from neucodec_workflow.engine.device import pick_device
+    from neucodec_workflow.engine.engine import Engine, EngineConfig
+    from neucodec_workflow.engine.reference import reference_tokens
+    from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
+    from neucodec_workflow.storage.streams import open_source
 
     torch.set_num_threads(max(1, threads))
-    device = pick_device(codec.get("device", "auto"))
+    device = pick_device(codec["device"])
     log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
              os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
     with open_source(tar) as tar_in, open_source(metadata, seekable=True) as metadata_in:  # s3:// is streamed
-        read_metadata_ids(shard, metadata_in, columns.get("segment_id", "segment_id"))  # fail fast, before the model loads
-        if not isinstance(metadata_in, str):
-            metadata_in.seek(0)
-        loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=device)
+        ids = read_metadata_ids(shard, metadata_in, columns["segment_id"])  # fails fast, before the model loads
+        loaded = load_codec(codec["weights"], seed=int(codec["seed"]), device=device)
         if loaded.is_random:
             log.warning(RANDOM_BANNER)
-        engine = Engine(loaded, EngineConfig(mode=encode.get("mode", "exact"), batch_seconds=float(encode.get("batch_seconds", 120))))
-        provenance = {**loaded.provenance, "mode": engine.config.mode, "kernels": engine.kernels}
-        if engine.config.mode == "fast":
-            provenance["precision"] = "bf16 autocast + tf32 (fc_prior and quantizer fp32)"
-        result = encode_shard(shard, tar_in, metadata_in, tokens, engine, provenance,
-                              id_column=columns.get("segment_id", "segment_id"), max_seconds=float(encode["max_seconds"]),
-                              decode_workers=int(encode.get("decode_workers", 2)),
-                              reference=lambda audio: reference_tokens(loaded, audio), audit_segments=int(encode.get("audit_segments", 0)))
-    write_report(report, result)
-    d = result.as_dict()
-    log.info("shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)",
-             shard, d["encoded"], d["rejected_count"], d["audio_seconds"], d["tokens"], d["audio_seconds_per_wall_second"], device, engine.name)
+        engine = Engine(loaded, EngineConfig(mode=encode["mode"], batch_seconds=float(encode["batch_seconds"])))
+        result = encode_shard(shard, tar_in, ids, tokens, engine, max_seconds=float(encode["max_seconds"]),
+                              decode_workers=int(encode["decode_workers"]),
+                              reference=lambda audio: reference_tokens(loaded, audio), audit_segments=int(encode["audit_segments"]))
+    write_json(report, result.as_dict())
+    log.info("shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)", shard, result.encoded,
+             len(result.rejected), result.audio_seconds, result.tokens,
+             result.audio_seconds / result.wall_seconds if result.wall_seconds else 0.0, device, engine.name)
 
 
 def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, Any], segments: int, max_seconds: float, threads: int) -> None:
+    """Rule audit_shard: the stored tokens against the reference path (strict fp32) on a sample."""
     import torch
 
-    from neucodec_workflow.codec import load_codec
-    from neucodec_workflow.device import pick_device
-    from neucodec_workflow.encode import exact_numerics, reference_tokens
-    from neucodec_workflow.s3 import local_copy, open_source
-    from neucodec_workflow.shard import audit_stored, write_json
+    from neucodec_workflow.engine.codec import load_codec
+    from neucodec_workflow.engine.device import pick_device
+    from neucodec_workflow.engine.reference import reference_tokens
+    from neucodec_workflow.shard.audit import audit_stored
+    from neucodec_workflow.storage.streams import local_copy, open_source
 
     torch.set_num_threads(max(1, threads))
-    exact_numerics()
-    loaded = load_codec(codec["weights"], seed=int(codec.get("seed", 0)), device=pick_device(codec.get("device", "auto")))
+    loaded = load_codec(codec["weights"], seed=int(codec["seed"]), device=pick_device(codec["device"]))
     with open_source(tar) as tar_in, local_copy(tokens) as tokens_path:  # s3://: tar streamed, tokens fetched
         result = audit_stored(shard, tar_in, tokens_path, lambda audio: reference_tokens(loaded, audio), segments, max_seconds)
     result["reference_codec"] = loaded.provenance
@@ -89,8 +86,8 @@ def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, A
 
 
 def assemble_job(*, shards: list[str], tokens: list[str], metadata: list[str], out_dir: str, columns: dict[str, Any], sft: dict[str, Any]) -> None:
-    from neucodec_workflow.s3 import OneAtATime
-    from neucodec_workflow.sft import assemble_sft
+    from neucodec_workflow.storage.streams import OneAtATime
+    from neucodec_workflow.dataset.sft import assemble_sft
 
     tokens_of, metadata_of = dict(zip(shards, tokens, strict=True)), dict(zip(shards, metadata, strict=True))
     read_tokens, read_metadata = OneAtATime(), OneAtATime()  # s3:// objects: fetched one shard at a time
@@ -101,8 +98,7 @@ def assemble_job(*, shards: list[str], tokens: list[str], metadata: list[str], o
 
 
 def stats_job(*, reports: list[str], sft_dir: str, out: str) -> None:
-    from neucodec_workflow.shard import write_json
-    from neucodec_workflow.stats import corpus_stats, load_reports
+    from neucodec_workflow.dataset.stats import corpus_stats, load_reports
 
     stats = corpus_stats(load_reports(reports), sft_dir)
     write_json(out, stats)

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from neucodec_workflow import kernels
+from neucodec_workflow.engine import kernels
 
 
 def _conv(conv: nn.Conv1d, channels_last: bool):

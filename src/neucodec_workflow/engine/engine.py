@@ -22,27 +22,35 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neucodec_workflow.acoustic import AcousticEncoder
-from neucodec_workflow.audio import HOP, Clip
-from neucodec_workflow.codec import Codec
-from neucodec_workflow.encode import check_token_count, exact_numerics
-from neucodec_workflow.fbank import TorchFbank
-from neucodec_workflow.semantic import SemanticModel
+from neucodec_workflow.contract import HOP, SAMPLE_RATE
+from neucodec_workflow.engine.acoustic import AcousticEncoder
+from neucodec_workflow.engine.codec import Codec
+from neucodec_workflow.engine.fbank import TorchFbank
+from neucodec_workflow.engine.numerics import numerics
+from neucodec_workflow.engine.reference import check_token_count
+from neucodec_workflow.engine.semantic import SemanticModel
+from neucodec_workflow.records import MODES, Mode
+from neucodec_workflow.shard.audio import Clip
 
 log = logging.getLogger(__name__)
-MODES = ("exact", "fast")
 MAX_PAD_RATIO = 1.15  # a batch's longest clip is at most 15 % longer than its shortest
+
+
+FAST_PRECISION = "bf16 autocast + tf32 (fc_prior and quantizer fp32)"
 
 
 @dataclass
 class EngineConfig:
-    mode: str = "exact"
-    batch_seconds: float = 120.0  # padded audio seconds per w2v-bert batch
+    """``mode`` and ``batch_seconds`` are the config's ``encode.mode`` / ``encode.batch_seconds`` (defaults: the schema)."""
+
+    mode: Mode
+    batch_seconds: float  # padded audio seconds per w2v-bert batch
     window_clips: int = 256  # clips gathered and length-sorted before batching
 
     def __post_init__(self) -> None:
@@ -50,16 +58,24 @@ class EngineConfig:
             raise ValueError(f"encode.mode must be one of {MODES}, not {self.mode!r}")
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+# How allocation failures read: CUDA ("CUDA out of memory"), torch's CPU allocator ("DefaultCPUAllocator: can't
+# allocate memory"), oneDNN / MKL ("could not allocate"); Python's and the native kernel's MemoryError.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "could not allocate")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """An allocation failure on any device: the batch is retried clip by clip, a clip that fails alone is rejected."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
 
 
 class Engine:
     """``Encoder`` protocol: ``encode(clips)`` yields ``(clip, tokens | exception)``."""
 
-    def __init__(self, codec: Codec, config: EngineConfig | None = None):
+    def __init__(self, codec: Codec, config: EngineConfig):
         self.codec = codec
-        self.config = config or EngineConfig()
+        self.config = config
         self.name = f"engine-{self.config.mode}"
         self.device = codec.device
         self.fbank = TorchFbank(self.device)
@@ -67,12 +83,13 @@ class Engine:
         self.sem, self.fc_prior, self.quantizer = m.SemanticEncoder_module, m.fc_prior, m.generator.quantizer
         self.w2v = SemanticModel(m.semantic_model)
         self.acoustic = AcousticEncoder(m.CodecEnc, self.device)
-        self.kernels = "native-cpu" if self.acoustic.native else "torch"  # recorded in the shard's provenance
-        if self.config.mode == "exact":
-            exact_numerics()
-        else:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        self.kernels = "native-cpu" if self.acoustic.native else "torch"
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """What goes into every tokens file this engine writes: the codec's provenance, mode, precision, kernels."""
+        precision = FAST_PRECISION if self.config.mode == "fast" else self.codec.provenance["precision"]
+        return {**self.codec.provenance, "mode": self.config.mode, "precision": precision, "kernels": self.kernels}
 
     def _autocast(self):
         if self.config.mode == "fast":
@@ -111,7 +128,7 @@ class Engine:
     def _batches(self, clips: list[Clip]) -> Iterator[list[Clip]]:
         """Length-sorted batches whose padded size stays within ``batch_seconds`` and whose shortest
         clip is at least ``1 / MAX_PAD_RATIO`` of the longest (padding is wasted compute)."""
-        budget = self.config.batch_seconds * 16_000
+        budget = self.config.batch_seconds * SAMPLE_RATE
         batch: list[Clip] = []
         for clip in sorted(clips, key=lambda c: len(c.audio)):
             longest = len(clip.audio) + HOP
@@ -124,10 +141,10 @@ class Engine:
 
     def _run(self, batch: list[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
         try:
-            with torch.inference_mode():
+            with numerics(self.config.mode), torch.inference_mode():  # scoped: never held across a yield
                 results = self._encode_batch(batch)
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
-            if not _is_oom(exc):
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc):
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from neucodec_workflow.s3 import Inventory
+from neucodec_workflow.contract import TAR
 
-TAR = "audio.tar"
-METADATA = "metadata.parquet"
-TOKENS = "neucodec_tokens.parquet"
+if TYPE_CHECKING:
+    from neucodec_workflow.storage.inventory import Inventory
+
 
 
 class ShardListError(ValueError):
@@ -42,7 +41,7 @@ def discover_local(corpus: str | Path) -> list[str]:
 
 def discover_s3(corpus: str, inventory: Inventory) -> list[str]:
     """Shard prefixes under ``s3://bucket/prefix`` with an ``audio.tar``, from the run's one listing; sorted."""
-    from neucodec_workflow.s3 import split_url
+    from neucodec_workflow.storage.s3 import split_url
 
     bucket, prefix = split_url(corpus)
     start = len(prefix) + 1 if prefix else 0

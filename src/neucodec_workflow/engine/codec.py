@@ -25,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from neucodec_workflow import upstream
+from neucodec_workflow.engine.probe import speech_like
+
 log = logging.getLogger(__name__)
 
 HUB_IDS = ("neuphonic/neucodec",)
@@ -65,6 +68,7 @@ def build_neucodec(semantic_layers: int = SEMANTIC_LAYERS, *, init: bool = True)
     ``init=True``: torch's default random init. ``init=False``: the large modules are allocated but
     not initialised (built on the meta device, ~10 s faster); only for loading a checkpoint over it.
     """
+    upstream.require("neucodec", "transformers", "torch")  # the rebuilt __init__ and the re-implemented internals
     from neucodec.codec_decoder_vocos import CodecDecoderVocos
     from neucodec.codec_encoder import CodecEncoder
     from neucodec.model import NeuCodec
@@ -203,8 +207,6 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], se
 
 def probe_signal(seconds: float = 6.0, seed: int = 1234) -> np.ndarray:
     """A fixed speech-like 16 kHz signal: voiced harmonics with moving pitch and syllable-rate envelope."""
-    from neucodec_workflow.synth import speech_like
-
     return speech_like(seconds, 16_000, np.random.default_rng(seed))
 
 
@@ -255,15 +257,7 @@ def save_random_checkpoint(path: str | Path, seed: int, semantic_layers: int = S
 
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("neucodec_workflow", "neucodec", "torch", "transformers"):
-        try:
-            out[name] = version(name.replace("_", "-"))
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
+    return {name: upstream.installed(name) for name in ("neucodec-workflow", "neucodec", "torch", "transformers")}
 
 
 def load_codec(weights: str, *, seed: int = 0, semantic_layers: int = SEMANTIC_LAYERS, device: str | torch.device = "cpu") -> Codec:

@@ -7,13 +7,14 @@ the definition of correct tokens that every faster path must agree with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from neucodec_workflow.audio import Clip
-from neucodec_workflow.codec import Codec
+from neucodec_workflow.engine.codec import Codec
+from neucodec_workflow.engine.numerics import numerics
+from neucodec_workflow.shard.audio import Clip
 
 
 class TokenCountError(RuntimeError):
@@ -22,17 +23,11 @@ class TokenCountError(RuntimeError):
 
 class Encoder(Protocol):
     name: str
+    provenance: dict[str, Any]  # goes into the tokens file: codec, weights, mode, precision, kernels
 
     def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
         """Yield each clip with its uint16 tokens, or with the exception that stopped it."""
         ...
-
-
-def exact_numerics() -> None:
-    """No TF32 anywhere: the reference is strict fp32."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
 
 
 def check_token_count(clip: Clip, tokens: np.ndarray) -> np.ndarray:
@@ -44,9 +39,10 @@ def check_token_count(clip: Clip, tokens: np.ndarray) -> np.ndarray:
 
 
 def reference_tokens(codec: Codec, audio: np.ndarray) -> np.ndarray:
-    """``NeuCodec.encode_code`` on one clip: ``[1, 1, T]`` float32 in, uint16 tokens out."""
+    """``NeuCodec.encode_code`` on one clip, in strict fp32 whatever mode the caller runs: ``[1, 1, T]`` float32 in,
+    uint16 tokens out."""
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None].to(codec.device)
-    with torch.inference_mode():
+    with numerics("exact"), torch.inference_mode():
         codes = codec.model.encode_code(x)
     return codes[0, 0].to("cpu", torch.int64).numpy().astype("<u2")
 
@@ -55,14 +51,14 @@ class ReferenceEncoder:
     name = "reference"
 
     def __init__(self, codec: Codec):
-        exact_numerics()
         self.codec = codec
+        self.provenance = {**codec.provenance, "mode": "reference"}
 
     def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
         for clip in clips:
             try:
                 tokens = reference_tokens(self.codec, clip.audio)
-            except (RuntimeError, ValueError) as exc:  # e.g. out of memory on one huge clip
+            except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of memory on one huge clip
                 yield clip, exc
                 continue
             yield clip, check_token_count(clip, tokens)

@@ -11,8 +11,9 @@ import tarfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
 import numpy as np
@@ -20,23 +21,30 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-SAMPLE_RATE = 16_000
-HOP = 320  # samples per token at 16 kHz: tokens = n_samples // HOP
+from neucodec_workflow.contract import HOP, SAMPLE_RATE
+from neucodec_workflow.records import Reason, Reject
 
 
-class Reason:
-    """Reject reasons: the strings users see in reports and stats."""
+class ShardError(RuntimeError):
+    """The shard as a whole cannot be encoded (unreadable input, nothing valid in it)."""
 
-    DECODE_ERROR = "decode_error"
-    EMPTY = "empty_audio"
-    TOO_SHORT = "shorter_than_one_frame"
-    NON_FINITE = "non_finite_samples"
-    TOO_LONG = "longer_than_max_seconds"
-    NOT_IN_METADATA = "not_in_metadata"
-    MISSING_FROM_TAR = "missing_from_tar"
-    DUPLICATE_IN_TAR = "duplicate_in_tar"
-    DUPLICATE_IN_METADATA = "duplicate_in_metadata"
-    ENCODE_ERROR = "encode_error"
+    def __init__(self, shard: str, message: str):
+        super().__init__(f"shard {shard}: {message}")
+        self.shard = shard
+
+
+@contextmanager
+def open_tar(shard: str, tar: str | Path | BinaryIO) -> Iterator[BinaryIO]:
+    """A binary stream of the shard's ``audio.tar``: a stream passed in as is, or the local file."""
+    if not isinstance(tar, (str, Path)):
+        yield tar
+        return
+    try:
+        f = open(tar, "rb")
+    except OSError as exc:
+        raise ShardError(shard, f"cannot open audio.tar: {exc}") from exc
+    with f:
+        yield f
 
 
 @dataclass
@@ -54,17 +62,6 @@ class Clip:
     @property
     def seconds(self) -> float:
         return len(self.audio) / SAMPLE_RATE
-
-
-@dataclass
-class Reject:
-    segment_id: str
-    reason: str
-    detail: str = ""
-    member: str | None = None
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {"segment_id": self.segment_id, "reason": self.reason, "detail": self.detail, "member": self.member}
 
 
 def segment_id_of(member_name: str) -> str:

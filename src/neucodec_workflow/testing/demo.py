@@ -1,6 +1,6 @@
 """``make demo``: build the small local corpus, run the workflow on it, say where everything is.
 
-    python -m neucodec_workflow.demo [--weights random|neuphonic/neucodec|PATH] [--cores N]
+    python -m neucodec_workflow.testing.demo [--weights random|neuphonic/neucodec|PATH] [--cores N]
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from neucodec_workflow.jobs import RANDOM_BANNER
-from neucodec_workflow.synth import make_demo_corpus
+from neucodec_workflow.testing.synth import make_demo_corpus
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,7 +87,7 @@ def shard_bytes(n_segments: int = 2, seconds: float = 1.0, *, seed: int = 0, sam
     import numpy as np
     import pandas as pd
 
-    from neucodec_workflow.synth import Member, flac_bytes, speech_like, write_shard
+    from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
     rng = np.random.default_rng(seed)
     ids = [f"seg{seed:05d}_{i:02d}" for i in range(n_segments)]

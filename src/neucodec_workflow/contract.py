@@ -1,4 +1,5 @@
-"""The per-shard ``neucodec_tokens.parquet`` contract: write atomically, read, validate."""
+"""The data contracts (../shared/docs/contracts.md): shard file names, 16 kHz / 320-sample frames, the per-shard
+``neucodec_tokens.parquet`` (written atomically, read), and atomic JSON. No torch: the dataset side imports this."""
 
 from __future__ import annotations
 
@@ -12,6 +13,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+TAR = "audio.tar"
+METADATA = "metadata.parquet"
+TOKENS = "neucodec_tokens.parquet"
+
+SAMPLE_RATE = 16_000
+HOP = 320  # samples per token at 16 kHz: tokens = n_samples // HOP
+SECONDS_PER_TOKEN = HOP / SAMPLE_RATE
+
 SCHEMA = pa.schema([("segment_id", pa.string()), ("neucodec_tokens", pa.binary()), ("token_count", pa.int32())])
 PROVENANCE_KEY = b"neucodec_workflow.provenance"
 
@@ -19,6 +28,17 @@ PROVENANCE_KEY = b"neucodec_workflow.provenance"
 def atomic_path(path: Path) -> Path:
     """A hidden temp name beside ``path``: a reader never sees a half-written file under the real name."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def candidates(column: str | list[str]) -> list[str]:
+    """A ``columns.*`` setting: one metadata column name, or a list tried in order."""
+    return [column] if isinstance(column, str) else list(column)
+
+
+def pick_column(column: str | list[str], available: Iterable[str]) -> str | None:
+    """The first of the candidate columns that the metadata has, else None."""
+    present = set(available)
+    return next((c for c in candidates(column) if c in present), None)
 
 
 class NoRowsError(ValueError):
@@ -73,3 +93,12 @@ def read_provenance(path: str | Path | BinaryIO) -> dict[str, Any]:
 
 def tokens_of(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<u2")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (a reader sees the old file or the new one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)

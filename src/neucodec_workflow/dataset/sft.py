@@ -13,17 +13,19 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neucodec_workflow.audio import HOP, SAMPLE_RATE
-from neucodec_workflow.tokens_io import read_provenance, tokens_of
+from neucodec_workflow.contract import SECONDS_PER_TOKEN, candidates, pick_column, read_provenance, tokens_of, write_json
+from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,9 @@ SCHEMA = pa.schema(
         ("shard", pa.string()),
     ]
 )
-SECONDS_PER_TOKEN = HOP / SAMPLE_RATE
+
+
+EXCLUDED = "excluded.json"  # encoded segments left out of the dataset, with their reason
 
 
 class SftError(RuntimeError):
@@ -50,14 +54,12 @@ class SftError(RuntimeError):
 
 def resolve_columns(shard: str, available: Iterable[str], mapping: dict[str, Any]) -> dict[str, str | None]:
     """Map each field to the first configured column present; ``text`` and ``segment_id`` are required."""
-    available = set(available)
+    available = list(available)
     resolved: dict[str, str | None] = {}
     for name in ("segment_id", *FIELDS):
-        candidates = mapping.get(name, name)
-        candidates = [candidates] if isinstance(candidates, str) else list(candidates)
-        resolved[name] = next((c for c in candidates if c in available), None)
+        resolved[name] = pick_column(mapping[name], available)
         if resolved[name] is None and name in ("segment_id", "text"):
-            raise SftError(f"shard {shard}: metadata.parquet has none of the columns {candidates} for {name!r} "
+            raise SftError(f"shard {shard}: metadata.parquet has none of the columns {candidates(mapping[name])} for {name!r} "
                            f"(columns: {sorted(available)}); set columns.{name} in the config")
     return resolved
 
@@ -71,24 +73,47 @@ def speaker_split(dataset: str | None, speaker: str | None, segment_id: str, val
     return "validation" if h < validation_fraction else "train"
 
 
-def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: str | Path | BinaryIO, mapping: dict[str, Any]) -> pd.DataFrame:
-    """One shard's encoded segments joined with their metadata, in SFT columns."""
+def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: str | Path | BinaryIO,
+               mapping: dict[str, Any]) -> tuple[pd.DataFrame, list[Reject]]:
+    """One shard's encoded segments joined with their metadata, in SFT columns, and the encoded segments that cannot
+    be a training row, each with its reason: no metadata row, an ambiguous one, no text, an unparseable duration,
+    a second row for the same id in the tokens file. A missing duration is the encoded length (exact)."""
     meta = pd.read_parquet(metadata_path)
     cols = resolve_columns(shard, meta.columns, mapping)
-    out = pd.DataFrame({"segment_id": meta[cols["segment_id"]].astype("string")})
+    fields = pd.DataFrame({"segment_id": meta[cols["segment_id"]].astype("string")})
     for name in FIELDS:
         src = cols[name]
-        out[name] = meta[src] if src else None
-    out = out.drop_duplicates("segment_id", keep=False)  # duplicate ids were rejected at encode time
+        fields[name] = meta[src] if src else None
     tokens = pd.read_parquet(tokens_path)
-    joined = tokens.merge(out, on="segment_id", how="left", validate="one_to_one")
-    if joined["text"].isna().any():
-        missing = joined.loc[joined["text"].isna(), "segment_id"].head(5).tolist()
-        log.warning("shard %s: %d encoded segments without text, e.g. %s", shard, int(joined["text"].isna().sum()), missing)
-    arrays = [tokens_of(b) for b in joined["neucodec_tokens"]]
+    tokens["segment_id"] = tokens["segment_id"].astype("string")
+    excluded: list[Reject] = []
+
+    def exclude(mask: pd.Series, reason: Reason, detail: Callable[[pd.DataFrame], list[str]] | str = "") -> None:
+        nonlocal joined
+        rows = joined[mask]
+        details = detail(rows) if callable(detail) else [detail] * len(rows)
+        excluded.extend(Reject(str(s), reason, d) for s, d in zip(rows["segment_id"], details, strict=True))
+        joined = joined[~mask]
+
+    joined = tokens
+    exclude(joined["segment_id"].duplicated(keep="first"), Reason.DUPLICATE_IN_TOKENS, "a row with this id came earlier")
+    ambiguous = set(fields.loc[fields["segment_id"].duplicated(keep=False), "segment_id"])
+    exclude(joined["segment_id"].isin(ambiguous), Reason.DUPLICATE_IN_METADATA, "several metadata rows")
+    joined = joined.merge(fields.drop_duplicates("segment_id"), on="segment_id", how="left", validate="one_to_one", indicator=True)
+    exclude(joined["_merge"] == "left_only", Reason.NOT_IN_METADATA, "tokens without a metadata row")
+    text = joined["text"].astype("string").str.strip()
+    exclude(text.isna() | (text == ""), Reason.NO_TEXT, lambda rows: ["null" if pd.isna(v) else repr(v) for v in rows["text"]])
+    raw = joined["duration"]
+    duration = pd.to_numeric(raw, errors="coerce").astype("float64")
+    bad = raw.notna() & ~(np.isfinite(duration) & (duration >= 0))
+    exclude(bad, Reason.BAD_DURATION, lambda rows: [f"duration {v!r}" for v in rows["duration"]])
+    duration = duration[~bad]
+    if excluded:
+        by_reason = Counter(str(r.reason) for r in excluded)
+        log.warning("shard %s: %d encoded segments left out of the dataset %s, e.g. %s", shard, len(excluded),
+                    dict(by_reason), [(r.segment_id, str(r.reason)) for r in excluded[:5]])
     encoded_seconds = joined["token_count"].astype("float64") * SECONDS_PER_TOKEN
-    duration = pd.to_numeric(joined["duration"], errors="coerce").astype("float64")
-    return pd.DataFrame(
+    rows = pd.DataFrame(
         {
             "segment_id": joined["segment_id"].astype(str),
             "text": joined["text"].astype("string"),
@@ -96,11 +121,12 @@ def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: st
             "speaker": joined["speaker"].astype("string"),
             "dataset": joined["dataset"].astype("string"),
             "duration": duration.fillna(encoded_seconds),
-            "neucodec_tokens": arrays,
+            "neucodec_tokens": [tokens_of(b) for b in joined["neucodec_tokens"]],
             "token_count": joined["token_count"].astype("int32"),
             "shard": shard,
         }
     )
+    return rows.reset_index(drop=True), excluded
 
 
 @dataclass
@@ -166,20 +192,23 @@ def assemble_sft(
     out_dir: str | Path,
     mapping: dict[str, Any],
     *,
-    validation_fraction: float = 0.0,
-    target_file_mb: float = 500.0,
-    rows_per_row_group: int = 20_000,
+    validation_fraction: float,
+    target_file_mb: float,
+    rows_per_row_group: int,
 ) -> dict[str, Any]:
-    """Write the dataset to ``out_dir`` atomically (built beside it, renamed into place)."""
+    """Write the dataset to ``out_dir`` atomically (built beside it, renamed into place). Encoded segments that cannot
+    be a training row are left out and listed with their reason in ``excluded.json``; returns the split summary."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
     writers = {s: _SplitWriter(tmp / "data", s, int(target_file_mb * 2**20), rows_per_row_group) for s in ("train", "validation")}
     provenance: list[dict[str, Any]] = []
+    excluded: list[dict[str, Any]] = []
     for shard in shards:
         tokens = tokens_path(shard)  # fetched once: rows, then provenance from the same bytes
-        df = shard_rows(shard, tokens, metadata_path(shard), mapping)
+        df, rejects = shard_rows(shard, tokens, metadata_path(shard), mapping)
+        excluded += [{"shard": shard, **r.as_dict()} for r in rejects]
         split = [speaker_split(d, s, i, validation_fraction) for d, s, i in zip(df["dataset"], df["speaker"], df["segment_id"], strict=True)]
         for name, part in df.groupby(pd.Series(split, index=df.index), sort=False):
             writers[str(name)].add(part)
@@ -190,7 +219,9 @@ def assemble_sft(
         w.close()
     summary = {n: {"num_examples": w.rows, "num_bytes": w.bytes, "files": len(w.files), "hours": w.seconds / 3600} for n, w in writers.items() if w.rows}
     codecs = {json.dumps({k: p.get(k) for k in ("codec_id", "revision", "weights_sha256", "random_weights", "seed")}, sort_keys=True) for p in provenance}
-    write_card(tmp, summary, [json.loads(c) for c in sorted(codecs)], len(shards))
+    by_reason = dict(sorted(Counter(r["reason"] for r in excluded).items()))
+    write_json(tmp / EXCLUDED, {"excluded": len(excluded), "excluded_by_reason": by_reason, "segments": excluded})
+    write_card(tmp, summary, [json.loads(c) for c in sorted(codecs)], len(shards), by_reason)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
@@ -215,7 +246,8 @@ def features():
     )
 
 
-def write_card(root: Path, splits: dict[str, dict[str, Any]], codecs: list[dict[str, Any]], n_shards: int) -> None:
+def write_card(root: Path, splits: dict[str, dict[str, Any]], codecs: list[dict[str, Any]], n_shards: int,
+               excluded_by_reason: dict[str, int]) -> None:
     """README.md with the ``dataset_info`` block (features, splits) and ``configs`` for ``load_dataset``."""
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
@@ -244,5 +276,7 @@ def write_card(root: Path, splits: dict[str, dict[str, Any]], codecs: list[dict[
         "|---|---|---|",
     ]
     lines += [f"| {n} | {s['num_examples']} | {s['hours']:.3f} |" for n, s in splits.items()]
+    if excluded_by_reason:
+        lines += ["", f"Encoded segments left out (each listed in `{EXCLUDED}`): {excluded_by_reason}"]
     lines += ["", "Codec provenance:", "", "```json", json.dumps(codecs, indent=2), "```", ""]
     (root / "README.md").write_text("\n".join(lines))

@@ -1,0 +1,140 @@
+"""Typed records: why a segment was rejected, the per-shard report, the audit, the encode mode. No torch."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal, TypedDict
+
+import numpy as np
+
+Mode = Literal["exact", "fast"]
+MODES: tuple[Mode, ...] = ("exact", "fast")
+
+
+class Reason(StrEnum):
+    """Why a segment has no tokens (encode job) or no dataset row (SFT): the strings users see in reports and stats."""
+
+    # encode job: one per tar member or metadata id
+    DECODE_ERROR = "decode_error"
+    EMPTY = "empty_audio"
+    TOO_SHORT = "shorter_than_one_frame"
+    NON_FINITE = "non_finite_samples"
+    TOO_LONG = "longer_than_max_seconds"
+    NOT_IN_METADATA = "not_in_metadata"
+    MISSING_FROM_TAR = "missing_from_tar"
+    DUPLICATE_IN_TAR = "duplicate_in_tar"
+    DUPLICATE_IN_METADATA = "duplicate_in_metadata"
+    ENCODE_ERROR = "encode_error"
+    # SFT dataset: encoded segments that cannot become a training row
+    NO_TEXT = "no_text"
+    BAD_DURATION = "unparseable_duration"
+    DUPLICATE_IN_TOKENS = "duplicate_in_tokens"
+
+
+@dataclass(frozen=True)
+class Reject:
+    segment_id: str
+    reason: Reason
+    detail: str = ""
+    member: str | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"segment_id": self.segment_id, "reason": str(self.reason), "detail": self.detail, "member": self.member}
+
+
+@dataclass
+class Audit:
+    """Token agreement of the engine with the reference path on a sample of segments."""
+
+    segments: int = 0
+    identical_segments: int = 0
+    tokens: int = 0
+    matching_tokens: int = 0
+    mismatched: list[str] = field(default_factory=list)
+
+    def add(self, segment_id: str, tokens: np.ndarray, reference: np.ndarray) -> None:
+        n = max(len(tokens), len(reference))
+        same = int((tokens[: len(reference)] == reference[: len(tokens)]).sum())
+        self.segments += 1
+        self.tokens += n
+        self.matching_tokens += same
+        if same == n:
+            self.identical_segments += 1
+        else:
+            self.mismatched.append(segment_id)
+
+    @property
+    def token_agreement(self) -> float | None:
+        return self.matching_tokens / self.tokens if self.tokens else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "mismatched": self.mismatched[:20], "token_agreement": self.token_agreement}
+
+
+@dataclass
+class ShardReport:
+    """What one encode job did: every segment encoded or rejected with a reason, speed, provenance, inline audit."""
+
+    shard: str
+    segments_in_metadata: int = 0
+    segments_in_tar: int = 0
+    encoded: int = 0
+    rejected: list[Reject] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    tokens: int = 0
+    wall_seconds: float = 0.0
+    resampled: int = 0
+    downmixed: int = 0
+    codec: dict[str, Any] = field(default_factory=dict)
+    encoder: str = ""
+    audit: Audit | None = None
+
+    @property
+    def segments(self) -> int:
+        return self.encoded + len(self.rejected)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k not in ("rejected", "audit")}
+        d["segments"] = self.segments
+        d["rejected_count"] = len(self.rejected)
+        d["rejects_by_reason"] = dict(Counter(str(r.reason) for r in self.rejected))
+        d["audio_seconds_per_wall_second"] = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        d["audit"] = self.audit.as_dict() if self.audit is not None else None
+        d["rejected"] = [r.as_dict() for r in self.rejected]
+        return d
+
+
+class AuditTotals(TypedDict):
+    shards: int
+    segments: int
+    tokens: int
+    token_agreement: float | None
+    shards_below_1: list[str]
+
+
+class GroupTotals(TypedDict):
+    segments: int
+    tokens: int
+    hours: float
+
+
+class CorpusStats(TypedDict):
+    """``stats.json``."""
+
+    shards: int
+    segments: int
+    encoded: int
+    rejected: int
+    rejects_by_reason: dict[str, int]
+    hours: float
+    tokens: int
+    encode_wall_seconds: float
+    audio_seconds_per_wall_second: float
+    random_weights: bool
+    audit: AuditTotals
+    per_language: dict[str, GroupTotals]
+    per_dataset: dict[str, GroupTotals]
+    sft_rows_per_split: dict[str, int]
+    sft_excluded_by_reason: dict[str, int]

@@ -1,0 +1,134 @@
+"""Encode one shard: ``audio.tar`` + the metadata's ids -> ``neucodec_tokens.parquet`` + a report.
+
+Accounting rule: every FLAC member of the tar and every metadata id absent from the tar is one
+segment, and each ends either encoded or rejected with a reason, so that
+``encoded + rejected == segments`` holds for every shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from neucodec_workflow.contract import SAMPLE_RATE, NoRowsError, candidates, pick_column, write_tokens
+from neucodec_workflow.engine.reference import Encoder
+from neucodec_workflow.records import Audit, Reason, Reject, ShardReport
+from neucodec_workflow.shard.audio import Clip, ShardError, decode_member, iter_flac_members, open_tar, ordered_map, segment_id_of
+from neucodec_workflow.shard.audit import audit_pick
+
+log = logging.getLogger(__name__)
+
+
+def read_metadata_ids(shard: str, metadata: str | Path | BinaryIO, id_column: str | list[str]) -> pd.Series:
+    """The shard's segment ids, from the first of the ``columns.segment_id`` candidates present. The job reads the
+    metadata once, before the model loads: a bad file fails fast."""
+    try:
+        pf = pq.ParquetFile(metadata)
+        column = pick_column(id_column, pf.schema_arrow.names)
+        if column is None:
+            raise KeyError(f"none of the columns {candidates(id_column)} (columns: {sorted(pf.schema_arrow.names)}); "
+                           "set columns.segment_id in the config")
+        ids = pf.read(columns=[column]).column(column).to_pandas()
+    except Exception as exc:
+        raise ShardError(shard, f"cannot read segment ids from metadata.parquet: {type(exc).__name__}: {exc}") from exc
+    return ids.astype("string")
+
+
+def encode_shard(
+    shard: str,
+    tar: str | Path | BinaryIO,
+    ids: pd.Series,
+    tokens_path: str | Path,
+    encoder: Encoder,
+    *,
+    max_seconds: float,
+    decode_workers: int,
+    reference: Callable[[np.ndarray], np.ndarray] | None = None,
+    audit_segments: int = 0,
+) -> ShardReport:
+    """Encode every valid segment of one shard; stream the tokens parquet (published atomically) with the encoder's
+    provenance in its key-value metadata.
+
+    ``ids``: the metadata's segment ids (``read_metadata_ids``). With ``reference`` and ``audit_segments > 0``, a
+    deterministic sample of segments is also encoded with the reference path and the agreement goes into the report.
+    """
+    start = time.perf_counter()
+    report = ShardReport(shard=shard, codec=encoder.provenance, encoder=encoder.name)
+    report.segments_in_metadata = int(ids.nunique())
+    counts = ids.value_counts()
+    duplicated_meta = set(counts[counts > 1].index)
+    known = set(ids)
+    seen: set[str] = set()
+    rejects: list[Reject] = []
+    audit = Audit()
+
+    def members() -> Iterator[tuple[str, str, bytes]]:
+        """Stream the tar (this thread) and settle id-level outcomes; yield what needs decoding."""
+        with open_tar(shard, tar) as f:
+            try:
+                for member, data in iter_flac_members(f):
+                    report.segments_in_tar += 1
+                    seg = segment_id_of(member)
+                    if seg in seen:
+                        rejects.append(Reject(seg, Reason.DUPLICATE_IN_TAR, "a member with this id came earlier", member))
+                        continue
+                    seen.add(seg)
+                    if seg not in known:
+                        rejects.append(Reject(seg, Reason.NOT_IN_METADATA, "", member))
+                    elif seg in duplicated_meta:
+                        rejects.append(Reject(seg, Reason.DUPLICATE_IN_METADATA, f"{counts[seg]} metadata rows", member))
+                    else:
+                        yield seg, member, data
+            except Exception as exc:  # tarfile.ReadError, truncated streams, network errors
+                raise ShardError(shard, f"cannot read audio.tar after {report.segments_in_tar} members: {type(exc).__name__}: {exc}") from exc
+
+    def clips() -> Iterator[Clip]:
+        def decode(item: tuple[str, str, bytes]) -> Clip | Reject:
+            return decode_member(*item, max_seconds=max_seconds)
+
+        for result in ordered_map(decode, members(), decode_workers, ahead=4 * decode_workers):
+            if isinstance(result, Reject):
+                rejects.append(result)
+            else:
+                yield result
+
+    def rows() -> Iterator[tuple[str, np.ndarray]]:
+        for clip, tokens in encoder.encode(clips()):
+            if isinstance(tokens, Exception):
+                rejects.append(Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member))
+                continue
+            if reference is not None and audit.segments < audit_segments and audit_pick(clip.segment_id, audit_segments, len(known)):
+                audit.add(clip.segment_id, tokens, reference(clip.audio))
+            report.encoded += 1
+            report.audio_seconds += len(clip.audio) / SAMPLE_RATE
+            report.tokens += len(tokens)
+            report.resampled += clip.source_rate != SAMPLE_RATE
+            report.downmixed += clip.source_channels > 1
+            yield clip.segment_id, tokens
+
+    try:
+        write_tokens(tokens_path, rows(), encoder.provenance)
+        nothing = False
+    except NoRowsError:
+        nothing = True
+    for seg in sorted(known - seen):
+        rejects.append(Reject(seg, Reason.MISSING_FROM_TAR, "id in metadata.parquet, no FLAC member in audio.tar"))
+    report.rejected = rejects
+    for r in rejects:
+        log.warning("shard %s: segment %s rejected: %s %s", shard, r.segment_id, r.reason, r.detail)
+    if nothing:
+        summary = dict(Counter(str(r.reason) for r in rejects)) or "no FLAC members and no metadata rows"
+        raise ShardError(shard, f"no segment could be encoded ({summary})")
+    if reference is not None and audit_segments > 0:
+        report.audit = audit
+        log.info("shard %s: audit of %d segments: token agreement %s", shard, audit.segments, audit.token_agreement)
+    report.wall_seconds = time.perf_counter() - start
+    return report

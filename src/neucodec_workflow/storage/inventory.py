@@ -1,0 +1,137 @@
+"""One listing of the workflow's S3 prefixes per run: exists / mtime / size / is-directory from that snapshot.
+
+Shard discovery and the storage plugin's patches (``plugin``) answer from it: a dry-run over 5,000 shards costs a
+handful of LIST requests instead of several requests per object.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from neucodec_workflow.storage.s3 import S3Error, S3Settings, split_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    mtime: float
+
+
+class Inventory:
+    """What exists under some ``s3://bucket/prefix`` roots: listed once, lazily, then kept current by our writes.
+
+    Thread-safe. A key is *covered* when it lies under a root; only covered keys are answered from here.
+    """
+
+    def __init__(self, settings: S3Settings, roots: list[str]):
+        self.settings = settings
+        self.roots = sorted({split_url(r) for r in roots})
+        self._lock = threading.RLock()
+        self._objects: dict[tuple[str, str], ObjectInfo] | None = None
+        self._dirs: set[tuple[str, str]] = set()
+        self._buckets: set[str] = set()
+        self._client: Any = None
+        self.requests = 0  # requests this inventory sent (listing pages, HEADs)
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self.settings.client()
+        return self._client
+
+    def covers(self, bucket: str, key: str) -> bool:
+        return any(bucket == b and (not p or key == p or key.startswith(p + "/")) for b, p in self.roots)
+
+    def _add(self, bucket: str, key: str, info: ObjectInfo) -> None:
+        assert self._objects is not None
+        self._objects[(bucket, key)] = info
+        parts = key.split("/")
+        for i in range(1, len(parts)):
+            self._dirs.add((bucket, "/".join(parts[:i])))
+
+    def _list(self, bucket: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        kwargs = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+        for page in paginator.paginate(**kwargs):
+            self.requests += 1
+            for obj in page.get("Contents", []):
+                yield obj["Key"], ObjectInfo(int(obj["Size"]), obj["LastModified"].timestamp())
+
+    def load(self) -> None:
+        """List every root (once per process); a missing bucket is an error."""
+        with self._lock:
+            if self._objects is not None:
+                return
+            self._objects = {}
+            try:
+                for bucket, prefix in self.roots:
+                    for key, info in self._list(bucket, prefix):
+                        self._add(bucket, key, info)
+                    self._buckets.add(bucket)
+            except Exception as exc:
+                self._objects = None
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+                raise S3Error(f"cannot list s3://{bucket}/{prefix} at {self.settings.endpoint_url or 'AWS'}: {code}") from exc
+            log.info("S3 inventory: %d objects under %s in %d requests", len(self._objects),
+                     ", ".join(f"s3://{b}/{p}" for b, p in self.roots), self.requests)
+
+    def _objs(self) -> dict[tuple[str, str], ObjectInfo]:
+        self.load()
+        assert self._objects is not None
+        return self._objects
+
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        """Every listed key under ``prefix/`` (sorted)."""
+        with self._lock:
+            start = f"{prefix}/" if prefix else ""
+            return sorted(k for b, k in self._objs() if b == bucket and k.startswith(start))
+
+    def bucket_exists(self, bucket: str) -> bool:
+        with self._lock:
+            self._objs()
+            return bucket in self._buckets
+
+    def is_dir(self, bucket: str, key: str) -> bool:
+        with self._lock:
+            self._objs()
+            return (bucket, key) in self._dirs and any(b == bucket and k.startswith(key + "/") for b, k in self._objects or {})
+
+    def info(self, bucket: str, key: str) -> ObjectInfo | None:
+        with self._lock:
+            return self._objs().get((bucket, key))
+
+    def subobjects(self, bucket: str, key: str) -> list[ObjectInfo]:
+        with self._lock:
+            return [v for (b, k), v in self._objs().items() if b == bucket and k.startswith(key + "/")]
+
+    def exists(self, bucket: str, key: str) -> bool:
+        return self.info(bucket, key) is not None or self.is_dir(bucket, key)
+
+    # Invalidation: called after the plugin wrote or deleted something.
+    def refresh(self, bucket: str, key: str, directory: bool) -> None:
+        """Re-read one object (HEAD) or one directory (LIST) after an upload."""
+        with self._lock:
+            objs = self._objs()
+            self.forget(bucket, key)
+            if directory:
+                for k, info in self._list(bucket, key):
+                    self._add(bucket, k, info)
+                return
+            self.requests += 1
+            head = self.client.head_object(Bucket=bucket, Key=key)
+            self._add(bucket, key, ObjectInfo(int(head["ContentLength"]), head["LastModified"].timestamp()))
+            assert (bucket, key) in objs
+
+    def forget(self, bucket: str, key: str) -> None:
+        """Mark an object (and anything under it as a directory) as gone."""
+        with self._lock:
+            objs = self._objs()
+            objs.pop((bucket, key), None)
+            for k in [k for k in objs if k[0] == bucket and k[1].startswith(key + "/")]:
+                del objs[k]

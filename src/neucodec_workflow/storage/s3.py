@@ -1,0 +1,92 @@
+"""S3-compatible storage (AWS S3, Cloudflare R2, MinIO, NAS endpoints): URLs, settings and our own boto3 clients.
+
+The storage package (design note: docs/s3.md):
+
+* ``s3`` (here): ``s3://`` URLs, the plugin's settings (endpoint, region, keys from the environment), a client with
+  the checksum settings the plugin forces process-wide (``when_required``) and standard retries.
+* ``inventory``: one paginated listing of the workflow's S3 prefixes per run, answering exists / mtime / size.
+* ``plugin``: patches ``snakemake-storage-plugin-s3`` to answer from the inventory (runs inside Snakemake at parse
+  time).
+* ``streams``: what jobs read: a bounded read-ahead stream of ``audio.tar``, whole small objects.
+* ``discovery``: the shard list (a directory walk, the inventory, or an explicit list).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Settings of the plugin that also configure our own clients (``SNAKEMAKE_STORAGE_S3_<NAME>``).
+SETTING_NAMES = ("endpoint_url", "region", "access_key", "secret_key", "token")
+ENV_PREFIX = "SNAKEMAKE_STORAGE_S3_"
+#: Set to 1 (the tests do) to make a missing endpoint an error instead of a fallback to AWS.
+REQUIRE_ENDPOINT_ENV = "NEUCODEC_S3_REQUIRE_ENDPOINT"
+
+
+class S3Error(RuntimeError):
+    pass
+
+
+def is_s3(path: str) -> bool:
+    return path.startswith("s3://")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")`` (no leading or trailing slash on the key)."""
+    if not is_s3(url):
+        raise S3Error(f"not an s3:// URL: {url}")
+    bucket, _, key = url[len("s3://") :].partition("/")
+    if not bucket:
+        raise S3Error(f"no bucket in {url}")
+    return bucket, key.strip("/")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Endpoint, region and credentials, as the plugin sees them. Secrets never appear in ``repr``."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key: str | None = field(default=None, repr=False)
+    secret_key: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> S3Settings:
+        return cls(**{name: os.environ.get(ENV_PREFIX + name.upper()) or None for name in SETTING_NAMES})
+
+    @classmethod
+    def from_plugin(cls, settings: Any) -> S3Settings:
+        """From the plugin's ``StorageProviderSettings`` (CLI ``--storage-s3-*``, profile or env vars)."""
+        return cls(**{name: getattr(settings, name, None) or None for name in SETTING_NAMES})
+
+    def export_to_env(self) -> None:
+        """Make these settings visible to job processes (the encode/assemble scripts) without writing them anywhere."""
+        for name in SETTING_NAMES:
+            value = getattr(self, name)
+            if value is not None:
+                os.environ.setdefault(ENV_PREFIX + name.upper(), value)
+
+    def client(self) -> Any:
+        """A boto3 S3 client with the plugin's checksum settings and standard retries."""
+        import boto3
+        from botocore.config import Config
+
+        if os.environ.get(REQUIRE_ENDPOINT_ENV) == "1" and not self.endpoint_url:
+            raise S3Error(f"{REQUIRE_ENDPOINT_ENV}=1 but no endpoint is set ({ENV_PREFIX}ENDPOINT_URL): refusing to use AWS")
+        config = Config(
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"max_attempts": 5, "mode": "standard"},
+        )
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region or "us-east-1",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            aws_session_token=self.token,
+            config=config,
+
+        )
