@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from neucodec_workflow.shard.audio import decode_member, iter_flac_members
 from neucodec_workflow.engine.codec import build_neucodec, load_codec
 from neucodec_workflow.engine.device import pick_device
 from neucodec_workflow.engine.engine import Engine, EngineConfig
+from neucodec_workflow.shard.audio import decode_member, iter_flac_members
 from neucodec_workflow.shard.encode import encode_shard
 from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
@@ -124,7 +124,9 @@ def main() -> int:
         ref = {}
         with torch.inference_mode():
             for c in clips:
-                ref[c.segment_id] = stock.encode_code(torch.from_numpy(c.audio)[None, None].to(device))[0, 0].cpu().numpy()
+                ref[c.segment_id] = (
+                    stock.encode_code(torch.from_numpy(c.audio)[None, None].to(device))[0, 0].cpu().numpy()
+                )
         sync(device)
         ref_s = time.perf_counter() - t0
         del stock
@@ -137,8 +139,16 @@ def main() -> int:
         list(engine.encode(clips[:1]))  # warm-up
         sync(device)
         t0 = time.perf_counter()
-        report = encode_shard("bench-shard", shard / "audio.tar", shard / "metadata.parquet", shard / "out.parquet", engine,
-                              codec.provenance, max_seconds=1e9, decode_workers=2)
+        report = encode_shard(
+            "bench-shard",
+            shard / "audio.tar",
+            shard / "metadata.parquet",
+            shard / "out.parquet",
+            engine,
+            codec.provenance,
+            max_seconds=1e9,
+            decode_workers=2,
+        )
         sync(device)
         eng_s = time.perf_counter() - t0
         peak = peak_memory_gb(device)
@@ -150,25 +160,48 @@ def main() -> int:
             match += int((t.astype(np.int64) == ref[seg]).sum())
         assert report.encoded == len(clips)
 
-    name = torch.cuda.get_device_name() if gpu else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+    name = (
+        torch.cuda.get_device_name()
+        if gpu
+        else f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+    )
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {
-        "device": name, "mode": args.mode, "segments": len(clips), "audio_seconds": round(audio_s, 1),
-        "reference_wall_seconds": round(ref_s, 2), "fast_wall_seconds": round(eng_s, 2),
-        "reference_x_realtime": round(audio_s / ref_s, 2), "fast_x_realtime": round(audio_s / eng_s, 2),
-        "speedup": round(ref_s / eng_s, 2), "token_agreement": match / total, "peak_memory_gb": round(peak, 2),
-        "model_load_seconds": round(load_s, 1), "batch_seconds": batch_seconds, "weights": codec.provenance.get("codec_id"),
-        "kernels": engine.kernels, "allocator": allocator,
-        "torch": torch.__version__, "commit": commit, "date": time.strftime("%Y-%m-%d"),
+        "device": name,
+        "mode": args.mode,
+        "segments": len(clips),
+        "audio_seconds": round(audio_s, 1),
+        "reference_wall_seconds": round(ref_s, 2),
+        "fast_wall_seconds": round(eng_s, 2),
+        "reference_x_realtime": round(audio_s / ref_s, 2),
+        "fast_x_realtime": round(audio_s / eng_s, 2),
+        "speedup": round(ref_s / eng_s, 2),
+        "token_agreement": match / total,
+        "peak_memory_gb": round(peak, 2),
+        "model_load_seconds": round(load_s, 1),
+        "batch_seconds": batch_seconds,
+        "weights": codec.provenance.get("codec_id"),
+        "kernels": engine.kernels,
+        "allocator": allocator,
+        "torch": torch.__version__,
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d"),
     }
-    rows = [("reference: encode_code, 24 layers, batch 1", ref_s), (f"engine ({args.mode}), end to end from the tar", eng_s)]
-    print(f"\n{len(clips)} segments, {audio_s:.1f} s of audio (2-20 s each, 16-48 kHz), device {name}, weights {result['weights']}, "
-          f"kernels {engine.kernels}, allocator: {allocator}")
+    rows = [
+        ("reference: encode_code, 24 layers, batch 1", ref_s),
+        (f"engine ({args.mode}), end to end from the tar", eng_s),
+    ]
+    print(
+        f"\n{len(clips)} segments, {audio_s:.1f} s of audio (2-20 s each, 16-48 kHz), device {name}, weights {result['weights']}, "
+        f"kernels {engine.kernels}, allocator: {allocator}"
+    )
     print(f"{'path':<48} {'wall s':>8} {'x real time':>12}")
     for label, secs in rows:
         print(f"{label:<48} {secs:>8.2f} {audio_s / secs:>12.2f}")
-    print(f"speedup {result['speedup']:.2f}x   token agreement {match}/{total} = {result['token_agreement']:.4f}   "
-          f"peak memory {peak:.2f} GB   model load {load_s:.1f} s")
+    print(
+        f"speedup {result['speedup']:.2f}x   token agreement {match}/{total} = {result['token_agreement']:.4f}   "
+        f"peak memory {peak:.2f} GB   model load {load_s:.1f} s"
+    )
     print(json.dumps(result))
     return 0
 

@@ -34,19 +34,37 @@ PENDING = re.compile(r"^\s*wildcards: shard=(\S+)", re.M)
 
 def env_for(endpoint: str, stock: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SNAKEMAKE_STORAGE_S3_"))}
-    env.update(SNAKEMAKE_STORAGE_S3_ENDPOINT_URL=endpoint, SNAKEMAKE_STORAGE_S3_ACCESS_KEY="AKIABENCH",
-               SNAKEMAKE_STORAGE_S3_SECRET_KEY="bench-secret", NEUCODEC_S3_REQUIRE_ENDPOINT="1",
-               AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
+    env.update(
+        SNAKEMAKE_STORAGE_S3_ENDPOINT_URL=endpoint,
+        SNAKEMAKE_STORAGE_S3_ACCESS_KEY="AKIABENCH",
+        SNAKEMAKE_STORAGE_S3_SECRET_KEY="bench-secret",
+        NEUCODEC_S3_REQUIRE_ENDPOINT="1",
+        AWS_CONFIG_FILE="/nonexistent",
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
     if stock:
         env["NEUCODEC_S3_STOCK_PLUGIN"] = "1"
     return env
 
 
 def args_for(workdir: Path, prefix: str, weights: str, *extra: str) -> list[str]:
-    return [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(REPO / "config/config.yaml"), "--cores", "2",
-            "--config", f"corpus=s3://{BUCKET}/{prefix}", f"output={workdir / 'out'}",
-            f"codec={{'weights': '{weights}', 'device': 'cpu'}}", *extra]
+    return [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config/config.yaml"),
+        "--cores",
+        "2",
+        "--config",
+        f"corpus=s3://{BUCKET}/{prefix}",
+        f"output={workdir / 'out'}",
+        f"codec={{'weights': '{weights}', 'device': 'cpu'}}",
+        *extra,
+    ]
 
 
 def tiny_bucket(client: Any, prefix: str, n: int, pending: set[int], out: Path) -> list[str]:
@@ -78,15 +96,26 @@ def dry_run(server: Any, client: Any, n: int, stock: bool, tmp: Path) -> dict[st
     expected = tiny_bucket(client, prefix, n, pending, workdir / "out")
     server.reset()
     t = time.perf_counter()
-    r = subprocess.run(args_for(workdir, prefix, "random", "-n"), env=env_for(server.endpoint, stock), capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        args_for(workdir, prefix, "random", "-n"),
+        env=env_for(server.endpoint, stock),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     wall = time.perf_counter() - t
     if r.returncode:
         raise SystemExit(r.stderr[-4000:])
     found = sorted(PENDING.findall(r.stdout))
     counts = server.counts()
-    return {"what": f"dry-run, {n} shards, {n - len(pending)} done" + (" (stock plugin)" if stock else ""),
-            "requests": counts["total"], "by_method": counts["by_method"], "wall_s": wall,
-            "pending_ok": found == sorted(expected), "pending": len(found)}
+    return {
+        "what": f"dry-run, {n} shards, {n - len(pending)} done" + (" (stock plugin)" if stock else ""),
+        "requests": counts["total"],
+        "by_method": counts["by_method"],
+        "wall_s": wall,
+        "pending_ok": found == sorted(expected),
+        "pending": len(found),
+    }
 
 
 def dir_bytes(path: Path) -> int:
@@ -117,23 +146,39 @@ def real_run(server: Any, client: Any, n: int, weights: str, tmp: Path) -> dict[
     def poll() -> None:
         while not stop.is_set():
             peaks["storage"] = max(peaks["storage"], dir_bytes(workdir / ".snakemake" / "storage"))
-            peaks["workdir"] = max(peaks["workdir"], dir_bytes(workdir) - dir_bytes(workdir / "out" / "logs") - dir_bytes(workdir / ".snakemake" / "log"))
+            peaks["workdir"] = max(
+                peaks["workdir"],
+                dir_bytes(workdir) - dir_bytes(workdir / "out" / "logs") - dir_bytes(workdir / ".snakemake" / "log"),
+            )
             time.sleep(0.05)
 
     poller = threading.Thread(target=poll, daemon=True)
     server.reset()
     poller.start()
     t = time.perf_counter()
-    r = subprocess.run(args_for(workdir, f"{prefix}/s", weights), env=env_for(server.endpoint), capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        args_for(workdir, f"{prefix}/s", weights),
+        env=env_for(server.endpoint),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     wall = time.perf_counter() - t
     stop.set()
     poller.join()
     if r.returncode:
         raise SystemExit(r.stderr[-4000:])
     counts = server.counts()
-    return {"what": f"real run, {n} new shards", "requests": counts["total"], "by_method": counts["by_method"], "wall_s": wall,
-            "per_shard": counts["total"] / n, "peak_storage_bytes": peaks["storage"], "peak_workdir_bytes": peaks["workdir"],
-            "shard_input_bytes": max(sizes)}
+    return {
+        "what": f"real run, {n} new shards",
+        "requests": counts["total"],
+        "by_method": counts["by_method"],
+        "wall_s": wall,
+        "per_shard": counts["total"] / n,
+        "peak_storage_bytes": peaks["storage"],
+        "peak_workdir_bytes": peaks["workdir"],
+        "shard_input_bytes": max(sizes),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = ap.parse_args(argv)
 
     from neucodec_workflow.engine.codec import save_random_checkpoint
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
     from neucodec_workflow.storage.s3 import S3Settings
+    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp_s, LoopbackS3() as server:
@@ -162,15 +207,26 @@ def main(argv: list[str] | None = None) -> int:
             for n in opts.run_shards:
                 rows.append(real_run(server, client, n, weights, tmp))
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
-    print(f"# S3 requests ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, commit {commit})\n")
-    print(f"`{' '.join(['benchmarks/s3_requests.py', *(argv if argv is not None else sys.argv[1:])])}`; moto server on 127.0.0.1\n")
-    print("| measurement | S3 requests | per shard | wall s | pending listed | peak .snakemake/storage | peak work dir | one shard's inputs |")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO
+    ).stdout.strip()
+    print(
+        f"# S3 requests ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} CPUs, commit {commit})\n"
+    )
+    print(
+        f"`{' '.join(['benchmarks/s3_requests.py', *(argv if argv is not None else sys.argv[1:])])}`; moto server on 127.0.0.1\n"
+    )
+    print(
+        "| measurement | S3 requests | per shard | wall s | pending listed | peak .snakemake/storage | peak work dir | one shard's inputs |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         per = f"{r['per_shard']:.1f}" if "per_shard" in r else ""
         pend = (f"{r['pending']} ({'exact' if r['pending_ok'] else 'WRONG'})") if "pending" in r else ""
-        disk = [f"{r[k] / 1024:.0f} KiB" if k in r else "" for k in ("peak_storage_bytes", "peak_workdir_bytes", "shard_input_bytes")]
+        disk = [
+            f"{r[k] / 1024:.0f} KiB" if k in r else ""
+            for k in ("peak_storage_bytes", "peak_workdir_bytes", "shard_input_bytes")
+        ]
         print(f"| {r['what']} | {r['requests']} | {per} | {r['wall_s']:.1f} | {pend} | {' | '.join(disk)} |")
     print("\nRequests by kind:\n")
     for r in rows:

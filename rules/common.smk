@@ -8,7 +8,6 @@ from neucodec_workflow.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.storage import plugin, s3
 from neucodec_workflow.storage.discovery import shard_list
 
-
 min_version("9.0")
 
 

@@ -10,18 +10,18 @@ rule assemble_sft:
         sft=directory(SFT_DIR),
     log:
         f"{LOCAL}/logs/assemble_sft.log",
+    conda:
+        "../envs/dataset.yaml"
+    resources:
+        # one shard's tokens + metadata at a time plus the writer's buffers; reads every shard once (hours at scale)
+        mem_mb=16000,
+        runtime=720,
     params:
         shards=SHARDS,
         tokens=all_of(TOKENS),
         metadata=all_of(METADATA),
         columns=config["columns"],
         sft=config["sft"],
-    resources:
-        # one shard's tokens + metadata at a time plus the writer's buffers; reads every shard once (hours at scale)
-        mem_mb=16000,
-        runtime=720,
-    conda:
-        "../envs/dataset.yaml"
     script:
         "../scripts/assemble_sft.py"
 

@@ -11,6 +11,13 @@ rule encode_shard:
         f"{LOCAL}/logs/encode/{{shard}}.log",
     benchmark:
         f"{LOCAL}/benchmarks/encode/{{shard}}.tsv"
+    conda:
+        "../envs/encode.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=encode_mem_mb,
+        runtime=encode_runtime,
     params:
         # what the job opens: a local path, or an s3:// URL it streams
         tar=lambda wildcards: shard_path(wildcards.shard, TAR),
@@ -18,13 +25,6 @@ rule encode_shard:
         codec=config["codec"],
         encode=config["encode"],
         columns=config["columns"],
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=encode_mem_mb,
-        runtime=encode_runtime,
-    conda:
-        "../envs/encode.yaml"
     script:
         "../scripts/encode_shard.py"
 
@@ -38,6 +38,12 @@ rule audit_shard:
         audit=output_file("audit/{shard}.json"),
     log:
         f"{LOCAL}/logs/audit/{{shard}}.log",
+    conda:
+        "../envs/encode.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=encode_mem_mb,
     params:
         # what the job opens: a local path, or an s3:// URL (tar streamed, tokens fetched)
         tar=lambda wildcards: shard_path(wildcards.shard, TAR),
@@ -45,12 +51,6 @@ rule audit_shard:
         codec=config["codec"],
         segments=config["audit"]["segments"],
         max_seconds=config["encode"]["max_seconds"],
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=encode_mem_mb,
-    conda:
-        "../envs/encode.yaml"
     script:
         "../scripts/audit_shard.py"
 

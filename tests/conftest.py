@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from neucodec_workflow.shard.audio import Clip, to_mono_16k
 from neucodec_workflow.engine.codec import Codec, load_codec, save_random_checkpoint
+from neucodec_workflow.shard.audio import Clip, to_mono_16k
 from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,23 +62,49 @@ def float_wav_bytes(audio: np.ndarray, sr: int) -> bytes:
     return buf.getvalue()
 
 
-def simple_shard(root: Path, shard: str, durations: list[float], sr: int = 16_000, seed: int = 0, speaker: str = "spk") -> Path:
+def simple_shard(
+    root: Path, shard: str, durations: list[float], sr: int = 16_000, seed: int = 0, speaker: str = "spk"
+) -> Path:
     """A clean shard: one FLAC per duration, metadata with every standard column."""
     members, rows = [], []
     for i, d in enumerate(durations):
         seg = f"{shard.replace('/', '_')}_{i:03d}"
         members.append(Member(f"{seg}.flac", flac_bytes(clip(d, sr, seed + i), sr)))
-        rows.append({"segment_id": seg, "text": f"utterance {i}", "language": "en", "speaker": f"{speaker}{i % 2}",
-                     "duration": d, "dataset": "unit"})
+        rows.append(
+            {
+                "segment_id": seg,
+                "text": f"utterance {i}",
+                "language": "en",
+                "speaker": f"{speaker}{i % 2}",
+                "duration": d,
+                "dataset": "unit",
+            }
+        )
     return write_shard(root / shard, members, pd.DataFrame(rows))
 
 
-def run_snakemake(workdir: Path, *args: str, config: dict[str, str] | None = None, check: bool = True,
-                  timeout: float = 900) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path, *args: str, config: dict[str, str] | None = None, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI on this repo's workflow with ``workdir`` as working directory."""
-    cmd = [sys.executable, "-m", "snakemake", *args, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(REPO / "config" / "config.yaml"), "--workflow-profile", str(REPO / "profiles" / "default"),
-           "--cores", "2", "--resources", "gpu=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        *args,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        "--workflow-profile",
+        str(REPO / "profiles" / "default"),
+        "--cores",
+        "2",
+        "--resources",
+        "gpu=1",
+    ]
     if config:
         cmd += ["--config", *[f"{k}={v}" for k, v in config.items()]]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

@@ -15,8 +15,11 @@ def test_skeleton_matches_upstream_init(monkeypatch):
     import neucodec.model as upstream
     from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
-    monkeypatch.setattr(upstream.Wav2Vec2BertModel, "from_pretrained",
-                        classmethod(lambda cls, *a, **k: Wav2Vec2BertModel(Wav2Vec2BertConfig(output_hidden_states=True))))
+    monkeypatch.setattr(
+        upstream.Wav2Vec2BertModel,
+        "from_pretrained",
+        classmethod(lambda cls, *a, **k: Wav2Vec2BertModel(Wav2Vec2BertConfig(output_hidden_states=True))),
+    )
     monkeypatch.setattr(upstream.AutoFeatureExtractor, "from_pretrained", lambda *a, **k: SeamlessM4TFeatureExtractor())
     theirs = upstream.NeuCodec(24_000, 480).state_dict()
     ours = build_neucodec(semantic_layers=24).state_dict()
@@ -33,7 +36,10 @@ def test_checkpoint_loads_with_provenance(random_ckpt, codec):
 
 def test_directory_checkpoint(tmp_path, random_ckpt):
     (tmp_path / "pytorch_model.bin").symlink_to(random_ckpt)
-    assert load_codec(str(tmp_path)).provenance["weights_sha256"] == load_codec(str(random_ckpt)).provenance["weights_sha256"]
+    assert (
+        load_codec(str(tmp_path)).provenance["weights_sha256"]
+        == load_codec(str(random_ckpt)).provenance["weights_sha256"]
+    )
 
 
 def _save(path, state):
@@ -100,4 +106,6 @@ def test_truncation_to_16_layers_keeps_tokens(codec):
     audio = torch.from_numpy(clip(1.7, seed=4))[None, None]
     with torch.inference_mode():
         assert torch.equal(full.encode_code(audio), codec.model.encode_code(audio))
-    assert isinstance(full.semantic_model.encoder.layers, nn.ModuleList) and len(full.semantic_model.encoder.layers) == 24
+    assert (
+        isinstance(full.semantic_model.encoder.layers, nn.ModuleList) and len(full.semantic_model.encoder.layers) == 24
+    )

@@ -19,8 +19,18 @@ def exact(batch_seconds: float, **kw) -> EngineConfig:
 
 @pytest.fixture(scope="module")
 def mixed(codec):
-    clips = make_clips([(0.3, 16_000, 1), (320 * 40, 16_000, 1), (320 * 40, 16_000, 1), (1.37, 44_100, 2),
-                        (320, 16_000, 1), (2.05, 24_000, 1), (0.9, 48_000, 2), (20.5, 16_000, 1)])
+    clips = make_clips(
+        [
+            (0.3, 16_000, 1),
+            (320 * 40, 16_000, 1),
+            (320 * 40, 16_000, 1),
+            (1.37, 44_100, 2),
+            (320, 16_000, 1),
+            (2.05, 24_000, 1),
+            (0.9, 48_000, 2),
+            (20.5, 16_000, 1),
+        ]
+    )
     return clips, [reference_tokens(codec, c.audio) for c in clips]
 
 
@@ -92,15 +102,24 @@ def test_numerics_are_scoped_and_the_audit_reference_is_strict_fp32(codec, mixed
     assert tf32_state() == before
 
 
-CPU_ALLOC_FAILURE = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
-                     "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)")
+CPU_ALLOC_FAILURE = (
+    "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+    "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+)
 
 
-@pytest.mark.parametrize("batch_error,alone_error", [
-    (torch.OutOfMemoryError("CUDA out of memory (simulated)"), torch.OutOfMemoryError("CUDA out of memory (simulated)")),
-    (RuntimeError(CPU_ALLOC_FAILURE), RuntimeError(CPU_ALLOC_FAILURE)),  # torch's CPU allocator
-    (MemoryError("snake_aa: out of memory for its tile buffer"), MemoryError()),  # the native kernel, Python
-], ids=["cuda", "cpu-allocator", "memoryerror"])
+@pytest.mark.parametrize(
+    "batch_error,alone_error",
+    [
+        (
+            torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+            torch.OutOfMemoryError("CUDA out of memory (simulated)"),
+        ),
+        (RuntimeError(CPU_ALLOC_FAILURE), RuntimeError(CPU_ALLOC_FAILURE)),  # torch's CPU allocator
+        (MemoryError("snake_aa: out of memory for its tile buffer"), MemoryError()),  # the native kernel, Python
+    ],
+    ids=["cuda", "cpu-allocator", "memoryerror"],
+)
 def test_oom_in_batch_retries_one_by_one_and_rejects_what_never_fits(codec, monkeypatch, batch_error, alone_error):
     clips = make_clips([(0.4, 16_000, 1), (0.5, 16_000, 1), (0.6, 16_000, 1)])
     engine = Engine(codec, exact(60))

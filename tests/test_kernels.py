@@ -10,11 +10,13 @@ from neucodec.alias_free_torch import Activation1d
 
 from neucodec_workflow.engine import kernels
 from neucodec_workflow.engine.acoustic import AcousticEncoder
-from neucodec_workflow.engine.reference import reference_tokens
 from neucodec_workflow.engine.engine import Engine, EngineConfig
+from neucodec_workflow.engine.reference import reference_tokens
 from neucodec_workflow.engine.semantic import SemanticModel
 
-needs_native = pytest.mark.skipif(not kernels.snake_aa_available(), reason="no C compiler: the stock modules run instead")
+needs_native = pytest.mark.skipif(
+    not kernels.snake_aa_available(), reason="no C compiler: the stock modules run instead"
+)
 
 
 def stock_activation(channels: int, seed: int) -> tuple[Activation1d, tuple[torch.Tensor, ...]]:
@@ -24,14 +26,28 @@ def stock_activation(channels: int, seed: int) -> tuple[Activation1d, tuple[torc
         act.act.alpha.normal_(0, 0.5)
         act.act.beta.normal_(0, 0.5)
     s = act.act
-    params = (2 * act.upsample.filter.flatten(), act.downsample.lowpass.filter.flatten(), torch.exp(s.alpha.detach()),
-              1.0 / (torch.exp(s.beta.detach()) + s.no_div_by_zero))
+    params = (
+        2 * act.upsample.filter.flatten(),
+        act.downsample.lowpass.filter.flatten(),
+        torch.exp(s.alpha.detach()),
+        1.0 / (torch.exp(s.beta.detach()) + s.no_div_by_zero),
+    )
     return act, params
 
 
 @needs_native
-@pytest.mark.parametrize("batch,channels,length,scale", [(1, 3, 1, 3), (2, 3, 2, 3), (3, 16, 7, 3), (2, 4, 2049, 3),
-                                                         (1, 48, 20_000, 3), (2, 768, 300, 3), (1, 8, 1000, 3000)])
+@pytest.mark.parametrize(
+    "batch,channels,length,scale",
+    [
+        (1, 3, 1, 3),
+        (2, 3, 2, 3),
+        (3, 16, 7, 3),
+        (2, 4, 2049, 3),
+        (1, 48, 20_000, 3),
+        (2, 768, 300, 3),
+        (1, 8, 1000, 3000),
+    ],
+)
 def test_fused_activation_matches_stock_in_both_layouts(batch, channels, length, scale):
     act, params = stock_activation(channels, seed=length)
     x = scale * torch.randn(batch, channels, length)  # scale 3000: sin's argument reduction far from zero
@@ -59,7 +75,9 @@ def test_native_build_is_cached_and_can_be_switched_off(tmp_path, monkeypatch):
             assert [p.suffix for p in tmp_path.iterdir()] == [".so"]
             blocker = tmp_path / "not-a-dir"
             blocker.write_text("")
-            monkeypatch.setenv("NEUCODEC_WORKFLOW_CACHE", str(blocker / "cache"))  # unusable: falls back to the temp dir
+            monkeypatch.setenv(
+                "NEUCODEC_WORKFLOW_CACHE", str(blocker / "cache")
+            )  # unusable: falls back to the temp dir
             kernels._library.cache_clear()
             assert kernels.snake_aa_available()
         monkeypatch.setenv("NEUCODEC_WORKFLOW_NATIVE", "0")

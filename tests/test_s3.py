@@ -87,10 +87,22 @@ def keys(client: Any, prefix: str) -> list[str]:
 
 
 def snakemake_args(workdir: Path, prefix: str, checkpoint: Path, *extra: str) -> list[str]:
-    return [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-            "--configfile", str(REPO / "config/config.yaml"), "--cores", "2",
-            "--config", f"corpus=s3://{BUCKET}/{prefix}", f"output={workdir / 'out'}",
-            f"codec={{'weights': '{checkpoint}', 'device': 'cpu'}}", *extra]
+    return [
+        SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(REPO / "config/config.yaml"),
+        "--cores",
+        "2",
+        "--config",
+        f"corpus=s3://{BUCKET}/{prefix}",
+        f"output={workdir / 'out'}",
+        f"codec={{'weights': '{checkpoint}', 'device': 'cpu'}}",
+        *extra,
+    ]
 
 
 def run(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -133,7 +145,9 @@ def assert_no_secret(workdir: Path, *texts: str, client: Any = None, prefix: str
             assert SECRET.encode() not in f.read_bytes(), f"secret leaked into {f}"
     if client is not None:
         for key in keys(client, prefix):
-            assert SECRET.encode() not in client.get_object(Bucket=BUCKET, Key=key)["Body"].read(), f"secret in s3://{BUCKET}/{key}"
+            assert SECRET.encode() not in client.get_object(Bucket=BUCKET, Key=key)["Body"].read(), (
+                f"secret in s3://{BUCKET}/{key}"
+            )
 
 
 def assert_tokens_valid(client: Any, key: str, seconds: float = 1.0) -> None:
@@ -160,12 +174,18 @@ def test_pinned_versions_and_plugin_internals() -> None:
     assert inspect.iscoroutinefunction(StorageObject.inventory)
     # the plugin's behaviours the patches replace
     assert "head_bucket" in inspect.getsource(StorageObject.bucket_exists)
-    assert ".delete()" in inspect.getsource(StorageObject.remove) and "objects.all()" in inspect.getsource(StorageObject.remove)
+    assert ".delete()" in inspect.getsource(StorageObject.remove) and "objects.all()" in inspect.getsource(
+        StorageObject.remove
+    )
     assert "get_inventory_parent" in inspect.getsource(StorageObject.inventory)
     # snakemake asks through managed_exists / managed_mtime / managed_size, which call exists / mtime / size
     src = inspect.getsource(_IOFile)
-    for call in ("storage_object.managed_exists()", "storage_object.managed_mtime()", "storage_object.managed_size()",
-                 "storage_object.inventory(cache)"):
+    for call in (
+        "storage_object.managed_exists()",
+        "storage_object.managed_mtime()",
+        "storage_object.managed_size()",
+        "storage_object.inventory(cache)",
+    ):
         assert call in src, call
     # local copies of outputs that no pending job needs are removed right after upload (bounded disk)
     assert "Removing local copy of storage file" in inspect.getsource(DAG.handle_storage)
@@ -180,7 +200,10 @@ def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = S3Settings(endpoint_url="http://127.0.0.1:1", access_key=ACCESS_KEY, secret_key=SECRET)
     assert SECRET not in repr(settings)
     config = settings.client().meta.config  # the same checksum settings the plugin forces process-wide
-    assert (config.request_checksum_calculation, config.response_checksum_validation) == ("when_required", "when_required")
+    assert (config.request_checksum_calculation, config.response_checksum_validation) == (
+        "when_required",
+        "when_required",
+    )
 
 
 def test_dry_run_requests_and_pending_list(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
@@ -257,8 +280,15 @@ def test_sigkill_mid_encode_then_rerun(server: Any, client: Any, checkpoint: Pat
     for i, s in enumerate(shards):
         put_shard(client, prefix, s, seed=10 + i, seconds=2.0)
     env = s3_env(server.endpoint, tmp_path)
-    proc = subprocess.Popen(snakemake_args(tmp_path, prefix, checkpoint), env=env, cwd=REPO, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        snakemake_args(tmp_path, prefix, checkpoint),
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log_dir = tmp_path / "out/logs/encode"
     deadline = time.time() + 180
     while time.time() < deadline and not any("SEEDED RANDOM" in f.read_text() for f in log_dir.rglob("*.log")):

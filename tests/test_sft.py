@@ -6,12 +6,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from neucodec_workflow.contract import write_tokens
 from neucodec_workflow.dataset.sft import SftError, assemble_sft, speaker_split
 from neucodec_workflow.dataset.stats import corpus_stats
-from neucodec_workflow.contract import write_tokens
 
-MAPPING = {"segment_id": "segment_id", "text": ["text", "transcript"], "language": "language", "speaker": "speaker",
-           "duration": "duration", "dataset": "dataset"}
+MAPPING = {
+    "segment_id": "segment_id",
+    "text": ["text", "transcript"],
+    "language": "language",
+    "speaker": "speaker",
+    "duration": "duration",
+    "dataset": "dataset",
+}
 
 
 def make_shard(root, shard, n, text_column="text", speakers=4, drop=()):
@@ -19,9 +25,16 @@ def make_shard(root, shard, n, text_column="text", speakers=4, drop=()):
     d.mkdir(parents=True)
     rng = np.random.default_rng(len(shard))
     ids = [f"{shard.replace('/', '_')}_{i}" for i in range(n)]
-    meta = pd.DataFrame({"segment_id": ids, text_column: [f"text {i}" for i in range(n)],
-                         "language": "en" if shard.startswith("a") else "de", "speaker": [f"s{i % speakers}" for i in range(n)],
-                         "duration": [1.0 + i for i in range(n)], "dataset": "ds"})
+    meta = pd.DataFrame(
+        {
+            "segment_id": ids,
+            text_column: [f"text {i}" for i in range(n)],
+            "language": "en" if shard.startswith("a") else "de",
+            "speaker": [f"s{i % speakers}" for i in range(n)],
+            "duration": [1.0 + i for i in range(n)],
+            "dataset": "ds",
+        }
+    )
     meta.to_parquet(d / "metadata.parquet")
     rows = [(i, rng.integers(0, 65536, size=10 + k).astype(np.uint16)) for k, i in enumerate(ids) if i not in drop]
     write_tokens(d / "neucodec_tokens.parquet", rows, {"codec_id": "random", "random_weights": True, "seed": 0})
@@ -30,14 +43,23 @@ def make_shard(root, shard, n, text_column="text", speakers=4, drop=()):
 
 @pytest.fixture
 def corpus(tmp_path):
-    rows = {"a/s0": make_shard(tmp_path, "a/s0", 30), "b/s1": make_shard(tmp_path, "b/s1", 25, text_column="transcript", drop={"b_s1_3"})}
+    rows = {
+        "a/s0": make_shard(tmp_path, "a/s0", 30),
+        "b/s1": make_shard(tmp_path, "b/s1", 25, text_column="transcript", drop={"b_s1_3"}),
+    }
     return tmp_path, rows
 
 
 def assemble(root, shards, out, **kw):
     settings = {"validation_fraction": 0.0, "target_file_mb": 500, "rows_per_row_group": 20_000, **kw}
-    return assemble_sft(shards, lambda s: str(root / s / "neucodec_tokens.parquet"), lambda s: str(root / s / "metadata.parquet"),
-                        out, MAPPING, **settings)
+    return assemble_sft(
+        shards,
+        lambda s: str(root / s / "neucodec_tokens.parquet"),
+        lambda s: str(root / s / "metadata.parquet"),
+        out,
+        MAPPING,
+        **settings,
+    )
 
 
 def test_dataset_loads_with_datasets_also_streaming(corpus, tmp_path):
@@ -102,10 +124,28 @@ def test_stats_totals_and_groups(corpus, tmp_path):
     root, _ = corpus
     out = tmp_path / "sft"
     assemble(root, ["a/s0", "b/s1"], out)
-    reports = [{"segments": 31, "encoded": 30, "rejected_count": 1, "rejects_by_reason": {"decode_error": 1}, "audio_seconds": 36.0,
-                "tokens": 1800, "wall_seconds": 12.0, "codec": {"random_weights": True}},
-               {"segments": 25, "encoded": 24, "rejected_count": 1, "rejects_by_reason": {"decode_error": 1}, "audio_seconds": 36.0,
-                "tokens": 1800, "wall_seconds": 6.0, "codec": {"random_weights": True}}]
+    reports = [
+        {
+            "segments": 31,
+            "encoded": 30,
+            "rejected_count": 1,
+            "rejects_by_reason": {"decode_error": 1},
+            "audio_seconds": 36.0,
+            "tokens": 1800,
+            "wall_seconds": 12.0,
+            "codec": {"random_weights": True},
+        },
+        {
+            "segments": 25,
+            "encoded": 24,
+            "rejected_count": 1,
+            "rejects_by_reason": {"decode_error": 1},
+            "audio_seconds": 36.0,
+            "tokens": 1800,
+            "wall_seconds": 6.0,
+            "codec": {"random_weights": True},
+        },
+    ]
     stats = corpus_stats(reports, out)
     assert stats["rejects_by_reason"] == {"decode_error": 2} and stats["hours"] == pytest.approx(0.02)
     assert stats["audio_seconds_per_wall_second"] == pytest.approx(4.0)
@@ -120,11 +160,22 @@ def test_rows_without_text_or_with_bad_duration_are_excluded_and_counted(tmp_pat
 
     d = tmp_path / "e" / "s0"
     d.mkdir(parents=True)
-    meta = pd.DataFrame({
-        "segment_id": ["ok", "ok_no_duration", "null_text", "blank_text", "bad_duration", "negative", "dup_meta", "dup_meta"],
-        "text": ["hello", "hi", None, "   ", "x", "y", "z", "z"],
-        "duration": ["1.5", None, "1", "1", "1,5 s", "-2", "1", "1"],
-    })
+    meta = pd.DataFrame(
+        {
+            "segment_id": [
+                "ok",
+                "ok_no_duration",
+                "null_text",
+                "blank_text",
+                "bad_duration",
+                "negative",
+                "dup_meta",
+                "dup_meta",
+            ],
+            "text": ["hello", "hi", None, "   ", "x", "y", "z", "z"],
+            "duration": ["1.5", None, "1", "1", "1,5 s", "-2", "1", "1"],
+        }
+    )
     meta.to_parquet(d / "metadata.parquet")
     ids = ["ok", "ok_no_duration", "null_text", "blank_text", "bad_duration", "negative", "dup_meta", "orphan", "ok"]
     write_tokens(d / "neucodec_tokens.parquet", [(i, np.arange(5 + k, dtype=np.uint16)) for k, i in enumerate(ids)], {})
@@ -136,12 +187,23 @@ def test_rows_without_text_or_with_bad_duration_are_excluded_and_counted(tmp_pat
     assert rows["ok_no_duration"]["duration"] == pytest.approx(6 * 0.02)  # missing: the encoded length
     excluded = json.loads((out / "excluded.json").read_text())
     reasons = {(r["segment_id"], r["reason"]) for r in excluded["segments"]}
-    assert reasons == {("null_text", "no_text"), ("blank_text", "no_text"), ("bad_duration", "unparseable_duration"),
-                       ("negative", "unparseable_duration"), ("dup_meta", "duplicate_in_metadata"),
-                       ("orphan", "not_in_metadata"), ("ok", "duplicate_in_tokens")}
+    assert reasons == {
+        ("null_text", "no_text"),
+        ("blank_text", "no_text"),
+        ("bad_duration", "unparseable_duration"),
+        ("negative", "unparseable_duration"),
+        ("dup_meta", "duplicate_in_metadata"),
+        ("orphan", "not_in_metadata"),
+        ("ok", "duplicate_in_tokens"),
+    }
     assert all(r["shard"] == "e/s0" for r in excluded["segments"])
-    assert excluded["excluded_by_reason"] == {"duplicate_in_metadata": 1, "duplicate_in_tokens": 1, "no_text": 2,
-                                              "not_in_metadata": 1, "unparseable_duration": 2}
+    assert excluded["excluded_by_reason"] == {
+        "duplicate_in_metadata": 1,
+        "duplicate_in_tokens": 1,
+        "no_text": 2,
+        "not_in_metadata": 1,
+        "unparseable_duration": 2,
+    }
     assert len(rows) + excluded["excluded"] == len(ids)  # every encoded row accounted for
     assert "left out" in (out / "README.md").read_text()
     stats = corpus_stats([], out)
@@ -153,6 +215,11 @@ def test_dataset_side_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, neucodec_workflow.dataset.sft, neucodec_workflow.dataset.stats, neucodec_workflow.jobs, "
-            "neucodec_workflow.storage.streams; print('torch' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    code = (
+        "import sys, neucodec_workflow.dataset.sft, neucodec_workflow.dataset.stats, neucodec_workflow.jobs, "
+        "neucodec_workflow.storage.streams; print('torch' in sys.modules)"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )

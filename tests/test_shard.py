@@ -20,8 +20,15 @@ from neucodec_workflow.testing.synth import Member, flac_bytes, write_shard
 def encode(name, shard_dir, codec, *, tar=None, out="out.parquet", max_seconds=60.0):
     """encode_shard as the job calls it: the metadata's ids read once, then the tar (a path or a stream)."""
     ids = read_metadata_ids(name, shard_dir / "metadata.parquet", ["segment_id"])
-    return encode_shard(name, shard_dir / "audio.tar" if tar is None else tar, ids, shard_dir / out, ReferenceEncoder(codec),
-                        max_seconds=max_seconds, decode_workers=2)
+    return encode_shard(
+        name,
+        shard_dir / "audio.tar" if tar is None else tar,
+        ids,
+        shard_dir / out,
+        ReferenceEncoder(codec),
+        max_seconds=max_seconds,
+        decode_workers=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +53,21 @@ def dirty_shard(tmp_path_factory):
         Member("dup_in_meta.flac", flac_bytes(clip(0.3), 16_000)),
         Member("readme.txt", b"not audio"),
     ]
-    ids = ["good_16k", "good_44k_stereo", "nested_24k", "ünïcode_ид", "dup_in_tar", "corrupt", "empty", "subframe",
-           "nan", "too_long", "dup_in_meta", "dup_in_meta", "only_in_metadata"]
+    ids = [
+        "good_16k",
+        "good_44k_stereo",
+        "nested_24k",
+        "ünïcode_ид",
+        "dup_in_tar",
+        "corrupt",
+        "empty",
+        "subframe",
+        "nan",
+        "too_long",
+        "dup_in_meta",
+        "dup_in_meta",
+        "only_in_metadata",
+    ]
     meta = pd.DataFrame({"segment_id": ids, "text": [f"t{i}" for i in range(len(ids))]})
     return write_shard(tmp_path_factory.mktemp("corpus") / "lang" / "shard-1", members, meta)
 
@@ -99,7 +119,9 @@ def test_tokens_parquet_contract_and_reference_equality(encoded, dirty_shard, co
 
     with open(dirty_shard / "audio.tar", "rb") as f:
         first = next(decode_member("good_16k", m, b, 60) for m, b in iter_flac_members(f) if m == "good_16k.flac")
-    np.testing.assert_array_equal(np.frombuffer(df.iloc[0].neucodec_tokens, "<u2"), reference_tokens(codec, first.audio))
+    np.testing.assert_array_equal(
+        np.frombuffer(df.iloc[0].neucodec_tokens, "<u2"), reference_tokens(codec, first.audio)
+    )
     prov = read_provenance(out)
     assert prov["random_weights"] is True and prov["semantic_layers"] == 16 and prov["versions"]["neucodec"] == "0.0.6"
 
@@ -131,14 +153,17 @@ def test_truncated_tar_fails_naming_shard(tmp_path, codec):
 def test_unreadable_metadata_fails_naming_shard(tmp_path, codec):
     shard = simple_shard(tmp_path, "x/s3", [0.3])
     (shard / "metadata.parquet").write_bytes(b"PAR1 broken")
-    with pytest.raises(ShardError, match="shard x/s3: cannot read metadata.parquet"):
+    with pytest.raises(ShardError, match="shard x/s3: cannot read segment ids from metadata.parquet"):
         encode("x/s3", shard, codec)
 
 
 def test_missing_id_column_fails_naming_shard(tmp_path, codec):
     shard = simple_shard(tmp_path, "x/s4", [0.3])
     pd.DataFrame({"id": ["x"]}).to_parquet(shard / "metadata.parquet")
-    with pytest.raises(ShardError, match=r"shard x/s4: cannot read segment ids from metadata.parquet: .*none of the columns \['segment_id'\]"):
+    with pytest.raises(
+        ShardError,
+        match=r"shard x/s4: cannot read segment ids from metadata.parquet: .*none of the columns \['segment_id'\]",
+    ):
         encode("x/s4", shard, codec)
 
 

@@ -33,8 +33,16 @@ SHARDS = ["a/shard-0", "a/shard-1", "b/shard-0"]
 BROKEN = "b/shard-0"  # first run: its metadata lacks segment_id, so its encode job fails
 LOST = "a/shard-0"  # after the first run: its outputs are deleted, as if lost
 RUN_TIMEOUT_S = 420
-TEST_OVERRIDES = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "3",
-                  "--set-threads", "encode_shard=1", "--retries", "0"]
+TEST_OVERRIDES = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "3",
+    "--set-threads",
+    "encode_shard=1",
+    "--retries",
+    "0",
+]
 
 
 def cluster_cmd(action: str, state: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -78,20 +86,40 @@ def project(tmp_path_factory, random_ckpt):
     shutil.copy(meta, root / "good-metadata.parquet")
     pd.read_parquet(meta).drop(columns=["segment_id"]).to_parquet(meta, index=False)
     config = root / "config.yaml"
-    config.write_text(json.dumps({"corpus": str(corpus), "output": str(root / "out"),
-                                  "codec": {"weights": str(random_ckpt), "seed": 0, "device": "auto"}}))
+    config.write_text(
+        json.dumps(
+            {
+                "corpus": str(corpus),
+                "output": str(root / "out"),
+                "codec": {"weights": str(random_ckpt), "seed": 0, "device": "auto"},
+            }
+        )
+    )
     return root, corpus, root / "out", config
 
 
 def snakemake(env: dict[str, str], project, *args: str) -> subprocess.CompletedProcess:
     """`snakemake --profile gpu-cluster` from the repo root (./gpu-cluster -> profiles/gpu-cluster), bounded."""
     root, _, _, config = project
-    cmd = [sys.executable, "-m", "snakemake", "--profile", "gpu-cluster", "--directory", str(root / "work"),
-           "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config" / "config.yaml"), str(config),
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "gpu-cluster",
+        "--directory",
+        str(root / "work"),
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--configfile",
+        str(REPO / "config" / "config.yaml"),
+        str(config),
+        *args,
+    ]
     (root / "work").mkdir(exist_ok=True)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -104,8 +132,14 @@ def snakemake(env: dict[str, str], project, *args: str) -> subprocess.CompletedP
 
 def slurm_jobs(env: dict[str, str]) -> dict[int, dict[str, str]]:
     """Every job this cluster has seen (MinJobAge keeps finished ones): id -> comment, state, start, end."""
-    out = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i|%k|%T|%S|%e"], env=env, capture_output=True,
-                         text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "all", "-o", "%i|%k|%T|%S|%e"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     jobs = {}
     for line in out.splitlines():
         jid, comment, st, start, end = line.split("|")
@@ -114,8 +148,9 @@ def slurm_jobs(env: dict[str, str]) -> dict[int, dict[str, str]]:
 
 
 def tres_per_job(env: dict[str, str], jid: int) -> str:
-    out = subprocess.run(["scontrol", "show", "job", str(jid)], env=env, capture_output=True, text=True, timeout=30,
-                         check=True).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", str(jid)], env=env, capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     m = re.search(r"TresPerJob=(\S+)", out)
     return m.group(1) if m else ""
 
@@ -191,7 +226,8 @@ def test_gpu_cluster_profile_on_real_slurm(cluster, project):
     encode_jobs = [jid for jid, j in new.items() if j["comment"] == "rule_encode_encode_shard"]
     assert len(encode_jobs) == 1, f"rerun submitted {new}"
     assert sorted(j["comment"] for j in new.values()) == sorted(
-        ["rule_encode_encode_shard", "rule_assemble_sft", "rule_corpus_stats"]), new
+        ["rule_encode_encode_shard", "rule_assemble_sft", "rule_corpus_stats"]
+    ), new
     assert tres_per_job(env, encode_jobs[0]) == "gres:gpu:1"
     after = {s: gpu_seen(out, s) for s in SHARDS}
     for shard in SHARDS:

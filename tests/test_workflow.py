@@ -9,15 +9,17 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_snakemake, simple_shard
 
-from neucodec_workflow.shard.audio import decode_member, iter_flac_members
 from neucodec_workflow.engine.reference import reference_tokens
+from neucodec_workflow.shard.audio import decode_member, iter_flac_members
 
 pytestmark = pytest.mark.workflow
 
 
 def job_counts(stdout: str) -> dict[str, int]:
     """The 'Job stats' table of a Snakemake run or dry-run."""
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stdout, re.M) if m.group(1) != "total"}
+    return {
+        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", stdout, re.M) if m.group(1) != "total"
+    }
 
 
 def pending_shards(stdout: str) -> list[str]:
@@ -47,12 +49,16 @@ def test_end_to_end(project, first_run, codec):
         report = json.loads((out / "shards" / f"{shard}.json").read_text())
         assert report["encoded"] == len(df) and report["rejected_count"] == 0
         assert report["codec"]["random_weights"] is True
-        assert (out / "logs" / "encode" / f"{shard}.log").exists() and (out / "benchmarks" / "encode" / f"{shard}.tsv").exists()
+        assert (out / "logs" / "encode" / f"{shard}.log").exists() and (
+            out / "benchmarks" / "encode" / f"{shard}.tsv"
+        ).exists()
         # workflow tokens == NeuCodec.encode_code on the same seeded weights
         with open(corpus / shard / "audio.tar", "rb") as f:
             for (member, data), row in zip(iter_flac_members(f), df.itertuples(), strict=True):
                 clip = decode_member(row.segment_id, member, data, 60)
-                np.testing.assert_array_equal(np.frombuffer(row.neucodec_tokens, "<u2"), reference_tokens(codec, clip.audio))
+                np.testing.assert_array_equal(
+                    np.frombuffer(row.neucodec_tokens, "<u2"), reference_tokens(codec, clip.audio)
+                )
     stats = json.loads((out / "stats.json").read_text())
     assert stats["shards"] == 2 and stats["encoded"] == 3 and stats["segments"] == 3 and stats["random_weights"]
     assert stats["audit"]["token_agreement"] == 1.0 and stats["audit"]["segments"] >= 1  # exact mode vs encode_code
@@ -117,7 +123,9 @@ def test_audit_target(project, first_run):
 
 def test_config_errors_are_readable(project):
     root, _, _, config = project
-    proc = run_snakemake(root, "-n", config={**config, "codec": json.dumps({"weights": "random", "device": "tpu"})}, check=False)
+    proc = run_snakemake(
+        root, "-n", config={**config, "codec": json.dumps({"weights": "random", "device": "tpu"})}, check=False
+    )
     assert proc.returncode != 0 and "device" in proc.stdout + proc.stderr
     empty = root / "empty"
     empty.mkdir()

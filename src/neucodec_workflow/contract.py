@@ -45,8 +45,9 @@ class NoRowsError(ValueError):
     """Nothing to write: an empty tokens file is never published."""
 
 
-def write_tokens(path: str | Path, rows: Iterable[tuple[str, np.ndarray]], provenance: dict[str, Any], *,
-                 rows_per_group: int = 2048) -> int:
+def write_tokens(
+    path: str | Path, rows: Iterable[tuple[str, np.ndarray]], provenance: dict[str, Any], *, rows_per_group: int = 2048
+) -> int:
     """Stream ``(segment_id, uint16 tokens)`` rows into the parquet as they come (a row group per
     ``rows_per_group``), provenance in the key-value metadata; renamed into place only when complete.
     Returns the number of rows; raises ``NoRowsError`` (publishing nothing) when there are none.

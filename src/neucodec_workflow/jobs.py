@@ -15,8 +15,7 @@ log = logging.getLogger("neucodec_workflow")
 RANDOM_BANNER = (
     "\n" + "!" * 88 + "\n"
     "!!  codec.weights = random: SEEDED RANDOM WEIGHTS. These tokens are NOT neucodec tokens.\n"
-    "!!  Use them to test the workflow only. Real weights: codec.weights=neuphonic/neucodec\n"
-    + "!" * 88
+    "!!  Use them to test the workflow only. Real weights: codec.weights=neuphonic/neucodec\n" + "!" * 88
 )
 
 
@@ -26,7 +25,9 @@ def setup_logging(log_file: str | None) -> None:
     if log_file:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, mode="w"))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
     logging.captureWarnings(True)
 
     def log_uncaught(kind, value, tb):  # the failure reason lands in the rule's log, not only on stderr
@@ -35,8 +36,18 @@ def setup_logging(log_file: str | None) -> None:
     sys.excepthook = log_uncaught
 
 
-def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report: str, codec: dict[str, Any],
-                     encode: dict[str, Any], columns: dict[str, Any], threads: int) -> None:
+def encode_shard_job(
+    *,
+    shard: str,
+    tar: str,
+    metadata: str,
+    tokens: str,
+    report: str,
+    codec: dict[str, Any],
+    encode: dict[str, Any],
+    columns: dict[str, Any],
+    threads: int,
+) -> None:
     """Rule encode_shard. ``codec``/``encode``/``columns``: the validated config sections (defaults from the schema)."""
     import torch
 
@@ -49,24 +60,55 @@ def encode_shard_job(*, shard: str, tar: str, metadata: str, tokens: str, report
 
     torch.set_num_threads(max(1, threads))
     device = pick_device(codec["device"])
-    log.info("shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s", shard, device,
-             os.environ.get("CUDA_VISIBLE_DEVICES"), os.environ.get("SLURM_JOB_ID"))
+    log.info(
+        "shard %s: device=%s CUDA_VISIBLE_DEVICES=%s SLURM_JOB_ID=%s",
+        shard,
+        device,
+        os.environ.get("CUDA_VISIBLE_DEVICES"),
+        os.environ.get("SLURM_JOB_ID"),
+    )
     with open_source(tar) as tar_in, open_source(metadata, seekable=True) as metadata_in:  # s3:// is streamed
         ids = read_metadata_ids(shard, metadata_in, columns["segment_id"])  # fails fast, before the model loads
         loaded = load_codec(codec["weights"], seed=int(codec["seed"]), device=device)
         if loaded.is_random:
             log.warning(RANDOM_BANNER)
         engine = Engine(loaded, EngineConfig(mode=encode["mode"], batch_seconds=float(encode["batch_seconds"])))
-        result = encode_shard(shard, tar_in, ids, tokens, engine, max_seconds=float(encode["max_seconds"]),
-                              decode_workers=int(encode["decode_workers"]),
-                              reference=lambda audio: reference_tokens(loaded, audio), audit_segments=int(encode["audit_segments"]))
+        result = encode_shard(
+            shard,
+            tar_in,
+            ids,
+            tokens,
+            engine,
+            max_seconds=float(encode["max_seconds"]),
+            decode_workers=int(encode["decode_workers"]),
+            reference=lambda audio: reference_tokens(loaded, audio),
+            audit_segments=int(encode["audit_segments"]),
+        )
     write_json(report, result.as_dict())
-    log.info("shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)", shard, result.encoded,
-             len(result.rejected), result.audio_seconds, result.tokens,
-             result.audio_seconds / result.wall_seconds if result.wall_seconds else 0.0, device, engine.name)
+    log.info(
+        "shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)",
+        shard,
+        result.encoded,
+        len(result.rejected),
+        result.audio_seconds,
+        result.tokens,
+        result.audio_seconds / result.wall_seconds if result.wall_seconds else 0.0,
+        device,
+        engine.name,
+    )
 
 
-def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, Any], segments: int, max_seconds: float, threads: int) -> None:
+def audit_job(
+    *,
+    shard: str,
+    tar: str,
+    tokens: str,
+    out: str,
+    codec: dict[str, Any],
+    segments: int,
+    max_seconds: float,
+    threads: int,
+) -> None:
     """Rule audit_shard: the stored tokens against the reference path (strict fp32) on a sample."""
     import torch
 
@@ -79,21 +121,38 @@ def audit_job(*, shard: str, tar: str, tokens: str, out: str, codec: dict[str, A
     torch.set_num_threads(max(1, threads))
     loaded = load_codec(codec["weights"], seed=int(codec["seed"]), device=pick_device(codec["device"]))
     with open_source(tar) as tar_in, local_copy(tokens) as tokens_path:  # s3://: tar streamed, tokens fetched
-        result = audit_stored(shard, tar_in, tokens_path, lambda audio: reference_tokens(loaded, audio), segments, max_seconds)
+        result = audit_stored(
+            shard, tar_in, tokens_path, lambda audio: reference_tokens(loaded, audio), segments, max_seconds
+        )
     result["reference_codec"] = loaded.provenance
     write_json(out, result)
     log.info("audit of shard %s: %d segments, token agreement %s", shard, result["segments"], result["token_agreement"])
 
 
-def assemble_job(*, shards: list[str], tokens: list[str], metadata: list[str], out_dir: str, columns: dict[str, Any], sft: dict[str, Any]) -> None:
-    from neucodec_workflow.storage.streams import OneAtATime
+def assemble_job(
+    *,
+    shards: list[str],
+    tokens: list[str],
+    metadata: list[str],
+    out_dir: str,
+    columns: dict[str, Any],
+    sft: dict[str, Any],
+) -> None:
     from neucodec_workflow.dataset.sft import assemble_sft
+    from neucodec_workflow.storage.streams import OneAtATime
 
     tokens_of, metadata_of = dict(zip(shards, tokens, strict=True)), dict(zip(shards, metadata, strict=True))
     read_tokens, read_metadata = OneAtATime(), OneAtATime()  # s3:// objects: fetched one shard at a time
-    summary = assemble_sft(shards, lambda s: read_tokens(tokens_of[s]), lambda s: read_metadata(metadata_of[s]), out_dir, columns,
-                           validation_fraction=float(sft["validation_fraction"]), target_file_mb=float(sft["target_file_mb"]),
-                           rows_per_row_group=int(sft["rows_per_row_group"]))
+    summary = assemble_sft(
+        shards,
+        lambda s: read_tokens(tokens_of[s]),
+        lambda s: read_metadata(metadata_of[s]),
+        out_dir,
+        columns,
+        validation_fraction=float(sft["validation_fraction"]),
+        target_file_mb=float(sft["target_file_mb"]),
+        rows_per_row_group=int(sft["rows_per_row_group"]),
+    )
     log.info("SFT dataset: %s", summary)
 
 
@@ -104,5 +163,12 @@ def stats_job(*, reports: list[str], sft_dir: str, out: str) -> None:
     write_json(out, stats)
     if stats["random_weights"]:
         log.warning(RANDOM_BANNER)
-    log.info("%d shards, %d segments (%d encoded, %d rejected), %.3f h, %d tokens", stats["shards"], stats["segments"],
-             stats["encoded"], stats["rejected"], stats["hours"], stats["tokens"])
+    log.info(
+        "%d shards, %d segments (%d encoded, %d rejected), %.3f h, %d tokens",
+        stats["shards"],
+        stats["segments"],
+        stats["encoded"],
+        stats["rejected"],
+        stats["hours"],
+        stats["tokens"],
+    )

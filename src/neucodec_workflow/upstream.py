@@ -51,5 +51,7 @@ def require(*packages: str) -> None:
     if os.environ.get(OVERRIDE_ENV) == "1":
         log.warning("%s; continuing because %s=1", message, OVERRIDE_ENV)
         return
-    raise UntestedVersionError(f"{message}. Install the tested versions (requirements.txt), or set {OVERRIDE_ENV}=1 "
-                               "to run anyway after checking the guarding tests pass")
+    raise UntestedVersionError(
+        f"{message}. Install the tested versions (requirements.txt), or set {OVERRIDE_ENV}=1 "
+        "to run anyway after checking the guarding tests pass"
+    )

@@ -24,7 +24,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import SECONDS_PER_TOKEN, candidates, pick_column, read_provenance, tokens_of, write_json
+from neucodec_workflow.contract import (
+    SECONDS_PER_TOKEN,
+    candidates,
+    pick_column,
+    read_provenance,
+    tokens_of,
+    write_json,
+)
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -59,8 +66,10 @@ def resolve_columns(shard: str, available: Iterable[str], mapping: dict[str, Any
     for name in ("segment_id", *FIELDS):
         resolved[name] = pick_column(mapping[name], available)
         if resolved[name] is None and name in ("segment_id", "text"):
-            raise SftError(f"shard {shard}: metadata.parquet has none of the columns {candidates(mapping[name])} for {name!r} "
-                           f"(columns: {sorted(available)}); set columns.{name} in the config")
+            raise SftError(
+                f"shard {shard}: metadata.parquet has none of the columns {candidates(mapping[name])} for {name!r} "
+                f"(columns: {sorted(available)}); set columns.{name} in the config"
+            )
     return resolved
 
 
@@ -73,8 +82,9 @@ def speaker_split(dataset: str | None, speaker: str | None, segment_id: str, val
     return "validation" if h < validation_fraction else "train"
 
 
-def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: str | Path | BinaryIO,
-               mapping: dict[str, Any]) -> tuple[pd.DataFrame, list[Reject]]:
+def shard_rows(
+    shard: str, tokens_path: str | Path | BinaryIO, metadata_path: str | Path | BinaryIO, mapping: dict[str, Any]
+) -> tuple[pd.DataFrame, list[Reject]]:
     """One shard's encoded segments joined with their metadata, in SFT columns, and the encoded segments that cannot
     be a training row, each with its reason: no metadata row, an ambiguous one, no text, an unparseable duration,
     a second row for the same id in the tokens file. A missing duration is the encoded length (exact)."""
@@ -96,13 +106,21 @@ def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: st
         joined = joined[~mask]
 
     joined = tokens
-    exclude(joined["segment_id"].duplicated(keep="first"), Reason.DUPLICATE_IN_TOKENS, "a row with this id came earlier")
+    exclude(
+        joined["segment_id"].duplicated(keep="first"), Reason.DUPLICATE_IN_TOKENS, "a row with this id came earlier"
+    )
     ambiguous = set(fields.loc[fields["segment_id"].duplicated(keep=False), "segment_id"])
     exclude(joined["segment_id"].isin(ambiguous), Reason.DUPLICATE_IN_METADATA, "several metadata rows")
-    joined = joined.merge(fields.drop_duplicates("segment_id"), on="segment_id", how="left", validate="one_to_one", indicator=True)
+    joined = joined.merge(
+        fields.drop_duplicates("segment_id"), on="segment_id", how="left", validate="one_to_one", indicator=True
+    )
     exclude(joined["_merge"] == "left_only", Reason.NOT_IN_METADATA, "tokens without a metadata row")
     text = joined["text"].astype("string").str.strip()
-    exclude(text.isna() | (text == ""), Reason.NO_TEXT, lambda rows: ["null" if pd.isna(v) else repr(v) for v in rows["text"]])
+    exclude(
+        text.isna() | (text == ""),
+        Reason.NO_TEXT,
+        lambda rows: ["null" if pd.isna(v) else repr(v) for v in rows["text"]],
+    )
     raw = joined["duration"]
     duration = pd.to_numeric(raw, errors="coerce").astype("float64")
     bad = raw.notna() & ~(np.isfinite(duration) & (duration >= 0))
@@ -110,8 +128,13 @@ def shard_rows(shard: str, tokens_path: str | Path | BinaryIO, metadata_path: st
     duration = duration[~bad]
     if excluded:
         by_reason = Counter(str(r.reason) for r in excluded)
-        log.warning("shard %s: %d encoded segments left out of the dataset %s, e.g. %s", shard, len(excluded),
-                    dict(by_reason), [(r.segment_id, str(r.reason)) for r in excluded[:5]])
+        log.warning(
+            "shard %s: %d encoded segments left out of the dataset %s, e.g. %s",
+            shard,
+            len(excluded),
+            dict(by_reason),
+            [(r.segment_id, str(r.reason)) for r in excluded[:5]],
+        )
     encoded_seconds = joined["token_count"].astype("float64") * SECONDS_PER_TOKEN
     rows = pd.DataFrame(
         {
@@ -202,14 +225,20 @@ def assemble_sft(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
-    writers = {s: _SplitWriter(tmp / "data", s, int(target_file_mb * 2**20), rows_per_row_group) for s in ("train", "validation")}
+    writers = {
+        s: _SplitWriter(tmp / "data", s, int(target_file_mb * 2**20), rows_per_row_group)
+        for s in ("train", "validation")
+    }
     provenance: list[dict[str, Any]] = []
     excluded: list[dict[str, Any]] = []
     for shard in shards:
         tokens = tokens_path(shard)  # fetched once: rows, then provenance from the same bytes
         df, rejects = shard_rows(shard, tokens, metadata_path(shard), mapping)
         excluded += [{"shard": shard, **r.as_dict()} for r in rejects]
-        split = [speaker_split(d, s, i, validation_fraction) for d, s, i in zip(df["dataset"], df["speaker"], df["segment_id"], strict=True)]
+        split = [
+            speaker_split(d, s, i, validation_fraction)
+            for d, s, i in zip(df["dataset"], df["speaker"], df["segment_id"], strict=True)
+        ]
         for name, part in df.groupby(pd.Series(split, index=df.index), sort=False):
             writers[str(name)].add(part)
         if not isinstance(tokens, (str, Path)):
@@ -217,8 +246,17 @@ def assemble_sft(
         provenance.append(read_provenance(tokens))
     for w in writers.values():
         w.close()
-    summary = {n: {"num_examples": w.rows, "num_bytes": w.bytes, "files": len(w.files), "hours": w.seconds / 3600} for n, w in writers.items() if w.rows}
-    codecs = {json.dumps({k: p.get(k) for k in ("codec_id", "revision", "weights_sha256", "random_weights", "seed")}, sort_keys=True) for p in provenance}
+    summary = {
+        n: {"num_examples": w.rows, "num_bytes": w.bytes, "files": len(w.files), "hours": w.seconds / 3600}
+        for n, w in writers.items()
+        if w.rows
+    }
+    codecs = {
+        json.dumps(
+            {k: p.get(k) for k in ("codec_id", "revision", "weights_sha256", "random_weights", "seed")}, sort_keys=True
+        )
+        for p in provenance
+    }
     by_reason = dict(sorted(Counter(r["reason"] for r in excluded).items()))
     write_json(tmp / EXCLUDED, {"excluded": len(excluded), "excluded_by_reason": by_reason, "segments": excluded})
     write_card(tmp, summary, [json.loads(c) for c in sorted(codecs)], len(shards), by_reason)
@@ -246,14 +284,21 @@ def features():
     )
 
 
-def write_card(root: Path, splits: dict[str, dict[str, Any]], codecs: list[dict[str, Any]], n_shards: int,
-               excluded_by_reason: dict[str, int]) -> None:
+def write_card(
+    root: Path,
+    splits: dict[str, dict[str, Any]],
+    codecs: list[dict[str, Any]],
+    n_shards: int,
+    excluded_by_reason: dict[str, int],
+) -> None:
     """README.md with the ``dataset_info`` block (features, splits) and ``configs`` for ``load_dataset``."""
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from huggingface_hub import DatasetCardData
 
-    split_dict = SplitDict({n: SplitInfo(name=n, num_bytes=s["num_bytes"], num_examples=s["num_examples"]) for n, s in splits.items()})
+    split_dict = SplitDict(
+        {n: SplitInfo(name=n, num_bytes=s["num_bytes"], num_examples=s["num_examples"]) for n, s in splits.items()}
+    )
     card = DatasetCardData(
         configs=[{"config_name": "default", "data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}],
         tags=["audio", "neucodec", "tts"],

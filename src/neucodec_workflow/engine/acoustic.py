@@ -50,8 +50,14 @@ def _activation(act: nn.Module, native: bool):
 def _supported(act: nn.Module) -> bool:
     """The kernel hard-codes CodecEnc's configuration: 2x up/down, 12 taps, SnakeBeta."""
     up, down = act.upsample, act.downsample
-    return (type(act.act).__name__ == "SnakeBeta" and up.ratio == 2 and up.kernel_size == 12 and down.ratio == 2
-            and down.lowpass.kernel_size == 12 and down.lowpass.padding_mode == "replicate")
+    return (
+        type(act.act).__name__ == "SnakeBeta"
+        and up.ratio == 2
+        and up.kernel_size == 12
+        and down.ratio == 2
+        and down.lowpass.kernel_size == 12
+        and down.lowpass.padding_mode == "replicate"
+    )
 
 
 class AcousticEncoder:

@@ -171,7 +171,9 @@ def _w2v_bert_state_dict() -> dict[str, torch.Tensor]:
 # --- strict loading ------------------------------------------------------------------------
 
 
-def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], semantic_layers: int, source: str) -> list[str]:
+def load_state_dict_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], semantic_layers: int, source: str
+) -> list[str]:
     """Load ``state`` into ``model``; every key the encoder needs must be present and no key unknown.
 
     Returns the decoder-only keys that were absent (allowed: encoding does not use them).
@@ -230,7 +232,9 @@ def make_random_weights(seed: int, semantic_layers: int = SEMANTIC_LAYERS) -> nn
     model = build_neucodec(semantic_layers)
     probe = torch.from_numpy(probe_signal())[None, None]
     captured: list[torch.Tensor] = []
-    handle = model.fc_prior.register_forward_hook(lambda _m, args, _out: captured.append(args[0].reshape(-1, 2048).clone()))
+    handle = model.fc_prior.register_forward_hook(
+        lambda _m, args, _out: captured.append(args[0].reshape(-1, 2048).clone())
+    )
     with torch.inference_mode():
         model.encode_code(probe)
     handle.remove()
@@ -260,12 +264,18 @@ def package_versions() -> dict[str, str]:
     return {name: upstream.installed(name) for name in ("neucodec-workflow", "neucodec", "torch", "transformers")}
 
 
-def load_codec(weights: str, *, seed: int = 0, semantic_layers: int = SEMANTIC_LAYERS, device: str | torch.device = "cpu") -> Codec:
+def load_codec(
+    weights: str, *, seed: int = 0, semantic_layers: int = SEMANTIC_LAYERS, device: str | torch.device = "cpu"
+) -> Codec:
     """Load the encoder from ``neuphonic/neucodec`` (Hub/HF cache), a local checkpoint, or ``random``.
 
     ``random`` builds seeded random weights in-process (same as ``save_random_checkpoint`` writes).
     """
-    provenance: dict[str, Any] = {"semantic_layers": semantic_layers, "precision": "fp32", "versions": package_versions()}
+    provenance: dict[str, Any] = {
+        "semantic_layers": semantic_layers,
+        "precision": "fp32",
+        "versions": package_versions(),
+    }
     if weights == RANDOM:
         model = make_random_weights(seed, semantic_layers)
         provenance.update(codec_id="random", revision=None, random_weights=True, seed=seed)
@@ -277,7 +287,9 @@ def load_codec(weights: str, *, seed: int = 0, semantic_layers: int = SEMANTIC_L
             path, revision = _hub_checkpoint(weights, revision)
             provenance.update(codec_id=weights, revision=revision)
         elif "/" in weights and not Path(weights).exists() and not weights.startswith((".", "/", "~")):
-            raise CodecLoadError(f"codec.weights: {weights!r} is not a supported Hub id ({', '.join(HUB_IDS)}) nor an existing path")
+            raise CodecLoadError(
+                f"codec.weights: {weights!r} is not a supported Hub id ({', '.join(HUB_IDS)}) nor an existing path"
+            )
         else:
             path = _checkpoint_in(Path(weights).expanduser())
             provenance.update(codec_id=f"checkpoint:{path.name}", revision=None)  # no machine paths in outputs
@@ -293,5 +305,7 @@ def load_codec(weights: str, *, seed: int = 0, semantic_layers: int = SEMANTIC_L
     provenance["decoder_weights"] = "absent" if missing else "loaded"
     model = model.eval().requires_grad_(False).to(device)
     if provenance["random_weights"]:
-        log.warning("RANDOM WEIGHTS (seed %s): tokens are for testing only, not real neucodec tokens", provenance.get("seed"))
+        log.warning(
+            "RANDOM WEIGHTS (seed %s): tokens are for testing only, not real neucodec tokens", provenance.get("seed")
+        )
     return Codec(model=model, provenance=provenance)

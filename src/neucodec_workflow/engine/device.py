@@ -73,8 +73,10 @@ def pick_device(requested: str) -> str:
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if count == 0:
         if requested.startswith("cuda"):
-            raise RuntimeError(f"codec.device={requested} but no CUDA device is visible "
-                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+            raise RuntimeError(
+                f"codec.device={requested} but no CUDA device is visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})"
+            )
         return "cpu"
     if requested.startswith("cuda:"):
         return requested

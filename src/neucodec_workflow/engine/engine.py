@@ -149,7 +149,9 @@ class Engine:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(batch) == 1:
-                log.warning("segment %s (%.1f s) does not fit in memory alone: rejected", batch[0].segment_id, batch[0].seconds)
+                log.warning(
+                    "segment %s (%.1f s) does not fit in memory alone: rejected", batch[0].segment_id, batch[0].seconds
+                )
                 yield batch[0], exc
                 return
             log.warning("out of memory on a batch of %d; retrying one by one", len(batch))

@@ -20,10 +20,20 @@ class TorchFbank:
         from transformers.audio_utils import mel_filter_bank, window_function
 
         self.device = torch.device(device)
-        mel = mel_filter_bank(num_frequency_bins=257, num_mel_filters=80, min_frequency=20, max_frequency=8000,
-                              sampling_rate=16_000, norm=None, mel_scale="kaldi", triangularize_in_mel_space=True)
+        mel = mel_filter_bank(
+            num_frequency_bins=257,
+            num_mel_filters=80,
+            min_frequency=20,
+            max_frequency=8000,
+            sampling_rate=16_000,
+            norm=None,
+            mel_scale="kaldi",
+            triangularize_in_mel_space=True,
+        )
         self.mel = torch.from_numpy(np.asarray(mel, np.float64)).to(self.device)  # [257, 80]
-        self.window = torch.from_numpy(window_function(FRAME, "povey", periodic=False).astype(np.float64)).to(self.device)
+        self.window = torch.from_numpy(window_function(FRAME, "povey", periodic=False).astype(np.float64)).to(
+            self.device
+        )
 
     def one(self, wave: torch.Tensor) -> torch.Tensor:
         """``[T]`` padded 16 kHz audio -> ``[frames // 2, 160]`` float32 features."""

@@ -16,7 +16,7 @@ def speech_like(seconds: float, sample_rate: int, rng: np.random.Generator) -> n
     voiced = np.zeros(n)
     for k in range(1, 25):
         freq = k * f0.mean()
-        weight = sum(np.exp(-((freq - f) / 250) ** 2) for f in formants) + 0.05 / k
+        weight = sum(np.exp(-(((freq - f) / 250) ** 2)) for f in formants) + 0.05 / k
         voiced += weight * np.sin(k * phase)
     syllables = 0.5 * (1 - np.cos(2 * np.pi * (3 + 2 * rng.random()) * t)) ** 2
     noise = rng.standard_normal(n) * 0.05

@@ -62,4 +62,3 @@ class ReferenceEncoder:
                 yield clip, exc
                 continue
             yield clip, check_token_count(clip, tokens)
-

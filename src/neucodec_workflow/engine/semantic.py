@@ -21,7 +21,9 @@ import torch.nn.functional as F
 def _distance_index(attn: nn.Module, length: int, device: torch.device) -> torch.Tensor:
     """``[L, L]``: which distance embedding each (query, key) pair uses."""
     pos = torch.arange(length, device=device)
-    distance = (pos[None, :] - pos[:, None]).clamp(-attn.left_max_position_embeddings, attn.right_max_position_embeddings)
+    distance = (pos[None, :] - pos[:, None]).clamp(
+        -attn.left_max_position_embeddings, attn.right_max_position_embeddings
+    )
     return distance + attn.left_max_position_embeddings
 
 
@@ -45,8 +47,9 @@ def _attention(attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None, 
     return attn.linear_out(out.transpose(1, 2).reshape(B, L, -1))
 
 
-def _layer(layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, key_mask: torch.Tensor | None,
-           index: torch.Tensor) -> torch.Tensor:
+def _layer(
+    layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, key_mask: torch.Tensor | None, index: torch.Tensor
+) -> torch.Tensor:
     h = layer.ffn1(layer.ffn1_layer_norm(h)) * 0.5 + h
     h = _attention(layer.self_attn, layer.self_attn_layer_norm(h), key_mask, index) + h
     h = h + layer.conv_module(h, attention_mask=mask)
@@ -59,8 +62,12 @@ class SemanticModel:
 
     def __init__(self, w2v: nn.Module, layers: int = 16):
         config = w2v.config
-        if (config.position_embeddings_type != "relative_key" or config.add_adapter or config.use_intermediate_ffn_before_adapter
-                or len(w2v.encoder.layers) < layers):
+        if (
+            config.position_embeddings_type != "relative_key"
+            or config.add_adapter
+            or config.use_intermediate_ffn_before_adapter
+            or len(w2v.encoder.layers) < layers
+        ):
             raise ValueError("SemanticModel expects the w2v-bert-2.0 configuration (relative_key, no adapter)")
         self.w2v = w2v
         self.layers = list(w2v.encoder.layers[:layers])

@@ -23,8 +23,14 @@ def audit_pick(segment_id: str, wanted: int, total: int) -> bool:
     return h < wanted / total
 
 
-def audit_stored(shard: str, tar: str | Path | BinaryIO, tokens_path: str | Path, reference: Callable[[np.ndarray], np.ndarray],
-                 segments: int, max_seconds: float) -> dict[str, Any]:
+def audit_stored(
+    shard: str,
+    tar: str | Path | BinaryIO,
+    tokens_path: str | Path,
+    reference: Callable[[np.ndarray], np.ndarray],
+    segments: int,
+    max_seconds: float,
+) -> dict[str, Any]:
     """Re-encode a deterministic sample of a shard's stored segments with the reference path and
     compare with the tokens on disk: the audit users run on their own weights and data."""
     stored = pd.read_parquet(tokens_path)
@@ -39,4 +45,9 @@ def audit_stored(shard: str, tar: str | Path | BinaryIO, tokens_path: str | Path
                 clip = decode_member(seg, member, data, max_seconds)
                 if isinstance(clip, Clip):
                     audit.add(seg, tokens_of(tokens.pop(seg)), reference(clip.audio))
-    return {"shard": shard, "stored": str(Path(tokens_path).name), "provenance": read_provenance(tokens_path), **audit.as_dict()}
+    return {
+        "shard": shard,
+        "stored": str(Path(tokens_path).name),
+        "provenance": read_provenance(tokens_path),
+        **audit.as_dict(),
+    }

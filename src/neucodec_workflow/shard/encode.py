@@ -21,7 +21,15 @@ import pyarrow.parquet as pq
 from neucodec_workflow.contract import SAMPLE_RATE, NoRowsError, candidates, pick_column, write_tokens
 from neucodec_workflow.engine.reference import Encoder
 from neucodec_workflow.records import Audit, Reason, Reject, ShardReport
-from neucodec_workflow.shard.audio import Clip, ShardError, decode_member, iter_flac_members, open_tar, ordered_map, segment_id_of
+from neucodec_workflow.shard.audio import (
+    Clip,
+    ShardError,
+    decode_member,
+    iter_flac_members,
+    open_tar,
+    ordered_map,
+    segment_id_of,
+)
 from neucodec_workflow.shard.audit import audit_pick
 
 log = logging.getLogger(__name__)
@@ -34,8 +42,10 @@ def read_metadata_ids(shard: str, metadata: str | Path | BinaryIO, id_column: st
         pf = pq.ParquetFile(metadata)
         column = pick_column(id_column, pf.schema_arrow.names)
         if column is None:
-            raise KeyError(f"none of the columns {candidates(id_column)} (columns: {sorted(pf.schema_arrow.names)}); "
-                           "set columns.segment_id in the config")
+            raise KeyError(
+                f"none of the columns {candidates(id_column)} (columns: {sorted(pf.schema_arrow.names)}); "
+                "set columns.segment_id in the config"
+            )
         ids = pf.read(columns=[column]).column(column).to_pandas()
     except Exception as exc:
         raise ShardError(shard, f"cannot read segment ids from metadata.parquet: {type(exc).__name__}: {exc}") from exc
@@ -78,17 +88,23 @@ def encode_shard(
                     report.segments_in_tar += 1
                     seg = segment_id_of(member)
                     if seg in seen:
-                        rejects.append(Reject(seg, Reason.DUPLICATE_IN_TAR, "a member with this id came earlier", member))
+                        rejects.append(
+                            Reject(seg, Reason.DUPLICATE_IN_TAR, "a member with this id came earlier", member)
+                        )
                         continue
                     seen.add(seg)
                     if seg not in known:
                         rejects.append(Reject(seg, Reason.NOT_IN_METADATA, "", member))
                     elif seg in duplicated_meta:
-                        rejects.append(Reject(seg, Reason.DUPLICATE_IN_METADATA, f"{counts[seg]} metadata rows", member))
+                        rejects.append(
+                            Reject(seg, Reason.DUPLICATE_IN_METADATA, f"{counts[seg]} metadata rows", member)
+                        )
                     else:
                         yield seg, member, data
             except Exception as exc:  # tarfile.ReadError, truncated streams, network errors
-                raise ShardError(shard, f"cannot read audio.tar after {report.segments_in_tar} members: {type(exc).__name__}: {exc}") from exc
+                raise ShardError(
+                    shard, f"cannot read audio.tar after {report.segments_in_tar} members: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def clips() -> Iterator[Clip]:
         def decode(item: tuple[str, str, bytes]) -> Clip | Reject:
@@ -103,9 +119,15 @@ def encode_shard(
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for clip, tokens in encoder.encode(clips()):
             if isinstance(tokens, Exception):
-                rejects.append(Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member))
+                rejects.append(
+                    Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member)
+                )
                 continue
-            if reference is not None and audit.segments < audit_segments and audit_pick(clip.segment_id, audit_segments, len(known)):
+            if (
+                reference is not None
+                and audit.segments < audit_segments
+                and audit_pick(clip.segment_id, audit_segments, len(known))
+            ):
                 audit.add(clip.segment_id, tokens, reference(clip.audio))
             report.encoded += 1
             report.audio_seconds += len(clip.audio) / SAMPLE_RATE

@@ -11,7 +11,6 @@ if TYPE_CHECKING:
     from neucodec_workflow.storage.inventory import Inventory
 
 
-
 class ShardListError(ValueError):
     pass
 
@@ -46,10 +45,16 @@ def discover_s3(corpus: str, inventory: Inventory) -> list[str]:
     bucket, prefix = split_url(corpus)
     start = len(prefix) + 1 if prefix else 0
     suffix = "/" + TAR
-    return sorted(key[start : -len(suffix)] for key in inventory.keys(bucket, prefix) if key.endswith(suffix) and len(key) > start + len(suffix))
+    return sorted(
+        key[start : -len(suffix)]
+        for key in inventory.keys(bucket, prefix)
+        if key.endswith(suffix) and len(key) > start + len(suffix)
+    )
 
 
-def shard_list(corpus: str, shards: list[str] | None = None, shards_file: str | None = None, inventory: Inventory | None = None) -> list[str]:
+def shard_list(
+    corpus: str, shards: list[str] | None = None, shards_file: str | None = None, inventory: Inventory | None = None
+) -> list[str]:
     """The shards to process: ``shards`` (config list), else ``shards_file`` (one per line), else discovery
     (a directory walk, or for an ``s3://`` corpus the ``inventory`` listing)."""
     if shards:

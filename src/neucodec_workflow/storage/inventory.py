@@ -77,9 +77,15 @@ class Inventory:
             except Exception as exc:
                 self._objects = None
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-                raise S3Error(f"cannot list s3://{bucket}/{prefix} at {self.settings.endpoint_url or 'AWS'}: {code}") from exc
-            log.info("S3 inventory: %d objects under %s in %d requests", len(self._objects),
-                     ", ".join(f"s3://{b}/{p}" for b, p in self.roots), self.requests)
+                raise S3Error(
+                    f"cannot list s3://{bucket}/{prefix} at {self.settings.endpoint_url or 'AWS'}: {code}"
+                ) from exc
+            log.info(
+                "S3 inventory: %d objects under %s in %d requests",
+                len(self._objects),
+                ", ".join(f"s3://{b}/{p}" for b, p in self.roots),
+                self.requests,
+            )
 
     def _objs(self) -> dict[tuple[str, str], ObjectInfo]:
         self.load()
@@ -100,7 +106,9 @@ class Inventory:
     def is_dir(self, bucket: str, key: str) -> bool:
         with self._lock:
             self._objs()
-            return (bucket, key) in self._dirs and any(b == bucket and k.startswith(key + "/") for b, k in self._objects or {})
+            return (bucket, key) in self._dirs and any(
+                b == bucket and k.startswith(key + "/") for b, k in self._objects or {}
+            )
 
     def info(self, bucket: str, key: str) -> ObjectInfo | None:
         with self._lock:

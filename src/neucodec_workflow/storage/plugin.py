@@ -136,8 +136,10 @@ def install_plugin_patches(inventory: Inventory) -> None:
     upstream.require("snakemake", "snakemake-storage-plugin-s3")
     missing = [m for m in PATCHED_METHODS if not callable(getattr(StorageObject, m, None))]
     if missing:
-        raise S3Error(f"snakemake-storage-plugin-s3 {upstream.installed('snakemake-storage-plugin-s3')} lacks {missing}: "
-                      "the S3 patches need the tested version (docs/upstream.md)")
+        raise S3Error(
+            f"snakemake-storage-plugin-s3 {upstream.installed('snakemake-storage-plugin-s3')} lacks {missing}: "
+            "the S3 patches need the tested version (docs/upstream.md)"
+        )
     if not _ORIGINAL:
         for name in PATCHED_METHODS:
             _ORIGINAL[name] = getattr(StorageObject, name)
@@ -160,7 +162,11 @@ def activate(plugin_settings: Any, roots: list[str]) -> Inventory:
     """For the Snakefile: one inventory over ``roots`` (the S3 corpus/output), patches on, settings exported."""
     settings = S3Settings.from_plugin(plugin_settings)
     settings.export_to_env()
-    inv = _ACTIVE if _ACTIVE is not None and sorted({split_url(r) for r in roots}) == _ACTIVE.roots else Inventory(settings, roots)
+    inv = (
+        _ACTIVE
+        if _ACTIVE is not None and sorted({split_url(r) for r in roots}) == _ACTIVE.roots
+        else Inventory(settings, roots)
+    )
     if os.environ.get(STOCK_ENV) == "1":
         log.warning("%s=1: the S3 storage plugin runs unpatched (one request per question; benchmarks only)", STOCK_ENV)
         return inv

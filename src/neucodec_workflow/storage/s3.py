@@ -74,7 +74,9 @@ class S3Settings:
         from botocore.config import Config
 
         if os.environ.get(REQUIRE_ENDPOINT_ENV) == "1" and not self.endpoint_url:
-            raise S3Error(f"{REQUIRE_ENDPOINT_ENV}=1 but no endpoint is set ({ENV_PREFIX}ENDPOINT_URL): refusing to use AWS")
+            raise S3Error(
+                f"{REQUIRE_ENDPOINT_ENV}=1 but no endpoint is set ({ENV_PREFIX}ENDPOINT_URL): refusing to use AWS"
+            )
         config = Config(
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -88,5 +90,4 @@ class S3Settings:
             aws_secret_access_key=self.secret_key,
             aws_session_token=self.token,
             config=config,
-
         )

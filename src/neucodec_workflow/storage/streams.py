@@ -24,7 +24,9 @@ class ReadAhead(io.RawIOBase):
     GET up to ``resumes`` times.
     """
 
-    def __init__(self, client: Any, bucket: str, key: str, *, chunk_size: int = 8 << 20, depth: int = 4, resumes: int = 5):
+    def __init__(
+        self, client: Any, bucket: str, key: str, *, chunk_size: int = 8 << 20, depth: int = 4, resumes: int = 5
+    ):
         super().__init__()
         self.client, self.bucket, self.key = client, bucket, key
         self.chunk_size, self.resumes = chunk_size, resumes
@@ -54,7 +56,15 @@ class ReadAhead(io.RawIOBase):
                 if attempts > self.resumes or getattr(exc, "response", None) is not None:
                     self._put(exc)
                     return
-                log.warning("s3://%s/%s: %s after %d bytes, resuming (%d/%d)", self.bucket, self.key, type(exc).__name__, offset, attempts, self.resumes)
+                log.warning(
+                    "s3://%s/%s: %s after %d bytes, resuming (%d/%d)",
+                    self.bucket,
+                    self.key,
+                    type(exc).__name__,
+                    offset,
+                    attempts,
+                    self.resumes,
+                )
 
     def _put(self, item: bytes | BaseException | None) -> None:
         while not self._stop.is_set():

@@ -1,6 +1,6 @@
 """``make demo``: build the small local corpus, run the workflow on it, say where everything is.
 
-    python -m neucodec_workflow.testing.demo [--weights random|neuphonic/neucodec|PATH] [--cores N]
+python -m neucodec_workflow.testing.demo [--weights random|neuphonic/neucodec|PATH] [--cores N]
 """
 
 from __future__ import annotations
@@ -31,8 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.weights == "random":
         print(RANDOM_BANNER, flush=True)
     start = time.time()
-    cmd = [sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--resources", "gpu=1",
-           "--config", f"corpus={corpus}", f"output={output}", f"codec={json.dumps({'weights': args.weights})}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        str(args.cores),
+        "--resources",
+        "gpu=1",
+        "--config",
+        f"corpus={corpus}",
+        f"output={output}",
+        f"codec={json.dumps({'weights': args.weights})}",
+    ]
     print("running:", " ".join(cmd[2:]), flush=True)
     rc = subprocess.call(cmd)
     if rc:
@@ -44,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  shard reports    : {output}/shards/<shard>.json")
     print(f"  SFT dataset      : {output}/sft_dataset/  (datasets.load_dataset('{output}/sft_dataset'))")
     print(f"  stats            : {output}/stats.json")
-    print(f"  segments {stats['segments']}: {stats['encoded']} encoded, {stats['rejected']} rejected {stats['rejects_by_reason']}; "
-          f"{stats['hours'] * 3600:.1f} s audio, {stats['tokens']} tokens, "
-          f"{stats['audio_seconds_per_wall_second']:.2f}x real time while encoding")
+    print(
+        f"  segments {stats['segments']}: {stats['encoded']} encoded, {stats['rejected']} rejected {stats['rejects_by_reason']}; "
+        f"{stats['hours'] * 3600:.1f} s audio, {stats['tokens']} tokens, "
+        f"{stats['audio_seconds_per_wall_second']:.2f}x real time while encoding"
+    )
     if stats["random_weights"]:
         print(RANDOM_BANNER)
     return 0

@@ -77,8 +77,9 @@ class LoopbackS3:
         self.thread.join()
 
 
-def shard_bytes(n_segments: int = 2, seconds: float = 1.0, *, seed: int = 0, sample_rate: int = 16000,
-                corrupt: bool = False) -> tuple[bytes, bytes]:
+def shard_bytes(
+    n_segments: int = 2, seconds: float = 1.0, *, seed: int = 0, sample_rate: int = 16000, corrupt: bool = False
+) -> tuple[bytes, bytes]:
     """``(audio.tar, metadata.parquet)`` bytes of one tiny synthetic shard; ``corrupt``: a tar that cannot be read."""
     import io
     import tempfile
@@ -92,8 +93,16 @@ def shard_bytes(n_segments: int = 2, seconds: float = 1.0, *, seed: int = 0, sam
     rng = np.random.default_rng(seed)
     ids = [f"seg{seed:05d}_{i:02d}" for i in range(n_segments)]
     members = [Member(f"{i}.flac", flac_bytes(speech_like(seconds, sample_rate, rng), sample_rate)) for i in ids]
-    meta = pd.DataFrame({"segment_id": ids, "text": [f"text {i}" for i in ids], "language": "en",
-                         "speaker": [f"spk{seed % 3}"] * n_segments, "duration": seconds, "dataset": "synthetic"})
+    meta = pd.DataFrame(
+        {
+            "segment_id": ids,
+            "text": [f"text {i}" for i in ids],
+            "language": "en",
+            "speaker": [f"spk{seed % 3}"] * n_segments,
+            "duration": seconds,
+            "dataset": "synthetic",
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         d = write_shard(Path(tmp) / "s", members, meta)
         tar, parquet = (d / "audio.tar").read_bytes(), (d / "metadata.parquet").read_bytes()

@@ -55,14 +55,27 @@ def espeak(text: str, voice: str) -> tuple[np.ndarray, int]:
 
 
 DEMO_LINES = {
-    "en": ["The quick brown fox jumps over the lazy dog.", "Speech tokens make text to speech models simple.",
-           "Every segment is either encoded or reported.", "A small corpus for a quick demonstration."],
-    "de": ["Der schnelle braune Fuchs springt über den faulen Hund.", "Heute ist ein schöner Tag.",
-           "Jedes Segment wird kodiert oder gemeldet."],
-    "es": ["El rápido zorro marrón salta sobre el perro perezoso.", "Hoy hace buen tiempo en la ciudad.",
-           "Cada segmento se codifica o se rechaza."],
-    "fr": ["Le renard brun rapide saute par-dessus le chien paresseux.", "Il fait beau aujourd'hui.",
-           "Chaque segment est encodé ou signalé."],
+    "en": [
+        "The quick brown fox jumps over the lazy dog.",
+        "Speech tokens make text to speech models simple.",
+        "Every segment is either encoded or reported.",
+        "A small corpus for a quick demonstration.",
+    ],
+    "de": [
+        "Der schnelle braune Fuchs springt über den faulen Hund.",
+        "Heute ist ein schöner Tag.",
+        "Jedes Segment wird kodiert oder gemeldet.",
+    ],
+    "es": [
+        "El rápido zorro marrón salta sobre el perro perezoso.",
+        "Hoy hace buen tiempo en la ciudad.",
+        "Cada segmento se codifica o se rechaza.",
+    ],
+    "fr": [
+        "Le renard brun rapide saute par-dessus le chien paresseux.",
+        "Il fait beau aujourd'hui.",
+        "Chaque segment est encodé ou signalé.",
+    ],
 }
 # (shard, language, sample rate, channels): several shards, languages, rates and channel counts.
 DEMO_SHARDS = [
@@ -102,11 +115,27 @@ def make_demo_corpus(root: Path, *, use_espeak: bool | None = None, seed: int = 
             if channels == 2:
                 audio = np.stack([audio, 0.8 * audio], axis=1)
             members.append(Member(f"{seg}.flac", flac_bytes(audio, sr)))
-            rows.append({"segment_id": seg, "text": text, "language": lang, "speaker": f"{lang}_speaker_{i % 2}",
-                         "duration": len(audio) / sr, "dataset": "demo-espeak" if use_espeak else "demo-synthetic"})
+            rows.append(
+                {
+                    "segment_id": seg,
+                    "text": text,
+                    "language": lang,
+                    "speaker": f"{lang}_speaker_{i % 2}",
+                    "duration": len(audio) / sr,
+                    "dataset": "demo-espeak" if use_espeak else "demo-synthetic",
+                }
+            )
         if shard == "en/shard-00001":  # dirty data, as in real corpora: a corrupt member, reported not lost
             members.append(Member("broken_0001.flac", b"fLaC this is not a flac stream"))
-            rows.append({"segment_id": "broken_0001", "text": "corrupt audio", "language": lang,
-                         "speaker": f"{lang}_speaker_0", "duration": 1.0, "dataset": "demo"})
+            rows.append(
+                {
+                    "segment_id": "broken_0001",
+                    "text": "corrupt audio",
+                    "language": lang,
+                    "speaker": f"{lang}_speaker_0",
+                    "duration": 1.0,
+                    "dataset": "demo",
+                }
+            )
         write_shard(root / shard, members, pd.DataFrame(rows))
     return {"shards": len(DEMO_SHARDS), "speech": "espeak-ng" if use_espeak else "synthetic speech-like signal"}

@@ -65,7 +65,9 @@ def _library() -> ctypes.CDLL | None:
     if cc is None:
         log.warning("no C compiler found: CodecEnc's activations run as stock torch ops (slower on CPU)")
         return None
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join([cc, *FLAGS]).encode(), _cpu_id().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), " ".join([cc, *FLAGS]).encode(), _cpu_id().encode()])
+    ).hexdigest()[:16]
     name = f"snake_aa-{platform.machine()}-{key}.so"
     for directory in _cache_dirs():
         path = directory / name
@@ -96,7 +98,9 @@ def _threads(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="snake_aa")
 
 
-def snake_aa(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor) -> torch.Tensor:
+def snake_aa(
+    x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: torch.Tensor, inv_beta: torch.Tensor
+) -> torch.Tensor:
     """``Activation1d(SnakeBeta)`` on a float32 CPU tensor ``[B, C, 1, T]`` (as CodecEnc runs on CPUs) or
     ``[B, C, T]``, computed channels-last (memory ``[B, T, C]``); the result has the input's shape.
 
@@ -106,7 +110,9 @@ def snake_aa(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: torch
     lib = _library()
     assert lib is not None, "native kernels unavailable"
     if x.dtype != torch.float32 or x.device.type != "cpu" or not (x.dim() == 3 or (x.dim() == 4 and x.shape[2] == 1)):
-        raise ValueError(f"snake_aa takes a float32 CPU tensor [B, C, T] or [B, C, 1, T], not {x.dtype} {x.device} {tuple(x.shape)}")
+        raise ValueError(
+            f"snake_aa takes a float32 CPU tensor [B, C, T] or [B, C, 1, T], not {x.dtype} {x.device} {tuple(x.shape)}"
+        )
     if x.dim() == 3:
         return snake_aa(x[:, :, None, :], up, down, alpha, inv_beta)[:, :, 0, :]
     x = x.contiguous(memory_format=torch.channels_last)
@@ -117,7 +123,11 @@ def snake_aa(x: torch.Tensor, up: torch.Tensor, down: torch.Tensor, alpha: torch
     rows = B * T
     n = min(torch.get_num_threads(), rows)
     bounds = [rows * k // n for k in range(n + 1)]
-    calls = [(x.data_ptr(), y.data_ptr(), bounds[k], bounds[k + 1], C, T, *ptrs) for k in range(n) if bounds[k] < bounds[k + 1]]
+    calls = [
+        (x.data_ptr(), y.data_ptr(), bounds[k], bounds[k + 1], C, T, *ptrs)
+        for k in range(n)
+        if bounds[k] < bounds[k + 1]
+    ]
     fn = lib.snake_aa
     results = [fn(*calls[0])] if len(calls) == 1 else list(_threads(len(calls)).map(lambda a: fn(*a), calls))
     if any(results):
