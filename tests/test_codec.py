@@ -1,12 +1,21 @@
 """The one loader: checkpoints, Hub id offline, random weights; strict keys; provenance."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 from conftest import clip
 
-from neucodec_workflow.engine.codec import DECODER_ONLY, CodecLoadError, build_neucodec, load_codec, make_random_weights
+from neucodec_workflow.engine.codec import (
+    DECODER_ONLY,
+    CodecLoadError,
+    build_neucodec,
+    load_codec,
+    load_state_dict_checked,
+    make_random_weights,
+)
 from neucodec_workflow.engine.reference import reference_tokens
 
 
@@ -69,6 +78,23 @@ def test_upstream_extras_and_later_layers_are_dropped(tmp_path, random_ckpt):
     state["semantic_model.encoder.layers.20.ffn1.intermediate_dense.weight"] = torch.zeros(2)
     codec = load_codec(_save(tmp_path / "full.pt", state))
     assert codec.provenance["random_weights"] is False  # a plain state dict carries no marker
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "CodecEnc.fc_post_s.weight",
+        "generator.SemanticDecoder.weight",
+        "fc_post_sx.weight",
+        "semantic_model.encoder.layers.3.extra.weight",
+    ],
+)
+def test_names_of_dropped_modules_elsewhere_are_unexpected(codec, key):
+    """Only the top-level training heads and layers past 16 are dropped: the same names elsewhere are errors
+    (raised before anything is loaded, so the shared model is untouched)."""
+    state = {**codec.model.state_dict(), key: torch.zeros(2)}
+    with pytest.raises(CodecLoadError, match=f"unexpected keys.*{re.escape(key)}"):
+        load_state_dict_checked(codec.model, state, 16, "test")
 
 
 def test_hub_id_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):

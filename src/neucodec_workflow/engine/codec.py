@@ -35,8 +35,9 @@ W2V_BERT_ID = "facebook/w2v-bert-2.0"
 SEMANTIC_LAYERS = 16
 RANDOM = "random"
 
-# Keys upstream's own loader drops from the published checkpoint (training-only heads).
-UPSTREAM_IGNORED = ("fc_post_s", "SemanticDecoder")
+# Top-level modules upstream's own loader drops from the published checkpoint (training-only heads), as key prefixes:
+# the same names deeper in the tree (``generator.fc_post_s...``) are unexpected keys, not training heads.
+UPSTREAM_IGNORED = ("fc_post_s.", "SemanticDecoder")
 # Modules encoding never runs: their weights may be absent from a checkpoint.
 DECODER_ONLY = ("generator.backbone.", "generator.head.", "fc_post_a.", "semantic_model.masked_spec_embed")
 CHECKPOINT_FILES = ("pytorch_model.bin", "model.safetensors", "model.pt", "neucodec.pt")
@@ -181,7 +182,7 @@ def load_state_dict_checked(
     dropped_layers = re.compile(r"^semantic_model\.encoder\.layers\.(\d+)\.")
     kept: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if any(part in key for part in UPSTREAM_IGNORED):
+        if key.startswith(UPSTREAM_IGNORED):
             continue
         m = dropped_layers.match(key)
         if m and int(m.group(1)) >= semantic_layers:
