@@ -1,13 +1,19 @@
-# make setup : .venv with the pinned dependencies (PyPI only) and this package
-# make demo  : setup + build the small demo corpus + run the whole workflow on the CPU
-# make test  : setup + the whole test suite (what CI runs)
-# make bench : setup + the encoder benchmark
+# make setup      : .venv with the pinned dependencies (PyPI only) and this package
+# make demo       : setup + build the small demo corpus + run the whole workflow on the CPU
+# make test       : setup + everything CI runs, in this order: lint, test-fast, test-workflow
+# make lint       : ruff check, ruff format --check, snakefmt --check, snakemake --lint, mypy (about a minute)
+# make test-fast  : unit tests, no Snakemake runs (a few minutes)
+# make test-workflow : the tests that run Snakemake itself (local, S3, SLURM)
+# make bench      : setup + the encoder benchmark
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WEIGHTS ?= random
 STAMP := $(VENV)/.installed
 
-.PHONY: setup espeak demo test lint bench clean-demo
+PY_SOURCES := src tests scripts benchmarks
+FAST := not workflow and not slurm
+
+.PHONY: setup espeak demo test lint test-fast test-workflow bench clean-demo
 
 setup: $(STAMP)
 
@@ -29,13 +35,24 @@ espeak:
 demo: setup espeak
 	$(PY) -m neucodec_workflow.testing.demo --weights $(WEIGHTS)
 
-test: setup
-	$(VENV)/bin/pytest
+test: lint test-fast test-workflow
 
+# snakemake --lint parses the workflow, which discovers shards: it gets a throw-away corpus of one (empty) shard.
 lint: setup
-	$(VENV)/bin/ruff check src tests scripts benchmarks
-	$(PY) -c "from pathlib import Path; from neucodec_workflow.testing.synth import make_demo_corpus as m; p = Path('demo/corpus'); p.exists() or m(p, use_espeak=False)"
-	$(VENV)/bin/snakemake --lint
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/ruff format --check $(PY_SOURCES)
+	$(VENV)/bin/snakefmt --check Snakefile rules
+	@tmp=$$(mktemp -d) && mkdir -p $$tmp/corpus/lint && touch $$tmp/corpus/lint/audio.tar && \
+	  $(VENV)/bin/snakemake --lint --snakefile Snakefile --directory $$tmp --configfile config/config.yaml \
+	    --workflow-profile profiles/default --config corpus=$$tmp/corpus output=$$tmp/out; \
+	  rc=$$?; rm -rf $$tmp; exit $$rc
+	$(VENV)/bin/mypy
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "$(FAST)"
+
+test-workflow: setup
+	$(VENV)/bin/pytest -m "not ($(FAST))"
 
 bench: setup
 	$(PY) benchmarks/encoder.py $(BENCH_ARGS)

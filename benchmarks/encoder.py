@@ -32,8 +32,9 @@ import torch
 from neucodec_workflow.engine.codec import build_neucodec, load_codec
 from neucodec_workflow.engine.device import pick_device
 from neucodec_workflow.engine.engine import Engine, EngineConfig
+from neucodec_workflow.engine.numerics import numerics
 from neucodec_workflow.shard.audio import decode_member, iter_flac_members
-from neucodec_workflow.shard.encode import encode_shard
+from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
 from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
 
@@ -113,16 +114,14 @@ def main() -> int:
             clips = [decode_member(m.removesuffix(".flac"), m, d, 1e9) for m, d in iter_flac_members(f)]
         audio_s = sum(c.seconds for c in clips)
 
-        # reference: stock encode_code, batch 1, fp32
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        # reference: stock encode_code, batch 1, strict fp32
         stock = stock_model(codec, device)
-        with torch.inference_mode():
+        with numerics("exact"), torch.inference_mode():
             stock.encode_code(torch.from_numpy(clips[0].audio[:32000])[None, None].to(device))  # warm-up
         sync(device)
         t0 = time.perf_counter()
         ref = {}
-        with torch.inference_mode():
+        with numerics("exact"), torch.inference_mode():
             for c in clips:
                 ref[c.segment_id] = (
                     stock.encode_code(torch.from_numpy(c.audio)[None, None].to(device))[0, 0].cpu().numpy()
@@ -139,15 +138,9 @@ def main() -> int:
         list(engine.encode(clips[:1]))  # warm-up
         sync(device)
         t0 = time.perf_counter()
+        ids = read_metadata_ids("bench-shard", shard / "metadata.parquet", "segment_id")
         report = encode_shard(
-            "bench-shard",
-            shard / "audio.tar",
-            shard / "metadata.parquet",
-            shard / "out.parquet",
-            engine,
-            codec.provenance,
-            max_seconds=1e9,
-            decode_workers=2,
+            "bench-shard", shard / "audio.tar", ids, shard / "out.parquet", engine, max_seconds=1e9, decode_workers=2
         )
         sync(device)
         eng_s = time.perf_counter() - t0

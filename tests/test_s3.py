@@ -2,6 +2,8 @@
 
 Every Snakemake run gets an explicit loopback endpoint and NEUCODEC_S3_REQUIRE_ENDPOINT=1, AWS_* variables and config
 files are cleared, and the secret key is a sentinel that must not appear in any log, report, output or object.
+Snakemake runs as ``python -m snakemake`` (the interpreter running the tests) in a temporary working directory, so
+nothing is written into the repository and no virtual environment at a fixed path is needed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +27,6 @@ import pytest
 pytestmark = pytest.mark.s3
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "snakemake")
 ACCESS_KEY = "AKIALOOPBACKTEST"
 SECRET = "SENTINEL-s3cret-do-not-print-7f3a9c"
 BUCKET = "corpus-bucket"
@@ -86,9 +88,12 @@ def keys(client: Any, prefix: str) -> list[str]:
     return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
 
 
-def snakemake_args(workdir: Path, prefix: str, checkpoint: Path, *extra: str) -> list[str]:
+def snakemake_args(workdir: Path, prefix: str, checkpoint: Path, *extra: str, probe: Path | None = None) -> list[str]:
+    """The real Snakemake CLI; with ``probe``, its storage transfers are recorded there (testing/storage_probe.py)."""
+    cli = ["-m", "snakemake"] if probe is None else ["-m", "neucodec_workflow.testing.storage_probe", str(probe)]
     return [
-        SNAKEMAKE,
+        sys.executable,
+        *cli,
         "--snakefile",
         str(REPO / "Snakefile"),
         "--directory",
@@ -106,35 +111,48 @@ def snakemake_args(workdir: Path, prefix: str, checkpoint: Path, *extra: str) ->
 
 
 def run(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO, timeout=300, **kw)
+    """Run from the work directory (``--directory``), never from the repository."""
+    workdir = Path(args[args.index("--directory") + 1])
+    return subprocess.run(args, env=env, capture_output=True, text=True, cwd=workdir, timeout=300, **kw)
 
 
-def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+class HeldTars:
+    """Loopback-server middleware: a GET of an ``audio.tar`` under ``prefix`` is received (and counted) but answered
+    only after ``release()``. A job streaming that tar cannot finish, so it is mid-encode for as long as we like."""
 
+    def __init__(self, server: Any, prefix: str):
+        self.counting, self.inner = server.app, server.app.app
+        self.prefix = f"/{BUCKET}/{prefix}/"
+        self.held: list[str] = []
+        self._released = threading.Event()
+        self._lock = threading.Lock()
 
-class DiskPeak:
-    """Peak bytes under a directory while a run is going (polled)."""
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] == "GET" and path.startswith(self.prefix) and path.endswith("/audio.tar"):
+            with self._lock:
+                self.held.append(path[len(self.prefix) : -len("/audio.tar")])
+            self._released.wait(timeout=600)
+        return self.inner(environ, start_response)
 
-    def __init__(self, path: Path):
-        self.path, self.peak, self._stop = path, 0, threading.Event()
-        self._t = threading.Thread(target=self._poll, daemon=True)
+    def held_shards(self) -> list[str]:
+        with self._lock:
+            return list(self.held)
 
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak = max(self.peak, dir_bytes(self.path))
-            except FileNotFoundError:
-                pass
-            time.sleep(0.05)
+    def release(self) -> None:
+        self._released.set()
 
-    def __enter__(self) -> DiskPeak:
-        self._t.start()
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
+    def __enter__(self) -> HeldTars:
+        self.counting.app = self
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
+        self.release()
+        self.counting.app = self.inner
 
 
 def assert_no_secret(workdir: Path, *texts: str, client: Any = None, prefix: str = "") -> None:
@@ -155,11 +173,36 @@ def assert_tokens_valid(client: Any, key: str, seconds: float = 1.0) -> None:
     assert len(df) == 2 and (df["token_count"] == int(seconds * 50)).all()
 
 
+def assert_local_storage_bounded(probe: Path, client: Any, uploaded: list[str], input_bytes: int) -> None:
+    """Local disk of the storage plugin, from every transfer it made (recorded in the Snakemake process, so no peak
+    can be missed): no input was downloaded, exactly ``uploaded`` were uploaded, each alone in the local storage
+    prefix at its upload and removed right after it. Every byte there is a download or a job's output, and one encode
+    job runs at a time (threads 2 of --cores 2), so the local peak is at most the largest token file."""
+    from neucodec_workflow.testing.storage_probe import read
+
+    ops = read(probe)
+    assert ops, "the storage probe recorded nothing"
+    assert not [o["query"] for o in ops if o["op"] == "retrieve"], "an input was downloaded (it must be streamed)"
+    stores = [o for o in ops if o["op"] == "store"]
+    assert sorted(o["query"] for o in stores) == sorted(uploaded), ops
+    for o in stores:
+        assert o["storage_files"] == {o["local"]: o["bytes"]}, f"more than the uploaded file on local disk: {o}"
+        bucket_key = o["query"].removeprefix("s3://").split("/", 1)
+        assert o["bytes"] == client.head_object(Bucket=bucket_key[0], Key=bucket_key[1])["ContentLength"]
+        later = ops[ops.index(o) + 1 :]
+        removal = next((i for i, x in enumerate(later) if x["op"] == "remove_local" and x["local"] == o["local"]), None)
+        assert removal is not None, f"local copy of {o['query']} kept after its upload"
+        assert all(x["op"] != "store" for x in later[:removal]), "the next upload came before the removal"
+    peak = max(o["storage_bytes"] for o in ops)
+    assert peak == max(o["bytes"] for o in stores), ops
+    assert peak < input_bytes, (peak, input_bytes)  # the shard's inputs never touch local disk
+
+
 # ------------------------------------------------------------------------------------------------------------------
 
 
 def test_pinned_versions_and_plugin_internals() -> None:
-    """Fails loudly when an upgrade changes what neucodec_workflow.s3 patches or relies on (docs/s3.md)."""
+    """Fails loudly when an upgrade changes what storage/plugin.py patches or relies on (docs/upstream.md)."""
     import snakemake.api  # noqa: F401 (the import order snakemake itself uses; avoids a circular import)
     from snakemake.dag import DAG
     from snakemake.io import _IOFile
@@ -206,6 +249,7 @@ def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+@pytest.mark.workflow
 def test_dry_run_requests_and_pending_list(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
     """300 shards (tiny objects), 290 with tokens: a handful of LISTs, exactly the 10 pending shards."""
     prefix, n, pending = "dry", 300, set(range(0, 300, 30))
@@ -231,6 +275,7 @@ def test_dry_run_requests_and_pending_list(server: Any, client: Any, checkpoint:
     assert_no_secret(tmp_path, r.stdout, r.stderr)
 
 
+@pytest.mark.workflow
 def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
     """3 shards, one with an unreadable tar: 2 encode, 1 fails; dry-run lists it; fixed, a rerun runs only it."""
     prefix = "e2e/corpus"
@@ -238,8 +283,8 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
     sizes = [put_shard(client, prefix, s, seed=i, corrupt=(s == "fr/shard-2")) for i, s in enumerate(shards)]
     env = s3_env(server.endpoint, tmp_path)
     server.reset()
-    with DiskPeak(tmp_path / ".snakemake" / "storage") as disk:
-        r = run(snakemake_args(tmp_path, prefix, checkpoint, "--keep-going"), env)
+    probe = tmp_path / "storage-probe.jsonl"
+    r = run(snakemake_args(tmp_path, prefix, checkpoint, "--keep-going", probe=probe), env)
     assert r.returncode != 0, "the corrupt shard must fail the run"
     first = server.counts()
     tokens = [f"{prefix}/{s}/neucodec_tokens.parquet" for s in shards]
@@ -248,7 +293,7 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
     for key in tokens[:2]:
         assert_tokens_valid(client, key)
     assert first["total"] <= 25 * 2, first  # 2 shards encoded (+1 failed)
-    assert disk.peak <= 2 * max(sizes), (disk.peak, sizes)  # bounded: nothing downloaded, tokens removed after upload
+    assert_local_storage_bounded(probe, client, [f"s3://{BUCKET}/{t}" for t in tokens[:2]], max(sizes))
     assert "shard fr/shard-2: cannot read audio.tar" in r.stdout + r.stderr
 
     server.reset()
@@ -259,11 +304,13 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
 
     put_shard(client, prefix, "fr/shard-2", seed=2)
     server.reset()
-    r2 = run(snakemake_args(tmp_path, prefix, checkpoint), env)
+    probe.unlink()
+    r2 = run(snakemake_args(tmp_path, prefix, checkpoint, probe=probe), env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert re.search(r"^encode_shard\s+1$", r2.stdout + r2.stderr, re.M), "only the failed shard reruns"
     assert server.counts()["total"] <= 25 + 10  # one shard + reading 3 shards for the SFT assembly
     assert_tokens_valid(client, tokens[2])
+    assert_local_storage_bounded(probe, client, [f"s3://{BUCKET}/{tokens[2]}"], max(sizes))
     assert (tmp_path / "out/sft_dataset/README.md").exists() and (tmp_path / "out/stats.json").exists()
     assert not list((tmp_path / ".snakemake/storage").rglob("*.parquet")), "local copies of tokens left behind"
 
@@ -273,29 +320,55 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
     assert_no_secret(tmp_path, r.stdout, r.stderr, dry.stdout, r2.stdout, r2.stderr, client=client, prefix=prefix)
 
 
+@pytest.mark.workflow
 def test_sigkill_mid_encode_then_rerun(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
-    """SIGKILL of the whole run while a shard encodes: no partial object; after --unlock a rerun finishes all."""
+    """SIGKILL of the whole run while a shard encodes: no partial object; after --unlock a rerun finishes all.
+
+    Deterministic: the loopback server holds the encode job's GET of its audio.tar, so the job cannot finish; the kill
+    lands once the model is loaded and the tokens writer has opened its temporary file, and the output does not
+    exist."""
     prefix = "killed"
     shards = ["a/shard-0", "a/shard-1"]
     for i, s in enumerate(shards):
         put_shard(client, prefix, s, seed=10 + i, seconds=2.0)
     env = s3_env(server.endpoint, tmp_path)
-    proc = subprocess.Popen(
-        snakemake_args(tmp_path, prefix, checkpoint),
-        env=env,
-        cwd=REPO,
-        start_new_session=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    log_dir = tmp_path / "out/logs/encode"
-    deadline = time.time() + 180
-    while time.time() < deadline and not any("SEEDED RANDOM" in f.read_text() for f in log_dir.rglob("*.log")):
-        time.sleep(0.2)  # the model is loaded: the job is encoding
-    os.killpg(proc.pid, signal.SIGKILL)
-    output, _ = proc.communicate()
-    assert time.time() < deadline, output[-3000:]
+    local = tmp_path / ".snakemake" / "storage" / "s3" / BUCKET / prefix
+    with HeldTars(server, prefix) as hold:
+        proc = subprocess.Popen(
+            snakemake_args(tmp_path, prefix, checkpoint),
+            env=env,
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+        def encoding() -> str | None:
+            """The shard whose job is inside write_tokens, waiting for its held tar, with no output yet."""
+            for shard in hold.held_shards():
+                log = tmp_path / "out/logs/encode" / f"{shard}.log"
+                if (
+                    log.exists()
+                    and "SEEDED RANDOM" in log.read_text()  # the model is loaded; encode_shard is next
+                    and list((local / shard).glob(".neucodec_tokens.parquet.tmp-*"))  # the tokens writer is open
+                ):
+                    return shard
+            return None
+
+        deadline, shard = time.time() + 240, None
+        while time.time() < deadline and proc.poll() is None and (shard := encoding()) is None:
+            time.sleep(0.2)
+        if shard is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no encode job reached the held tar (exit {proc.poll()}):\n{proc.communicate()[0][-3000:]}")
+        tokens_key = f"{prefix}/{shard}/neucodec_tokens.parquet"
+        assert not (local / shard / "neucodec_tokens.parquet").exists() and tokens_key not in keys(client, prefix)
+        assert not hold.released and proc.poll() is None
+        os.killpg(proc.pid, signal.SIGKILL)  # mid-encode: the job's tar is still held
+        output, _ = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert tokens_key not in keys(client, prefix), "a killed job's output reached the bucket"
     for key in keys(client, prefix):
         if key.endswith("neucodec_tokens.parquet"):
             assert_tokens_valid(client, key, 2.0)  # whatever exists is complete
@@ -303,8 +376,10 @@ def test_sigkill_mid_encode_then_rerun(server: Any, client: Any, checkpoint: Pat
     assert unlock.returncode == 0, unlock.stderr[-3000:]
     r = run(snakemake_args(tmp_path, prefix, checkpoint, "--until", "encode_shard"), env)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(rf"^encode_shard\s+{len(shards)}$", r.stdout + r.stderr, re.M), "both shards encode on the rerun"
     for s in shards:
         assert_tokens_valid(client, f"{prefix}/{s}/neucodec_tokens.parquet", 2.0)
+    assert not [k for k in keys(client, prefix) if ".tmp-" in k], "a temporary file was uploaded"
     assert_no_secret(tmp_path, output, r.stdout, r.stderr, client=client, prefix=prefix)
 
 

@@ -65,7 +65,9 @@ def write_tokens(
 
             def flush() -> None:
                 writer.write_table(pa.table([ids, blobs, pa.array(counts, pa.int32())], schema=schema))
-                ids.clear(), blobs.clear(), counts.clear()
+                ids.clear()
+                blobs.clear()
+                counts.clear()
 
             for segment_id, tokens in rows:
                 tokens = np.asarray(tokens)

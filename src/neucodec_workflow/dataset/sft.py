@@ -97,6 +97,7 @@ def shard_rows(
     tokens = pd.read_parquet(tokens_path)
     tokens["segment_id"] = tokens["segment_id"].astype("string")
     excluded: list[Reject] = []
+    joined = tokens  # narrowed by exclude() and the merge below
 
     def exclude(mask: pd.Series, reason: Reason, detail: Callable[[pd.DataFrame], list[str]] | str = "") -> None:
         nonlocal joined
@@ -105,7 +106,6 @@ def shard_rows(
         excluded.extend(Reject(str(s), reason, d) for s, d in zip(rows["segment_id"], details, strict=True))
         joined = joined[~mask]
 
-    joined = tokens
     exclude(
         joined["segment_id"].duplicated(keep="first"), Reason.DUPLICATE_IN_TOKENS, "a row with this id came earlier"
     )

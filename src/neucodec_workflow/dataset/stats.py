@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from neucodec_workflow.dataset.sft import EXCLUDED
 from neucodec_workflow.records import AuditTotals, CorpusStats, GroupTotals
 
 
-def load_reports(paths: list[str | Path]) -> list[dict[str, Any]]:
+def load_reports(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     return [json.loads(Path(p).read_text()) for p in paths]
 
 

@@ -14,27 +14,34 @@ The stock modules are not modified: the reference path (audit) keeps running the
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from neucodec_workflow.engine import kernels
 
+if TYPE_CHECKING:
+    from neucodec.alias_free_torch import Activation1d  # untyped upstream: mypy reads it as Any
+
 
 def _conv(conv: nn.Conv1d, channels_last: bool):
     if hasattr(conv, "weight_v"):  # torch.nn.utils.weight_norm, as neucodec's WNConv1d applies it
-        weight = torch._weight_norm(conv.weight_v, conv.weight_g, 0).detach()
+        weight_v, weight_g = cast(torch.Tensor, conv.weight_v), cast(torch.Tensor, conv.weight_g)  # its parameters
+        weight = torch._weight_norm(weight_v, weight_g, 0).detach()
     else:
         weight = conv.weight.detach()
     bias = conv.bias.detach() if conv.bias is not None else None
-    (stride,), (padding,), (dilation,) = conv.stride, conv.padding, conv.dilation
+    # neucodec's convolutions all have integer padding, never "same" / "valid"
+    (stride,), (padding,), (dilation,) = conv.stride, cast(tuple[int], conv.padding), conv.dilation
     if channels_last:
         weight = weight[:, :, None, :].contiguous(memory_format=torch.channels_last)
         return lambda x: F.conv2d(x, weight, bias, (1, stride), (0, padding), (1, dilation))
     return lambda x: F.conv1d(x, weight, bias, stride, padding, dilation)
 
 
-def _activation(act: nn.Module, native: bool):
+def _activation(act: Activation1d, native: bool):
     if not native:
         return act
     snake = act.act
@@ -47,7 +54,7 @@ def _activation(act: nn.Module, native: bool):
     return lambda x: kernels.snake_aa(x.float(), up, down, alpha, inv_beta)
 
 
-def _supported(act: nn.Module) -> bool:
+def _supported(act: Activation1d) -> bool:
     """The kernel hard-codes CodecEnc's configuration: 2x up/down, 12 taps, SnakeBeta."""
     up, down = act.upsample, act.downsample
     return (
@@ -97,7 +104,9 @@ class AcousticEncoder:
                 return run
             raise TypeError(f"unexpected module in CodecEnc: {type(module).__name__}")
 
-        self._forward = build(nn.Sequential(codec_enc.conv_blocks, codec_enc.conv_final_block))
+        # CodecEncoder builds both as nn.Sequential
+        blocks, final = cast(nn.Sequential, codec_enc.conv_blocks), cast(nn.Sequential, codec_enc.conv_final_block)
+        self._forward = build(nn.Sequential(blocks, final))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.channels_last:

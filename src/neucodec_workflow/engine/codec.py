@@ -230,7 +230,7 @@ def make_random_weights(seed: int, semantic_layers: int = SEMANTIC_LAYERS) -> nn
     fixed probe signal in one forward pass, spreads frames over the codebook so that numerical changes flip tokens.
     """
     torch.manual_seed(seed)
-    model = build_neucodec(semantic_layers)
+    model: Any = build_neucodec(semantic_layers)  # a neucodec.NeuCodec, untyped like Codec.model
     probe = torch.from_numpy(probe_signal())[None, None]
     captured: list[torch.Tensor] = []
     handle = model.fc_prior.register_forward_hook(

@@ -22,8 +22,14 @@ class TokenCountError(RuntimeError):
 
 
 class Encoder(Protocol):
-    name: str
-    provenance: dict[str, Any]  # goes into the tokens file: codec, weights, mode, precision, kernels
+    # read-only members: an attribute or a property satisfies them
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Goes into the tokens file: codec, weights, mode, precision, kernels."""
+        ...
 
     def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
         """Yield each clip with its uint16 tokens, or with the exception that stopped it."""

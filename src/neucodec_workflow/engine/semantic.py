@@ -13,12 +13,20 @@ summed by a different kernel, so values differ by float ulps (tests and the audi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from transformers.models.wav2vec2_bert.modeling_wav2vec2_bert import (
+        Wav2Vec2BertEncoderLayer,
+        Wav2Vec2BertModel,
+        Wav2Vec2BertSelfAttention,
+    )
 
-def _distance_index(attn: nn.Module, length: int, device: torch.device) -> torch.Tensor:
+
+def _distance_index(attn: Wav2Vec2BertSelfAttention, length: int, device: torch.device) -> torch.Tensor:
     """``[L, L]``: which distance embedding each (query, key) pair uses."""
     pos = torch.arange(length, device=device)
     distance = (pos[None, :] - pos[:, None]).clamp(
@@ -27,14 +35,16 @@ def _distance_index(attn: nn.Module, length: int, device: torch.device) -> torch
     return distance + attn.left_max_position_embeddings
 
 
-def _position_bias(attn: nn.Module, q: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _position_bias(attn: Wav2Vec2BertSelfAttention, q: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``[B, H, L, L]``: ``scaling * q[l] . E[clamp(r - l)]``, as ``_apply_relative_key_position_encoding``."""
     length = q.shape[2]
     per_distance = torch.matmul(q, attn.distance_embedding.weight.T) * attn.scaling  # [B, H, L, 73]
     return per_distance.gather(-1, index.expand(*q.shape[:2], length, length))
 
 
-def _attention(attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor:
+def _attention(
+    attn: Wav2Vec2BertSelfAttention, h: torch.Tensor, key_mask: torch.Tensor | None, index: torch.Tensor
+) -> torch.Tensor:
     B, L, _ = h.shape
     shape = (B, L, attn.num_heads, attn.head_size)
     q = attn.linear_q(h).view(shape).transpose(1, 2)
@@ -48,7 +58,11 @@ def _attention(attn: nn.Module, h: torch.Tensor, key_mask: torch.Tensor | None, 
 
 
 def _layer(
-    layer: nn.Module, h: torch.Tensor, mask: torch.Tensor | None, key_mask: torch.Tensor | None, index: torch.Tensor
+    layer: Wav2Vec2BertEncoderLayer,
+    h: torch.Tensor,
+    mask: torch.Tensor | None,
+    key_mask: torch.Tensor | None,
+    index: torch.Tensor,
 ) -> torch.Tensor:
     h = layer.ffn1(layer.ffn1_layer_norm(h)) * 0.5 + h
     h = _attention(layer.self_attn, layer.self_attn_layer_norm(h), key_mask, index) + h
@@ -60,7 +74,7 @@ def _layer(
 class SemanticModel:
     """``w2v(feats, attention_mask=mask, output_hidden_states=True).hidden_states[16]`` for a 16-layer model."""
 
-    def __init__(self, w2v: nn.Module, layers: int = 16):
+    def __init__(self, w2v: Wav2Vec2BertModel, layers: int = 16):
         config = w2v.config
         if (
             config.position_embeddings_type != "relative_key"
@@ -70,7 +84,8 @@ class SemanticModel:
         ):
             raise ValueError("SemanticModel expects the w2v-bert-2.0 configuration (relative_key, no adapter)")
         self.w2v = w2v
-        self.layers = list(w2v.encoder.layers[:layers])
+        # a ModuleList iterates as plain Modules; these are the encoder's conformer layers
+        self.layers = cast("list[Wav2Vec2BertEncoderLayer]", list(w2v.encoder.layers[:layers]))
 
     def __call__(self, feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h, _ = self.w2v.feature_projection(feats)

@@ -5,7 +5,8 @@
 Wraps, in the main Snakemake process (the only one that downloads storage inputs and uploads storage outputs of local
 jobs), ``StorageObject.retrieve_object`` (a download), ``StorageObject.store_object`` (an upload) and
 ``snakemake.io._IOFile.remove`` (Snakemake removing a file, e.g. the local copy of an uploaded output). Each call
-appends one JSON line: ``op``, ``query`` (the s3:// URL or the file), ``bytes`` (the size of the local copy: after a
+appends one JSON line: ``op``, ``query`` (the s3:// URL or the file), ``local`` (the local copy, relative to the
+local storage prefix), ``bytes`` (the size of the local copy: after a
 download, before an upload or a removal) and ``storage_bytes`` / ``storage_files`` (everything under the local storage
 prefix at that moment). Every byte that lands in the local storage prefix arrives by a download or is an output a
 job wrote, so these records bound local disk use exactly, which a directory poll cannot (it can miss a peak).
@@ -59,6 +60,9 @@ def install(record: str | Path) -> None:
         line = {
             "op": op,
             "query": query,
+            "local": local.resolve().relative_to(prefix).as_posix()
+            if prefix and local.resolve().is_relative_to(prefix)
+            else str(local),
             "bytes": _size(local),
             "storage_bytes": total,
             "storage_files": files,

@@ -1,0 +1,298 @@
+"""Fast unit tests of the storage package (inventory, shard lists) and the upstream version policy.
+
+The S3 tests use the counting moto server on 127.0.0.1 (testing/loopback_s3.py) with fake keys, never AWS.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from neucodec_workflow import upstream
+from neucodec_workflow.storage.discovery import ShardListError, discover_local, shard_list
+from neucodec_workflow.storage.inventory import Inventory
+from neucodec_workflow.storage.s3 import S3Error, S3Settings
+
+BUCKET, OTHER = "inventory-bucket", "other-bucket"
+
+
+# -- S3 inventory ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    pytest.importorskip("moto")
+    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+
+    with LoopbackS3() as s3:
+        yield s3
+
+
+@pytest.fixture(scope="module")
+def settings(server: Any) -> S3Settings:
+    return S3Settings(endpoint_url=server.endpoint, region="us-east-1", access_key="AKIATEST", secret_key="test")
+
+
+@pytest.fixture(scope="module")
+def client(settings: S3Settings) -> Any:
+    c = settings.client()
+    for b in (BUCKET, OTHER):
+        c.create_bucket(Bucket=b)
+    return c
+
+
+def put(client: Any, bucket: str, *keys: str, body: bytes = b"x") -> None:
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def put_many(bucket: str, keys: list[str]) -> None:
+    """Many tiny objects straight into the in-process moto backend (HTTP PUTs would take ~10 ms each)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    for key in keys:
+        backend.put_object(bucket, key, b"x")
+
+
+class SmallPages:
+    """The client with every paginator limited to ``size`` keys per page (the inventory passes no page size)."""
+
+    def __init__(self, client: Any, size: int):
+        self._client, self._size = client, size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_paginator(self, name: str) -> Any:
+        paginator, size = self._client.get_paginator(name), self._size
+
+        class Limited:
+            def paginate(self, **kwargs: Any) -> Any:
+                return paginator.paginate(**kwargs, PaginationConfig={"PageSize": size})
+
+        return Limited()
+
+
+def test_inventory_lists_several_roots_once(server: Any, client: Any, settings: S3Settings) -> None:
+    put(client, BUCKET, "roots/corpus/a/shard-0/audio.tar", "roots/corpus/a/shard-0/metadata.parquet")
+    put(client, BUCKET, "roots/corpus/b/shard-1/audio.tar", "roots/corpus-other/x/audio.tar", "roots/elsewhere")
+    put(client, OTHER, "out/shards/a/shard-0.json")
+    inv = Inventory(settings, [f"s3://{BUCKET}/roots/corpus/", f"s3://{OTHER}/out", f"s3://{BUCKET}/roots/corpus"])
+    assert inv.roots == [(BUCKET, "roots/corpus"), (OTHER, "out")]  # deduplicated, no trailing slash
+    server.reset()
+    assert inv.keys(BUCKET, "roots/corpus") == [
+        "roots/corpus/a/shard-0/audio.tar",
+        "roots/corpus/a/shard-0/metadata.parquet",
+        "roots/corpus/b/shard-1/audio.tar",
+    ]  # not roots/corpus-other (a sibling that shares the name's start)
+    assert inv.keys(OTHER, "out") == ["out/shards/a/shard-0.json"]
+    assert inv.requests == 2 and server.counts()["by_method"] == {"LIST": 2}
+    inv.load()
+    assert inv.exists(BUCKET, "roots/corpus/b/shard-1/audio.tar")
+    assert server.counts()["total"] == 2, "listed once per process, then answered from the snapshot"
+    assert inv.covers(BUCKET, "roots/corpus/a/shard-0/audio.tar") and inv.covers(BUCKET, "roots/corpus")
+    assert not inv.covers(BUCKET, "roots/corpus-other/x/audio.tar") and not inv.covers(OTHER, "roots/corpus/a")
+    assert inv.bucket_exists(BUCKET) and inv.bucket_exists(OTHER) and not inv.bucket_exists("never-listed")
+
+
+def test_inventory_paginates(server: Any, client: Any, settings: S3Settings) -> None:
+    keys = [f"many/{i // 100:02d}/obj-{i:05d}" for i in range(1050)]  # more than one page of 1,000 keys
+    put_many(BUCKET, keys)
+    server.reset()
+    inv = Inventory(settings, [f"s3://{BUCKET}/many"])
+    assert inv.keys(BUCKET, "many") == sorted(keys)
+    assert inv.requests == 2 and server.counts()["total"] == 2
+
+    small = Inventory(settings, [f"s3://{BUCKET}/many/03"])
+    small._client = SmallPages(settings.client(), 7)
+    server.reset()
+    assert small.keys(BUCKET, "many/03") == [k for k in keys if k.startswith("many/03/")]
+    assert small.requests == 15 and server.counts()["total"] == 15  # 100 keys, 7 per page
+
+
+def test_inventory_answers_exists_mtime_size_is_dir(server: Any, client: Any, settings: S3Settings) -> None:
+    before = time.time()
+    put(client, BUCKET, "answers/a/shard-0/audio.tar", body=b"12345")
+    put(client, BUCKET, "answers/a/shard-0/metadata.parquet", "answers/top.txt")
+    inv = Inventory(settings, [f"s3://{BUCKET}/answers"])
+    info = inv.info(BUCKET, "answers/a/shard-0/audio.tar")
+    assert info is not None and info.size == 5
+    assert before - 5 < info.mtime < time.time() + 5  # the listing's LastModified (server clock: loopback)
+    assert inv.exists(BUCKET, "answers/a/shard-0/audio.tar") and not inv.is_dir(BUCKET, "answers/a/shard-0/audio.tar")
+    for d in ("answers/a", "answers/a/shard-0"):
+        assert inv.is_dir(BUCKET, d) and inv.exists(BUCKET, d) and inv.info(BUCKET, d) is None
+    assert sorted(i.size for i in inv.subobjects(BUCKET, "answers/a/shard-0")) == [1, 5]
+    for missing in ("answers/a/shard-1/audio.tar", "answers/a/shard", "answers/a/shard-0/audio", "answers/top"):
+        assert not inv.exists(BUCKET, missing) and not inv.is_dir(BUCKET, missing), missing
+    assert inv.info(BUCKET, "answers/a/shard-0/missing") is None
+    server.reset()
+    inv.exists(BUCKET, "answers/nothing"), inv.info(BUCKET, "answers/top.txt"), inv.is_dir(BUCKET, "answers/a")
+    assert server.counts()["total"] == 0, "answers come from the listing"
+
+
+def test_inventory_refresh_after_upload_and_forget_after_delete(server: Any, client: Any, settings: S3Settings) -> None:
+    put(client, BUCKET, "fresh/a/shard-0/audio.tar")
+    inv = Inventory(settings, [f"s3://{BUCKET}/fresh"])
+    inv.load()
+    put(client, BUCKET, "fresh/a/shard-0/neucodec_tokens.parquet", body=b"tokens")
+    assert not inv.exists(BUCKET, "fresh/a/shard-0/neucodec_tokens.parquet"), "a snapshot until told otherwise"
+    server.reset()
+    requests = inv.requests
+    inv.refresh(BUCKET, "fresh/a/shard-0/neucodec_tokens.parquet", directory=False)
+    assert server.counts()["by_method"] == {"HEAD": 1} and inv.requests == requests + 1
+    info = inv.info(BUCKET, "fresh/a/shard-0/neucodec_tokens.parquet")
+    assert info is not None and info.size == len(b"tokens")
+
+    put(client, BUCKET, "fresh/dir/x/1", "fresh/dir/x/2", "fresh/dir/y")
+    server.reset()
+    inv.refresh(BUCKET, "fresh/dir", directory=True)  # one LIST for a directory
+    assert server.counts()["by_method"] == {"LIST": 1}
+    assert inv.is_dir(BUCKET, "fresh/dir") and inv.is_dir(BUCKET, "fresh/dir/x")
+    assert inv.keys(BUCKET, "fresh/dir") == ["fresh/dir/x/1", "fresh/dir/x/2", "fresh/dir/y"]
+
+    client.delete_object(Bucket=BUCKET, Key="fresh/a/shard-0/neucodec_tokens.parquet")
+    server.reset()
+    inv.forget(BUCKET, "fresh/a/shard-0/neucodec_tokens.parquet")
+    assert not inv.exists(BUCKET, "fresh/a/shard-0/neucodec_tokens.parquet")
+    assert inv.exists(BUCKET, "fresh/a/shard-0/audio.tar")
+    inv.forget(BUCKET, "fresh/dir")  # a directory: everything under it
+    assert not inv.exists(BUCKET, "fresh/dir") and not inv.exists(BUCKET, "fresh/dir/x/1")
+    assert not inv.is_dir(BUCKET, "fresh/dir/x")
+    assert server.counts()["total"] == 0, "forgetting sends nothing"
+
+
+def test_inventory_missing_bucket_names_the_url(server: Any, settings: S3Settings) -> None:
+    inv = Inventory(settings, [f"s3://{BUCKET}/fine", "s3://no-such-bucket/corpus/v1"])
+    with pytest.raises(S3Error, match=r"cannot list s3://no-such-bucket/corpus/v1 at http://127\.0\.0\.1:\d+: NoSuch"):
+        inv.load()
+    with pytest.raises(S3Error, match="no-such-bucket"):  # not cached as an empty listing
+        inv.exists(BUCKET, "fine/x")
+
+
+# -- shard lists -----------------------------------------------------------------------------------------------------
+
+
+def touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_shard_list_explicit_and_file(tmp_path: Path) -> None:
+    corpus = str(tmp_path / "no-such-corpus")  # an explicit list needs no discovery
+    assert shard_list(corpus, ["b/shard-1", "a/shard-0/", " c "]) == ["b/shard-1", "a/shard-0", "c"]
+    listed = tmp_path / "shards.txt"
+    listed.write_text("# shards to encode\n\na/shard-0\n  b/shard-1/  \n# b/shard-2\n\n")
+    assert shard_list(corpus, None, str(listed)) == ["a/shard-0", "b/shard-1"]
+    assert shard_list(corpus, ["x"], str(listed)) == ["x"], "the config list wins over the file"
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["a/shard-0", "b", "a/shard-0/"], r"shards listed twice: \['a/shard-0'\]"),
+        (["a/../../etc"], "leaves the corpus"),
+        ([".."], "leaves the corpus"),
+    ],
+)
+def test_shard_list_rejects(tmp_path: Path, names: list[str], message: str) -> None:
+    with pytest.raises(ShardListError, match=message):
+        shard_list(str(tmp_path), names)
+    listed = tmp_path / "shards.txt"
+    listed.write_text("\n".join(names))
+    with pytest.raises(ShardListError, match=message):
+        shard_list(str(tmp_path), None, str(listed))
+
+
+def test_shard_list_discovers_nested_local_shards(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    for shard in ("en/2024/shard-0", "en/2024/shard-1", "fr/shard-0", "de"):
+        touch(corpus / shard / "audio.tar")
+    touch(corpus / "audio.tar")  # at the corpus root: not a shard
+    touch(corpus / "es/shard-0/metadata.parquet")  # no audio.tar: not a shard
+    (corpus / "it/shard-0/audio.tar").mkdir(parents=True)  # a directory named audio.tar: not a shard
+    expected = ["de", "en/2024/shard-0", "en/2024/shard-1", "fr/shard-0"]
+    assert shard_list(str(corpus)) == expected == discover_local(corpus)
+    assert shard_list(str(corpus), [], None) == expected, "an empty list means discovery"
+
+
+def test_shard_list_empty_or_missing_corpus(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(ShardListError, match="no shard .* under corpus"):
+        shard_list(str(tmp_path / "empty"))
+    with pytest.raises(ShardListError, match="does not exist"):
+        shard_list(str(tmp_path / "missing"))
+    with pytest.raises(ShardListError, match="needs the run's S3 inventory"):
+        shard_list("s3://bucket/corpus")
+
+
+def test_shard_list_from_the_s3_inventory(server: Any, client: Any, settings: S3Settings) -> None:
+    put(client, BUCKET, "disc/corpus/audio.tar")  # at the corpus root: not a shard
+    put(client, BUCKET, "disc/corpus/en/shard-0/audio.tar", "disc/corpus/en/shard-0/metadata.parquet")
+    put(client, BUCKET, "disc/corpus/en/deep/shard-1/audio.tar", "disc/corpus/fr/shard-2/metadata.parquet")
+    put(client, BUCKET, "disc/corpus2/en/shard-9/audio.tar", "disc/corpus/en/shard-3/audio.tar.bak")
+    inv = Inventory(settings, [f"s3://{BUCKET}/disc/corpus", f"s3://{BUCKET}/disc/empty"])
+    server.reset()
+    assert shard_list(f"s3://{BUCKET}/disc/corpus/", inventory=inv) == ["en/deep/shard-1", "en/shard-0"]
+    with pytest.raises(ShardListError, match=f"no shard .* under corpus s3://{BUCKET}/disc/empty"):
+        shard_list(f"s3://{BUCKET}/disc/empty", inventory=inv)
+    assert server.counts()["total"] == 2  # one listing per root, shared by both
+
+
+# -- upstream versions -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("installed", "tested", "ok"),
+    [
+        ("2.11.0", "2.11", True),
+        ("2.11.0+cu130", "2.11", True),
+        ("2.11.0+cu130", "2.11.0", True),
+        ("2.11.1", "2.11", True),
+        ("2.110.0", "2.11", False),
+        ("2.1.0", "2.11", False),
+        ("2.12.0+cu130", "2.11", False),
+        ("9.27.1", "9.27.1", True),
+        ("9.27.10", "9.27.1", False),
+        ("not installed", "0.3.6", False),
+    ],
+)
+def test_upstream_matches(installed: str, tested: str, ok: bool) -> None:
+    assert upstream.matches(installed, tested) is ok
+
+
+def test_upstream_require_raises_on_an_untested_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(upstream.OVERRIDE_ENV, raising=False)
+    monkeypatch.setattr(upstream, "TESTED", {**upstream.TESTED, "snakemake": "0.0.1", "no-such-package-xyz": "1.0"})
+    installed = upstream.installed("snakemake")
+    with pytest.raises(upstream.UntestedVersionError) as err:
+        upstream.require("snakemake", "no-such-package-xyz", "snakemake-storage-plugin-s3")
+    message = str(err.value)
+    assert f"snakemake {installed} (tested: 0.0.1)" in message
+    assert "no-such-package-xyz not installed (tested: 1.0)" in message
+    assert "snakemake-storage-plugin-s3" not in message, "only the mismatches are named"
+    assert upstream.OVERRIDE_ENV in message and "docs/upstream.md" in message
+
+
+def test_upstream_override_turns_the_error_into_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(upstream, "TESTED", {**upstream.TESTED, "torch": "0.1"})
+    monkeypatch.setenv(upstream.OVERRIDE_ENV, "1")
+    with caplog.at_level(logging.WARNING, logger=upstream.__name__):
+        upstream.require("torch")
+    assert f"torch {upstream.installed('torch')} (tested: 0.1)" in caplog.text and upstream.OVERRIDE_ENV in caplog.text
+    monkeypatch.setenv(upstream.OVERRIDE_ENV, "yes")  # only "1" overrides
+    with pytest.raises(upstream.UntestedVersionError):
+        upstream.require("torch")
+
+
+def test_upstream_tested_versions_are_installed() -> None:
+    """The environment the tests run in is the tested one (requirements.txt); otherwise the guards prove nothing."""
+    upstream.require(*upstream.TESTED)
