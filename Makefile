@@ -3,7 +3,7 @@
 # make test       : setup + everything CI runs, in this order: lint, test-fast, test-workflow
 # make lint       : ruff check, ruff format --check, snakefmt --check, snakemake --lint, mypy (about a minute)
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
-# make test-workflow : the tests that run Snakemake itself (local, S3, SLURM)
+# make test-workflow : the tests that run Snakemake itself (local, S3, SLURM), and the slow unit tests
 # make bench      : setup + the encoder benchmark
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +11,7 @@ WEIGHTS ?= random
 STAMP := $(VENV)/.installed
 
 PY_SOURCES := src tests scripts benchmarks
-FAST := not workflow and not slurm
+FAST := not workflow and not slurm and not slow
 
 .PHONY: setup espeak demo test lint test-fast test-workflow bench clean-demo
 
@@ -59,3 +59,8 @@ bench: setup
 
 clean-demo:
 	rm -rf demo/ .snakemake/
+
+# envs/*.yaml: each pip section resolves against the package index as pinned (pip --dry-run; no conda, no big downloads)
+.PHONY: check-envs
+check-envs: setup
+	$(PY) .ci/check_envs.py

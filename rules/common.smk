@@ -10,6 +10,9 @@ from neucodec_workflow.storage.discovery import shard_list
 
 min_version("9.0")
 
+# envs/*.post-deploy.sh install this package from the workflow's own source tree into each new conda env.
+os.environ.setdefault("NEUCODEC_WORKFLOW_SRC", workflow.basedir)
+
 
 validate(config, schema="../config/config.schema.yaml")
 

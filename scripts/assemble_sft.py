@@ -1,4 +1,4 @@
-"""Snakemake script for rule assemble_sft: thin; the logic is neucodec_workflow.sft."""
+"""Snakemake script for rule assemble_sft: thin; the logic is neucodec_workflow.jobs.assemble_job (dataset.sft)."""
 
 from neucodec_workflow.jobs import setup_logging
 

@@ -1,4 +1,4 @@
-"""Snakemake script for rule audit_shard: thin; the logic is neucodec_workflow.shard.audit_stored."""
+"""Snakemake script for rule audit_shard: thin; the logic is neucodec_workflow.jobs.audit_job (shard.audit)."""
 
 from neucodec_workflow.jobs import setup_logging
 

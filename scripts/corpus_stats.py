@@ -1,4 +1,4 @@
-"""Snakemake script for rule corpus_stats: thin; the logic is neucodec_workflow.stats."""
+"""Snakemake script for rule corpus_stats: thin; the logic is neucodec_workflow.jobs.stats_job (dataset.stats)."""
 
 from neucodec_workflow.jobs import setup_logging
 

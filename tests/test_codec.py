@@ -19,6 +19,7 @@ from neucodec_workflow.engine.codec import (
 from neucodec_workflow.engine.reference import reference_tokens
 
 
+@pytest.mark.slow
 def test_skeleton_matches_upstream_init(monkeypatch):
     """Our Hub-free builder makes exactly the module tree NeuCodec.__init__ makes (all 24 layers there)."""
     import neucodec.model as upstream
@@ -43,6 +44,7 @@ def test_checkpoint_loads_with_provenance(random_ckpt, codec):
     assert not codec.model.training and len(codec.model.semantic_model.encoder.layers) == 16
 
 
+@pytest.mark.slow
 def test_directory_checkpoint(tmp_path, random_ckpt):
     (tmp_path / "pytorch_model.bin").symlink_to(random_ckpt)
     assert (
@@ -56,6 +58,7 @@ def _save(path, state):
     return str(path)
 
 
+@pytest.mark.slow
 def test_missing_key_is_an_error(tmp_path, random_ckpt):
     state = torch.load(random_ckpt, weights_only=True)["state_dict"]
     del state["fc_prior.weight"]
@@ -63,6 +66,7 @@ def test_missing_key_is_an_error(tmp_path, random_ckpt):
         load_codec(_save(tmp_path / "m.pt", state))
 
 
+@pytest.mark.slow
 def test_unexpected_key_is_an_error(tmp_path, random_ckpt):
     state = torch.load(random_ckpt, weights_only=True)["state_dict"]
     state["CodecEnc.extra.weight"] = torch.zeros(1)
@@ -70,6 +74,7 @@ def test_unexpected_key_is_an_error(tmp_path, random_ckpt):
         load_codec(_save(tmp_path / "u.pt", state))
 
 
+@pytest.mark.slow
 def test_upstream_extras_and_later_layers_are_dropped(tmp_path, random_ckpt):
     """The published checkpoint carries fc_post_s/SemanticDecoder and 24 w2v-bert layers: accepted."""
     state = torch.load(random_ckpt, weights_only=True)["state_dict"]
@@ -97,6 +102,7 @@ def test_names_of_dropped_modules_elsewhere_are_unexpected(codec, key):
         load_state_dict_checked(codec.model, state, 16, "test")
 
 
+@pytest.mark.slow
 def test_hub_id_offline_without_cache_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -111,6 +117,7 @@ def test_unknown_weights_value():
         load_codec("./no/such/checkpoint.pt")
 
 
+@pytest.mark.slow
 def test_random_weights_are_seeded_and_not_degenerate(codec):
     tokens = reference_tokens(codec, clip(4.0, seed=3))
     assert len(tokens) == 200
@@ -121,6 +128,7 @@ def test_random_weights_are_seeded_and_not_degenerate(codec):
             assert torch.equal(a, b), k
 
 
+@pytest.mark.slow
 def test_truncation_to_16_layers_keeps_tokens(codec):
     """encode_code on a full 24-layer model (same first 16 layers) gives the same tokens."""
     full = build_neucodec(semantic_layers=24)

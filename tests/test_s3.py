@@ -205,7 +205,7 @@ def test_pinned_versions_and_plugin_internals() -> None:
     """Fails loudly when an upgrade changes what storage/plugin.py patches or relies on (docs/upstream.md)."""
     import snakemake.api  # noqa: F401 (the import order snakemake itself uses; avoids a circular import)
     from snakemake.dag import DAG
-    from snakemake.io import _IOFile
+    from snakemake.io import _IOFile, get_flag_value
     from snakemake_storage_plugin_s3 import StorageObject
 
     from neucodec_workflow import upstream
@@ -221,6 +221,8 @@ def test_pinned_versions_and_plugin_internals() -> None:
         StorageObject.remove
     )
     assert "get_inventory_parent" in inspect.getsource(StorageObject.inventory)
+    # rules/common.smk reads the plugin's settings through get_flag_value(storage.s3(url), "storage_object")
+    assert list(inspect.signature(get_flag_value).parameters) == ["value", "flag_type"]
     # snakemake asks through managed_exists / managed_mtime / managed_size, which call exists / mtime / size
     src = inspect.getsource(_IOFile)
     for call in (

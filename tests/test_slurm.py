@@ -1,8 +1,10 @@
 """The gpu-cluster profile through a real single-node SLURM (munge, slurmctld, slurmd from Debian) with fake GPUs.
 
 .ci/slurm-cluster.sh starts the cluster (apt-get installs the packages when they are missing and this is root) and
-stops exactly the daemons it started, by PID. Snakemake runs as a user types it, `--profile gpu-cluster` from the
-repo root, with test overrides only where this cluster differs from a real one:
+stops exactly the daemons it started, by PID. Snakemake runs with the repo's `gpu-cluster` profile (the `./gpu-cluster`
+link a user at the repo root gets with `--profile gpu-cluster`, named by its absolute path), from a temporary working
+directory (nothing is written into the repository: the SLURM plugin keeps its logs under the directory Snakemake
+started in), with test overrides only where this cluster differs from a real one:
   --slurm-status-command squeue             no accounting daemon here, so no sacct
   --slurm-init-seconds-before-status-checks the default 40 s only slows a test down
   --set-threads encode_shard=1              the node claims 16 CPUs, this machine has 2
@@ -99,14 +101,14 @@ def project(tmp_path_factory, random_ckpt):
 
 
 def snakemake(env: dict[str, str], project, *args: str) -> subprocess.CompletedProcess:
-    """`snakemake --profile gpu-cluster` from the repo root (./gpu-cluster -> profiles/gpu-cluster), bounded."""
+    """`snakemake --profile <repo>/gpu-cluster` (-> profiles/gpu-cluster) from the work directory, bounded."""
     root, _, _, config = project
     cmd = [
         sys.executable,
         "-m",
         "snakemake",
         "--profile",
-        "gpu-cluster",
+        str(REPO / "gpu-cluster"),
         "--directory",
         str(root / "work"),
         "--snakefile",
@@ -118,7 +120,13 @@ def snakemake(env: dict[str, str], project, *args: str) -> subprocess.CompletedP
     ]
     (root / "work").mkdir(exist_ok=True)
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        cmd,
+        cwd=root / "work",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
