@@ -57,8 +57,8 @@ class LoopbackS3:
 
     @property
     def endpoint(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        # werkzeug keeps the host as given (str) and the bound port (int); server_address types the host str | bytes
+        return f"http://{self.server.host}:{self.server.port}"
 
     def counts(self) -> dict[str, Any]:
         with self.app.lock:
