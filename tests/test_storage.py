@@ -199,6 +199,8 @@ def test_shard_list_explicit_and_file(tmp_path: Path) -> None:
         (["a/shard-0", "b", "a/shard-0/"], r"shards listed twice: \['a/shard-0'\]"),
         (["a/../../etc"], "leaves the corpus"),
         ([".."], "leaves the corpus"),
+        (["a/./b"], "not normalised"),
+        (["a//b"], "not normalised"),
     ],
 )
 def test_shard_list_rejects(tmp_path: Path, names: list[str], message: str) -> None:

@@ -21,8 +21,11 @@ def _clean(names: list[str]) -> list[str]:
         name = raw.strip().strip("/")
         if not name or name.startswith("#"):
             continue
-        if ".." in name.split("/"):
+        parts = name.split("/")
+        if ".." in parts:
             raise ShardListError(f"shard name {raw!r} leaves the corpus")
+        if "" in parts or "." in parts:  # a/./b or a//b: another spelling of a shard, or an S3 key that never exists
+            raise ShardListError(f"shard name {raw!r} is not normalised (empty or '.' component)")
         out.append(name)
     if len(set(out)) != len(out):
         dup = sorted({n for n in out if out.count(n) > 1})

@@ -27,10 +27,6 @@ _ORIGINAL: dict[str, Any] = {}
 PATCHED_METHODS = ("inventory", "exists", "mtime", "size", "is_dir", "bucket_exists", "store_object", "remove")
 
 
-def active_inventory() -> Inventory | None:
-    return _ACTIVE
-
-
 def _covering(obj: Any) -> Inventory | None:
     inv = _ACTIVE
     if inv is not None and getattr(obj, "bucket", None) is not None and inv.covers(obj.bucket, obj.key):
@@ -145,17 +141,6 @@ def install_plugin_patches(inventory: Inventory) -> None:
             _ORIGINAL[name] = getattr(StorageObject, name)
             setattr(StorageObject, name, _PATCHES[name])
     _ACTIVE = inventory
-
-
-def uninstall_plugin_patches() -> None:
-    global _ACTIVE
-    if _ORIGINAL:
-        from snakemake_storage_plugin_s3 import StorageObject
-
-        for name, fn in _ORIGINAL.items():
-            setattr(StorageObject, name, fn)
-        _ORIGINAL.clear()
-    _ACTIVE = None
 
 
 def activate(plugin_settings: Any, roots: list[str]) -> Inventory:
