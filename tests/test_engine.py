@@ -121,11 +121,14 @@ CPU_ALLOC_FAILURE = (
     ids=["cuda", "cpu-allocator", "memoryerror"],
 )
 def test_oom_in_batch_retries_one_by_one_and_rejects_what_never_fits(codec, monkeypatch, batch_error, alone_error):
-    clips = make_clips([(0.4, 16_000, 1), (0.5, 16_000, 1), (0.6, 16_000, 1)])
+    # lengths within the engine's padding limit: one batch of three, which fails, then one clip at a time
+    clips = make_clips([(0.40, 16_000, 1), (0.42, 16_000, 1), (0.44, 16_000, 1)])
     engine = Engine(codec, exact(60))
     real = engine._encode_batch
+    sizes = []
 
     def flaky(batch):
+        sizes.append(len(batch))
         if len(batch) > 1:
             raise batch_error
         if batch[0].segment_id == "c2":
@@ -134,6 +137,7 @@ def test_oom_in_batch_retries_one_by_one_and_rejects_what_never_fits(codec, monk
 
     monkeypatch.setattr(engine, "_encode_batch", flaky)
     out = dict((c.segment_id, t) for c, t in engine.encode(clips))
+    assert sizes == [3, 1, 1, 1]
     assert out["c2"] is alone_error
     np.testing.assert_array_equal(out["c0"], reference_tokens(codec, clips[0].audio))
     np.testing.assert_array_equal(out["c1"], reference_tokens(codec, clips[1].audio))
