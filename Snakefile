@@ -3,7 +3,7 @@
 # Outputs
 #   {corpus}/{shard}/neucodec_tokens.parquet    tokens per segment (contract: ../shared/docs/contracts.md)
 #   {output}/shards/{shard}.json                per-shard report: encoded, rejected (id + reason), speed
-#   {output}/sft_dataset/                       Hugging Face dataset (data/*.parquet + README.md card)
+#   {output}/sft_dataset/                       Hugging Face dataset (data/*.parquet, README.md card, excluded.json)
 #   {output}/stats.json                         corpus totals, per language / dataset, rejects by reason
 #   {output}/logs/, {output}/benchmarks/        one log and one benchmark TSV per job
 #

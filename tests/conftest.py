@@ -15,7 +15,8 @@ import soundfile as sf
 import torch
 
 from neucodec_workflow.engine.codec import Codec, load_codec, save_random_checkpoint
-from neucodec_workflow.shard.audio import Clip, to_mono_16k
+from neucodec_workflow.records import Clip
+from neucodec_workflow.shard.audio import to_mono_16k
 from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
 REPO = Path(__file__).resolve().parents[1]

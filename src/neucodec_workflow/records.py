@@ -1,13 +1,50 @@
-"""Typed records: why a segment was rejected, the per-shard report, the audit, the encode mode. No torch."""
+"""Typed records: a clip and the encoder protocol (what passes between a shard's job and the engine), why a segment
+was rejected, the per-shard report, the audit, the corpus stats, the encode mode. No torch."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 import numpy as np
+
+from neucodec_workflow.contract import HOP, SAMPLE_RATE
+
+
+@dataclass
+class Clip:
+    segment_id: str
+    member: str
+    audio: np.ndarray  # float32 mono 16 kHz
+    source_rate: int
+    source_channels: int
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.audio) // HOP
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+class Encoder(Protocol):
+    # read-only members: an attribute or a property satisfies them
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Goes into the tokens file: codec, weights, mode, precision, kernels."""
+        ...
+
+    def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
+        """Yield each clip with its uint16 tokens, or with the exception that stopped it."""
+        ...
+
 
 Mode = Literal["exact", "fast"]
 MODES: tuple[Mode, ...] = ("exact", "fast")

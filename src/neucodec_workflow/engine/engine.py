@@ -35,8 +35,7 @@ from neucodec_workflow.engine.fbank import TorchFbank
 from neucodec_workflow.engine.numerics import numerics
 from neucodec_workflow.engine.reference import check_token_count
 from neucodec_workflow.engine.semantic import SemanticModel
-from neucodec_workflow.records import MODES, Mode
-from neucodec_workflow.shard.audio import Clip
+from neucodec_workflow.records import MODES, Clip, Mode
 
 log = logging.getLogger(__name__)
 MAX_PAD_RATIO = 1.15  # a batch's longest clip is at most 15 % longer than its shortest

@@ -7,33 +7,17 @@ the definition of correct tokens that every faster path must agree with.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from neucodec_workflow.engine.codec import Codec
 from neucodec_workflow.engine.numerics import numerics
-from neucodec_workflow.shard.audio import Clip
+from neucodec_workflow.records import Clip
 
 
 class TokenCountError(RuntimeError):
     """The model returned a number of tokens other than ``n_samples_16k // 320``."""
-
-
-class Encoder(Protocol):
-    # read-only members: an attribute or a property satisfies them
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def provenance(self) -> dict[str, Any]:
-        """Goes into the tokens file: codec, weights, mode, precision, kernels."""
-        ...
-
-    def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
-        """Yield each clip with its uint16 tokens, or with the exception that stopped it."""
-        ...
 
 
 def check_token_count(clip: Clip, tokens: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, TypeVar
 
@@ -22,7 +21,7 @@ import torch
 import torchaudio.functional as AF
 
 from neucodec_workflow.contract import HOP, SAMPLE_RATE
-from neucodec_workflow.records import Reason, Reject
+from neucodec_workflow.records import Clip, Reason, Reject
 
 
 class ShardError(RuntimeError):
@@ -45,23 +44,6 @@ def open_tar(shard: str, tar: str | Path | BinaryIO) -> Iterator[BinaryIO]:
         raise ShardError(shard, f"cannot open audio.tar: {exc}") from exc
     with f:
         yield f
-
-
-@dataclass
-class Clip:
-    segment_id: str
-    member: str
-    audio: np.ndarray  # float32 mono 16 kHz
-    source_rate: int
-    source_channels: int
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.audio) // HOP
-
-    @property
-    def seconds(self) -> float:
-        return len(self.audio) / SAMPLE_RATE
 
 
 def segment_id_of(member_name: str) -> str:

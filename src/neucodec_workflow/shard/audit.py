@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 
 from neucodec_workflow.contract import read_provenance, tokens_of
-from neucodec_workflow.records import Audit
-from neucodec_workflow.shard.audio import Clip, decode_member, iter_flac_members, open_tar, segment_id_of
+from neucodec_workflow.records import Audit, Clip
+from neucodec_workflow.shard.audio import decode_member, iter_flac_members, open_tar, segment_id_of
 
 
 def audit_pick(segment_id: str, wanted: int, total: int) -> bool:

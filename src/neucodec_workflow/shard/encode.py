@@ -19,10 +19,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from neucodec_workflow.contract import SAMPLE_RATE, NoRowsError, candidates, pick_column, write_tokens
-from neucodec_workflow.engine.reference import Encoder
-from neucodec_workflow.records import Audit, Reason, Reject, ShardReport
+from neucodec_workflow.records import Audit, Clip, Encoder, Reason, Reject, ShardReport
 from neucodec_workflow.shard.audio import (
-    Clip,
     ShardError,
     decode_member,
     iter_flac_members,
