@@ -153,7 +153,7 @@ def test_truncated_tar_fails_naming_shard(tmp_path, codec):
 def test_unreadable_metadata_fails_naming_shard(tmp_path, codec):
     shard = simple_shard(tmp_path, "x/s3", [0.3])
     (shard / "metadata.parquet").write_bytes(b"PAR1 broken")
-    with pytest.raises(ShardError, match="shard x/s3: cannot read segment ids from metadata.parquet"):
+    with pytest.raises(ShardError, match="shard x/s3: cannot read metadata.parquet"):
         encode("x/s3", shard, codec)
 
 
@@ -162,7 +162,7 @@ def test_missing_id_column_fails_naming_shard(tmp_path, codec):
     pd.DataFrame({"id": ["x"]}).to_parquet(shard / "metadata.parquet")
     with pytest.raises(
         ShardError,
-        match=r"shard x/s4: cannot read segment ids from metadata.parquet: .*none of the columns \['segment_id'\]",
+        match=r"shard x/s4: cannot read metadata.parquet: .*no segment id column: none of the columns \['segment_id'\]",
     ):
         encode("x/s4", shard, codec)
 

@@ -41,12 +41,12 @@ def read_metadata_ids(shard: str, metadata: str | Path | BinaryIO, id_column: st
         column = pick_column(id_column, pf.schema_arrow.names)
         if column is None:
             raise KeyError(
-                f"none of the columns {candidates(id_column)} (columns: {sorted(pf.schema_arrow.names)}); "
+                f"no segment id column: none of the columns {candidates(id_column)} (columns: {sorted(pf.schema_arrow.names)}); "
                 "set columns.segment_id in the config"
             )
         ids = pf.read(columns=[column]).column(column).to_pandas()
     except Exception as exc:
-        raise ShardError(shard, f"cannot read segment ids from metadata.parquet: {type(exc).__name__}: {exc}") from exc
+        raise ShardError(shard, f"cannot read metadata.parquet: {type(exc).__name__}: {exc}") from exc
     return ids.astype("string")
 
 
