@@ -49,10 +49,10 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test-fast: setup
-	$(VENV)/bin/pytest -m "$(FAST)"
+	$(VENV)/bin/pytest -m "$(FAST)" --durations=10
 
 test-workflow: setup
-	$(VENV)/bin/pytest -m "not ($(FAST))"
+	$(VENV)/bin/pytest -m "not ($(FAST))" --durations=10
 
 bench: setup
 	$(PY) benchmarks/encoder.py $(BENCH_ARGS)
