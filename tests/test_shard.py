@@ -186,3 +186,53 @@ def test_tar_from_a_pipe(tmp_path, codec):
     writer.join()
     assert report.encoded == 3 and not report.rejected
     assert pd.read_parquet(shard / "out.parquet").segment_id.tolist() == [f"x_s5_{i:03d}" for i in range(3)]
+
+
+class _OutOfMemoryModel(torch.nn.Module):
+    """A model whose encode_code fails the way torch's CPU allocator does (or with ``error``)."""
+
+    def __init__(self, error: Exception):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # Codec.device reads it
+        self.error = error
+
+    def encode_code(self, x):
+        raise self.error
+
+
+def test_inline_audit_skips_what_the_reference_cannot_hold(tmp_path, codec):
+    """Out of memory in the audit's reference leaves that clip unaudited; the shard's tokens are still written."""
+    from neucodec_workflow.engine.codec import Codec
+    from neucodec_workflow.engine.reference import audit_reference
+
+    shard = simple_shard(tmp_path, "x/s6", [0.3, 0.4])
+    ids = read_metadata_ids("x/s6", shard / "metadata.parquet", "segment_id")
+    oom = Codec(
+        _OutOfMemoryModel(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
+    )
+    report = encode_shard(
+        "x/s6",
+        shard / "audio.tar",
+        ids,
+        shard / "out.parquet",
+        ReferenceEncoder(codec),
+        max_seconds=60,
+        decode_workers=1,
+        reference=audit_reference(oom),
+        audit_segments=2,
+    )
+    assert report.encoded == 2 and report.audit is not None and report.audit.segments == 0
+    assert len(pd.read_parquet(shard / "out.parquet")) == 2
+    broken = Codec(_OutOfMemoryModel(RuntimeError("shape mismatch")))  # any other failure is a bug: it surfaces
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        encode_shard(
+            "x/s6",
+            shard / "audio.tar",
+            ids,
+            shard / "out2.parquet",
+            ReferenceEncoder(codec),
+            max_seconds=60,
+            decode_workers=1,
+            reference=audit_reference(broken),
+            audit_segments=2,
+        )

@@ -54,7 +54,7 @@ def encode_shard_job(
     from neucodec_workflow.engine.codec import load_codec
     from neucodec_workflow.engine.device import pick_device
     from neucodec_workflow.engine.engine import Engine, EngineConfig
-    from neucodec_workflow.engine.reference import reference_tokens
+    from neucodec_workflow.engine.reference import audit_reference
     from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
     from neucodec_workflow.storage.streams import open_source
 
@@ -81,7 +81,7 @@ def encode_shard_job(
             engine,
             max_seconds=float(encode["max_seconds"]),
             decode_workers=int(encode["decode_workers"]),
-            reference=lambda audio: reference_tokens(loaded, audio),
+            reference=audit_reference(loaded),
             audit_segments=int(encode["audit_segments"]),
         )
     write_json(report, result.as_dict())

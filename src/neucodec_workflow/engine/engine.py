@@ -33,7 +33,7 @@ from neucodec_workflow.engine.acoustic import AcousticEncoder
 from neucodec_workflow.engine.codec import Codec
 from neucodec_workflow.engine.fbank import TorchFbank
 from neucodec_workflow.engine.numerics import numerics
-from neucodec_workflow.engine.reference import check_token_count
+from neucodec_workflow.engine.reference import check_token_count, is_oom
 from neucodec_workflow.engine.semantic import SemanticModel
 from neucodec_workflow.records import MODES, Clip, Mode
 
@@ -55,18 +55,6 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"encode.mode must be one of {MODES}, not {self.mode!r}")
-
-
-# How allocation failures read: CUDA ("CUDA out of memory"), torch's CPU allocator ("DefaultCPUAllocator: can't
-# allocate memory"), oneDNN / MKL ("could not allocate"); Python's and the native kernel's MemoryError.
-_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "could not allocate")
-
-
-def is_oom(exc: BaseException) -> bool:
-    """An allocation failure on any device: the batch is retried clip by clip, a clip that fails alone is rejected."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
 
 
 class Engine:

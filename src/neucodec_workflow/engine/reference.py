@@ -6,18 +6,34 @@ the definition of correct tokens that every faster path must agree with.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from neucodec_workflow.contract import SAMPLE_RATE
 from neucodec_workflow.engine.codec import Codec
 from neucodec_workflow.engine.numerics import numerics
 from neucodec_workflow.records import Clip
 
+log = logging.getLogger(__name__)
+
 
 class TokenCountError(RuntimeError):
     """The model returned a number of tokens other than ``n_samples_16k // 320``."""
+
+
+# How allocation failures read: CUDA ("CUDA out of memory"), torch's CPU allocator ("DefaultCPUAllocator: can't
+# allocate memory"), oneDNN / MKL ("could not allocate"); Python's and the native kernel's MemoryError.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory", "could not allocate")
+
+
+def is_oom(exc: BaseException) -> bool:
+    """An allocation failure on any device: the batch is retried clip by clip, a clip that fails alone is rejected."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _OOM_MESSAGES)
 
 
 def check_token_count(clip: Clip, tokens: np.ndarray) -> np.ndarray:
@@ -35,6 +51,24 @@ def reference_tokens(codec: Codec, audio: np.ndarray) -> np.ndarray:
     with numerics("exact"), torch.inference_mode():
         codes = codec.model.encode_code(x)
     return codes[0, 0].to("cpu", torch.int64).numpy().astype("<u2")
+
+
+def audit_reference(codec: Codec) -> Callable[[np.ndarray], np.ndarray | None]:
+    """``reference_tokens`` for the inline audit: a clip the reference cannot hold in memory is not audited (None,
+    logged) instead of failing a job whose tokens are fine."""
+
+    def reference(audio: np.ndarray) -> np.ndarray | None:
+        try:
+            return reference_tokens(codec, audio)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_oom(exc):
+                raise
+            log.warning(
+                "audit: the reference ran out of memory on a %.1f s clip; not audited", len(audio) / SAMPLE_RATE
+            )
+            return None
+
+    return reference
 
 
 class ReferenceEncoder:

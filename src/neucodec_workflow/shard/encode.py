@@ -59,14 +59,15 @@ def encode_shard(
     *,
     max_seconds: float,
     decode_workers: int,
-    reference: Callable[[np.ndarray], np.ndarray] | None = None,
+    reference: Callable[[np.ndarray], np.ndarray | None] | None = None,
     audit_segments: int = 0,
 ) -> ShardReport:
     """Encode every valid segment of one shard; stream the tokens parquet (published atomically) with the encoder's
     provenance in its key-value metadata.
 
     ``ids``: the metadata's segment ids (``read_metadata_ids``). With ``reference`` and ``audit_segments > 0``, a
-    deterministic sample of segments is also encoded with the reference path and the agreement goes into the report.
+    deterministic sample of segments is also encoded with the reference path and the agreement goes into the report
+    (``reference`` returns None for a clip it could not encode: that clip is not audited).
     """
     start = time.perf_counter()
     report = ShardReport(shard=shard, codec=encoder.provenance, encoder=encoder.name)
@@ -126,7 +127,9 @@ def encode_shard(
                 and audit.segments < audit_segments
                 and audit_pick(clip.segment_id, audit_segments, len(known))
             ):
-                audit.add(clip.segment_id, tokens, reference(clip.audio))
+                expected = reference(clip.audio)  # None: the reference could not run it (out of memory)
+                if expected is not None:
+                    audit.add(clip.segment_id, tokens, expected)
             report.encoded += 1
             report.audio_seconds += len(clip.audio) / SAMPLE_RATE
             report.tokens += len(tokens)
