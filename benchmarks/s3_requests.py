@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 BUCKET = "bench"
 PENDING = re.compile(r"^\s*wildcards: shard=(\S+)", re.M)
 
@@ -49,22 +48,9 @@ def env_for(endpoint: str, stock: bool = False) -> dict[str, str]:
 
 
 def args_for(workdir: Path, prefix: str, weights: str, *extra: str) -> list[str]:
-    return [
-        SNAKEMAKE,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(REPO / "config/config.yaml"),
-        "--cores",
-        "2",
-        "--config",
-        f"corpus=s3://{BUCKET}/{prefix}",
-        f"output={workdir / 'out'}",
-        f"codec={{'weights': '{weights}', 'device': 'cpu'}}",
-        *extra,
-    ]
+    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+
+    return snakemake_s3_command(REPO, workdir, f"s3://{BUCKET}/{prefix}", weights, *extra)
 
 
 def tiny_bucket(client: Any, prefix: str, n: int, pending: set[int], out: Path) -> list[str]:

@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -90,24 +89,9 @@ def keys(client: Any, prefix: str) -> list[str]:
 
 def snakemake_args(workdir: Path, prefix: str, checkpoint: Path, *extra: str, probe: Path | None = None) -> list[str]:
     """The real Snakemake CLI; with ``probe``, its storage transfers are recorded there (testing/storage_probe.py)."""
-    cli = ["-m", "snakemake"] if probe is None else ["-m", "neucodec_workflow.testing.storage_probe", str(probe)]
-    return [
-        sys.executable,
-        *cli,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(REPO / "config/config.yaml"),
-        "--cores",
-        "2",
-        "--config",
-        f"corpus=s3://{BUCKET}/{prefix}",
-        f"output={workdir / 'out'}",
-        f"codec={{'weights': '{checkpoint}', 'device': 'cpu'}}",
-        *extra,
-    ]
+    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+
+    return snakemake_s3_command(REPO, workdir, f"s3://{BUCKET}/{prefix}", str(checkpoint), *extra, probe=probe)
 
 
 def run(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 COUNTER_PATH = "/_requests"
@@ -109,3 +111,28 @@ def shard_bytes(
     if corrupt:
         tar = b"this is not a tar file" + bytes(io.BytesIO(tar).read(600))[600:]
     return tar, parquet
+
+
+def snakemake_s3_command(
+    repo: Path, workdir: Path, corpus: str, weights: str, *extra: str, probe: Path | None = None
+) -> list[str]:
+    """The real Snakemake CLI on ``repo``'s workflow for an S3 ``corpus``, run in ``workdir`` (output there), on the
+    CPU, with this interpreter. With ``probe``, its storage transfers are recorded there (``storage_probe``)."""
+    cli = ["-m", "snakemake"] if probe is None else ["-m", "neucodec_workflow.testing.storage_probe", str(probe)]
+    return [
+        sys.executable,
+        *cli,
+        "--snakefile",
+        str(repo / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(repo / "config/config.yaml"),
+        "--cores",
+        "2",
+        "--config",
+        f"corpus={corpus}",
+        f"output={workdir / 'out'}",
+        f"codec={{'weights': '{weights}', 'device': 'cpu'}}",
+        *extra,
+    ]
