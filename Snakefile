@@ -1,11 +1,15 @@
 # neucodec tokens for speech corpora: audio.tar + metadata.parquet per shard -> neucodec tokens -> SFT dataset.
 #
-# Outputs
-#   {corpus}/{shard}/neucodec_tokens.parquet    tokens per segment (contract: ../shared/docs/contracts.md)
-#   {output}/shards/{shard}.json                per-shard report: encoded, rejected (id + reason), speed
-#   {output}/sft_dataset/                       Hugging Face dataset (data/*.parquet, README.md card, excluded.json)
+# The record: a shard is done when its token file exists. Everything in {output} is derived from the token files
+# (and the metadata), cheaply, and re-made when missing: deleting {output} never re-encodes.
+#   {corpus}/{shard}/neucodec_tokens.parquet    tokens per segment (contract: ../shared/docs/contracts.md), with the
+#                                               encode job's report (every segment, rejects with reason, speed,
+#                                               device, audit) and provenance in its parquet key-value metadata
+#   {output}/shards/{shard}.json                per-shard report (foreign token files: what can be known)
+#   {output}/sft_dataset/data/{split}/{shard}.parquet   the shard's rows of the Hugging Face dataset
+#   {output}/sft_dataset/README.md, index.json  dataset card (features, splits, stats) and the list of parts
 #   {output}/stats.json                         corpus totals, per language / dataset, rejects by reason
-#   {output}/logs/, {output}/benchmarks/        one log and one benchmark TSV per job
+#   {local_dir or output}/logs/, benchmarks/    one log and one benchmark TSV per job
 #
 # Run: snakemake (the default profile in profiles/default applies); see README.md.
 
@@ -19,11 +23,7 @@ include: "rules/dataset.smk"
 
 
 rule all:
-    """Every shard encoded, the SFT dataset assembled and the stats written."""
+    """Every shard encoded, its report and dataset parts derived, the card, index and stats written."""
     default_target: True
     input:
-        # listed explicitly so that a deleted shard output is re-made even when the dataset is newer
-        tokens=tokens_targets(),
-        reports=all_reports(),
-        sft=SFT_DIR,
-        stats=output_file("stats.json"),
+        rules.summarize.output,

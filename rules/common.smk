@@ -5,6 +5,7 @@ from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
 from neucodec_workflow.contract import METADATA, TAR, TOKENS
+from neucodec_workflow.plan import derive_batches
 from neucodec_workflow.storage import plugin, s3
 from neucodec_workflow.storage.discovery import shard_list
 
@@ -18,10 +19,10 @@ validate(config, schema="../config/config.schema.yaml")
 
 CORPUS = config["corpus"].rstrip("/")
 OUTPUT = config["output"].rstrip("/")
-# Logs and benchmarks always stay on local disk (the plugin would otherwise upload each one), and so does the SFT
-# dataset: Snakemake cannot track a directory() in storage, and its file names are known only once it is written.
+# Logs and benchmarks always stay on local disk (the plugin would otherwise upload each one).
 LOCAL = config["local_dir"].rstrip("/") if s3.is_s3(OUTPUT) else OUTPUT
-SFT_DIR = f"{LOCAL}/sft_dataset"
+SFT = "sft_dataset"  # under OUTPUT: data/{split}/{shard}.parquet, README.md, index.json
+SPLITS = ["train", "validation"] if config["sft"]["validation_fraction"] > 0 else ["train"]
 
 # S3 corpus/output: one listing of these prefixes per run answers every exists/mtime/size question of the storage
 # plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.
@@ -66,25 +67,38 @@ def local_corpus_files(name):
     return [] if s3.is_s3(CORPUS) else all_of(name)
 
 
-def all_reports(retrieve=True):
-    return [output_file(f"shards/{s}.json", retrieve) for s in SHARDS]
+def report_path(shard):
+    return f"shards/{shard}.json"
 
 
-def _exists(path):
-    return S3_INVENTORY.exists(*s3.split_url(path)) if s3.is_s3(path) else os.path.exists(path)
+def part_path(shard, split):
+    return f"{SFT}/data/{split}/{shard}.parquet"
 
 
-def tokens_targets():
-    """Token files that the default target requests. Local corpus: all of them. S3 corpus: only those whose report exists but whose
-    object is gone (re-made); the others come with their reports. A pending job that lists a storage file keeps its
-    local copy until the end of the run, so listing every token file would pile them up on local disk."""
-    if not s3.is_s3(CORPUS):
-        return all_of(TOKENS)
-    return [
-        shard_file(s, TOKENS)
-        for s in SHARDS
-        if _exists(f"{OUTPUT}/shards/{s}.json") and not _exists(shard_path(s, TOKENS))
-    ]
+def derived_files(shard, retrieve=True):
+    """What is derived from a shard's token file: its report and its dataset parts (one per split)."""
+    return {
+        "reports": [output_file(report_path(shard), retrieve)],
+        "parts": [output_file(part_path(shard, split), retrieve) for split in SPLITS],
+    }
+
+
+def _mtime(path):
+    """Modification time of a local path or an s3:// object (from the run's listing); None when missing."""
+    if s3.is_s3(path):
+        info = S3_INVENTORY.info(*s3.split_url(path))
+        return info.mtime if info else None
+    return os.stat(path).st_mtime if os.path.exists(path) else None
+
+
+# Shards whose token file exists and whose derived outputs are missing or older: derived in batches (one job per
+# batch, rules derive_batch_N), not one job per shard (neucodec_workflow/plan.py says why).
+DERIVE_BATCHES = derive_batches(
+    SHARDS,
+    _mtime,
+    inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
+    outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{part_path(s, x)}" for x in SPLITS)],
+)
 
 
 def encode_mem_mb(wildcards, attempt):

@@ -1,41 +1,71 @@
-rule assemble_sft:
-    """Join every shard's tokens with its metadata into the Hugging Face SFT dataset, one shard at a time."""
+rule derive_shard:
+    """A shard's report and its parts of the SFT dataset, from its token file (the record) and its metadata."""
     input:
-        # The reports come from the same jobs as the tokens; with an S3 corpus the tokens and metadata are read
-        # from the bucket one shard at a time instead of being downloaded (and kept) up front.
-        reports=all_reports(retrieve=False),
-        tokens=local_corpus_files(TOKENS),
-        metadata=local_corpus_files(METADATA),
+        # In S3: tracked, not downloaded; the job reads each object once.
+        tokens=shard_file("{shard}", TOKENS, retrieve=False),
+        metadata=shard_file("{shard}", METADATA, retrieve=False),
     output:
-        sft=directory(SFT_DIR),
+        **derived_files("{shard}"),
     log:
-        f"{LOCAL}/logs/assemble_sft.log",
+        f"{LOCAL}/logs/derive/{{shard}}.log",
+    localrule: True
     conda:
         "../envs/dataset.yaml"
-    resources:
-        # one shard's tokens + metadata at a time plus the writer's buffers; reads every shard once (hours at scale)
-        mem_mb=16000,
-        runtime=720,
     params:
-        shards=SHARDS,
-        tokens=all_of(TOKENS),
-        metadata=all_of(METADATA),
+        shards=lambda wildcards: [wildcards.shard],
+        tokens=lambda wildcards: [shard_path(wildcards.shard, TOKENS)],
+        metadata=lambda wildcards: [shard_path(wildcards.shard, METADATA)],
+        splits=SPLITS,
         columns=config["columns"],
         sft=config["sft"],
     script:
-        "../scripts/assemble_sft.py"
+        "../scripts/derive_shards.py"
 
 
-rule corpus_stats:
-    """Corpus totals, per-language and per-dataset numbers, rejects by reason."""
+# Token files already there whose derived outputs are missing or stale (a corpus encoded elsewhere, a new output
+# directory): one job per batch of shards. Rules without wildcards take precedence over derive_shard.
+for i, batch in enumerate(DERIVE_BATCHES):
+
+    rule:
+        name:
+            f"derive_batch_{i}"
+        input:
+            tokens=[shard_file(s, TOKENS, retrieve=False) for s in batch],
+            metadata=[shard_file(s, METADATA, retrieve=False) for s in batch],
+        output:
+            reports=[r for s in batch for r in derived_files(s)["reports"]],
+            parts=[p for s in batch for p in derived_files(s)["parts"]],
+        log:
+            f"{LOCAL}/logs/derive/batch_{i}.log",
+        localrule: True
+        conda:
+            "../envs/dataset.yaml"
+        params:
+            shards=batch,
+            tokens=[shard_path(s, TOKENS) for s in batch],
+            metadata=[shard_path(s, METADATA) for s in batch],
+            splits=SPLITS,
+            columns=config["columns"],
+            sft=config["sft"],
+        script:
+            "../scripts/derive_shards.py"
+
+
+rule summarize:
+    """Corpus stats, the dataset card and the dataset's file index, from the shard reports alone (small files)."""
     input:
-        reports=all_reports(),
-        sft=SFT_DIR,
+        # read by the job itself: the local copy when this run made it, else one GET
+        reports=[r for s in SHARDS for r in derived_files(s, retrieve=False)["reports"]],
     output:
         stats=output_file("stats.json"),
+        card=output_file(f"{SFT}/README.md"),
+        index=output_file(f"{SFT}/index.json"),
     log:
-        f"{LOCAL}/logs/corpus_stats.log",
+        f"{LOCAL}/logs/summarize.log",
+    localrule: True
     conda:
         "../envs/dataset.yaml"
+    params:
+        reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
     script:
-        "../scripts/corpus_stats.py"
+        "../scripts/summarize.py"

@@ -1,12 +1,11 @@
 rule encode_shard:
-    """Encode one shard's audio.tar into neucodec_tokens.parquet and a report of every segment."""
+    """Encode one shard's audio.tar into neucodec_tokens.parquet, with the report of every segment inside it."""
     input:
         # In S3: tracked (existence, mtime) but not downloaded; the job streams them (bounded disk).
         tar=shard_file("{shard}", TAR, retrieve=False),
         metadata=shard_file("{shard}", METADATA, retrieve=False),
     output:
         tokens=shard_file("{shard}", TOKENS),
-        report=output_file("shards/{shard}.json"),
     log:
         f"{LOCAL}/logs/encode/{{shard}}.log",
     benchmark:

@@ -11,7 +11,6 @@ encode_shard_job(
     tar=snakemake.params.tar,  # noqa: F821 (a path, or an s3:// URL that is streamed)
     metadata=snakemake.params.metadata,  # noqa: F821
     tokens=snakemake.output.tokens,  # noqa: F821
-    report=snakemake.output.report,  # noqa: F821
     codec=dict(snakemake.params.codec),  # noqa: F821
     encode=dict(snakemake.params.encode),  # noqa: F821
     columns=dict(snakemake.params.columns),  # noqa: F821

@@ -1,11 +1,16 @@
 """The data contracts (../shared/docs/contracts.md): shard file names, 16 kHz / 320-sample frames, the per-shard
-``neucodec_tokens.parquet`` (written atomically, read), and atomic JSON. No torch: the dataset side imports this."""
+``neucodec_tokens.parquet`` (written atomically, read), and atomic JSON. No torch: the dataset side imports this.
+
+The token file is the record of a shard: besides the three contract columns, its parquet key-value metadata holds
+the provenance (written when the file is opened) and the encode job's report (every segment encoded or rejected
+with its reason, speed, device, inline audit; written when the last row is in). Readers of the contract never see
+either. A token file made by another tool has neither: it is *foreign*, and is adopted as it is."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,6 +28,7 @@ SECONDS_PER_TOKEN = HOP / SAMPLE_RATE
 
 SCHEMA = pa.schema([("segment_id", pa.string()), ("neucodec_tokens", pa.binary()), ("token_count", pa.int32())])
 PROVENANCE_KEY = b"neucodec_workflow.provenance"
+REPORT_KEY = b"neucodec_workflow.report"
 
 
 def atomic_path(path: Path) -> Path:
@@ -46,11 +52,17 @@ class NoRowsError(ValueError):
 
 
 def write_tokens(
-    path: str | Path, rows: Iterable[tuple[str, np.ndarray]], provenance: dict[str, Any], *, rows_per_group: int = 2048
+    path: str | Path,
+    rows: Iterable[tuple[str, np.ndarray]],
+    provenance: dict[str, Any],
+    *,
+    report: Callable[[], dict[str, Any]] | None = None,
+    rows_per_group: int = 2048,
 ) -> int:
     """Stream ``(segment_id, uint16 tokens)`` rows into the parquet as they come (a row group per
-    ``rows_per_group``), provenance in the key-value metadata; renamed into place only when complete.
-    Returns the number of rows; raises ``NoRowsError`` (publishing nothing) when there are none.
+    ``rows_per_group``), provenance in the key-value metadata; ``report()``, called once the last row is in, goes
+    into the key-value metadata too. Renamed into place only when complete. Returns the number of rows; raises
+    ``NoRowsError`` (publishing nothing) when there are none.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,27 +93,50 @@ def write_tokens(
                     flush()
             if ids:
                 flush()
-        if not written:
-            raise NoRowsError(f"no rows for {path.name}")
+            if not written:
+                raise NoRowsError(f"no rows for {path.name}")
+            if report is not None:
+                writer.add_key_value_metadata({REPORT_KEY: json.dumps(report(), sort_keys=True)})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return written
 
 
-def read_provenance(path: str | Path | BinaryIO) -> dict[str, Any]:
-    meta = pq.read_schema(path).metadata or {}
+def footer(source: str | Path | BinaryIO) -> dict[bytes, bytes]:
+    """The token file's key-value metadata (the parquet footer only, not the rows)."""
+    return pq.ParquetFile(source).metadata.metadata or {}
+
+
+def read_provenance(source: str | Path | BinaryIO) -> dict[str, Any]:
+    """How the tokens were made; empty for a foreign token file."""
+    meta = footer(source)
     return json.loads(meta[PROVENANCE_KEY]) if PROVENANCE_KEY in meta else {}
+
+
+def read_report(source: str | Path | BinaryIO) -> dict[str, Any] | None:
+    """The encode job's report stored in the token file; None for a foreign one (or one written before reports
+    travelled inside the file)."""
+    meta = footer(source)
+    return json.loads(meta[REPORT_KEY]) if REPORT_KEY in meta else None
 
 
 def tokens_of(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype="<u2")
 
 
-def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically (a reader sees the old file or the new one)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` atomically (a reader sees the old file or the new one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    write_text(path, json.dumps(data, indent=2) + "\n")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from neucodec_workflow.contract import write_json
+from neucodec_workflow.contract import write_json, write_text
 
 log = logging.getLogger("neucodec_workflow")
 
@@ -42,17 +42,17 @@ def encode_shard_job(
     tar: str,
     metadata: str,
     tokens: str,
-    report: str,
     codec: dict[str, Any],
     encode: dict[str, Any],
     columns: dict[str, Any],
     threads: int,
 ) -> None:
-    """Rule encode_shard. ``codec``/``encode``/``columns``: the validated config sections (defaults from the schema)."""
+    """Rule encode_shard: the token file, with the job's report inside it. ``codec``/``encode``/``columns``: the
+    validated config sections (defaults from the schema)."""
     import torch
 
     from neucodec_workflow.engine.codec import load_codec
-    from neucodec_workflow.engine.device import pick_device
+    from neucodec_workflow.engine.device import device_name, pick_device
     from neucodec_workflow.engine.engine import Engine, EngineConfig
     from neucodec_workflow.engine.reference import audit_reference
     from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
@@ -83,8 +83,8 @@ def encode_shard_job(
             decode_workers=int(encode["decode_workers"]),
             reference=audit_reference(loaded),
             audit_segments=int(encode["audit_segments"]),
+            device=device_name(device),
         )
-    write_json(report, result.as_dict())
     log.info(
         "shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)",
         shard,
@@ -129,46 +129,81 @@ def audit_job(
     log.info("audit of shard %s: %d segments, token agreement %s", shard, result["segments"], result["token_agreement"])
 
 
-def assemble_job(
+def derive_job(
     *,
     shards: list[str],
     tokens: list[str],
     metadata: list[str],
-    out_dir: str,
+    reports: list[str],
+    parts: list[dict[str, str]],
     columns: dict[str, Any],
     sft: dict[str, Any],
 ) -> None:
-    from neucodec_workflow.dataset.sft import assemble_sft
+    """Rules derive_shard / derive_batch_N: each shard's report and dataset parts from its token file and metadata.
+    ``tokens``/``metadata``: paths or s3:// URLs (each read once, into memory, while the previous shard is derived);
+    ``reports``/``parts``: the job's output paths, shard by shard."""
+    from neucodec_workflow.dataset.derive import derive_shard
+    from neucodec_workflow.shard.audio import ordered_map
     from neucodec_workflow.storage.streams import OneAtATime
 
-    tokens_of, metadata_of = dict(zip(shards, tokens, strict=True)), dict(zip(shards, metadata, strict=True))
-    read_tokens, read_metadata = OneAtATime(), OneAtATime()  # s3:// objects: fetched one shard at a time
-    summary = assemble_sft(
-        shards,
-        lambda s: read_tokens(tokens_of[s]),
-        lambda s: read_metadata(metadata_of[s]),
-        out_dir,
-        columns,
-        validation_fraction=float(sft["validation_fraction"]),
-        target_file_mb=float(sft["target_file_mb"]),
-        rows_per_row_group=int(sft["rows_per_row_group"]),
-    )
-    log.info("SFT dataset: %s", summary)
+    read = OneAtATime()
+
+    def fetch(i: int) -> tuple[int, Any, Any]:
+        return i, read(tokens[i]), read(metadata[i])
+
+    for i, tokens_in, metadata_in in ordered_map(fetch, iter(range(len(shards))), 2, ahead=2):
+        report = derive_shard(
+            shards[i],
+            tokens_in,
+            metadata_in,
+            columns,
+            report_path=reports[i],
+            parts=parts[i],
+            validation_fraction=float(sft["validation_fraction"]),
+            rows_per_row_group=int(sft["rows_per_row_group"]),
+        )
+        log.info(
+            "shard %s: %s record, %d rows, dataset rows %s, left out %s",
+            shards[i],
+            report["record"],
+            report["token_file"]["rows"],
+            report["sft"]["rows_per_split"],
+            report["sft"]["excluded_by_reason"] or "none",
+        )
 
 
-def stats_job(*, reports: list[str], sft_dir: str, out: str) -> None:
-    from neucodec_workflow.dataset.stats import corpus_stats, load_reports
+def summarize_job(*, local: list[str], reports: list[str], stats: str, card: str, index: str) -> None:
+    """Rule summarize: stats.json, the card and the index from every shard report (the local copy when there is one,
+    else the object, read by a few threads)."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
 
-    stats = corpus_stats(load_reports(reports), sft_dir)
-    write_json(out, stats)
-    if stats["random_weights"]:
+    from neucodec_workflow.dataset.stats import corpus_stats, dataset_card, dataset_index
+    from neucodec_workflow.storage.streams import OneAtATime
+
+    read = OneAtATime()
+
+    def load(pair: tuple[str, str]) -> dict[str, Any]:
+        path, source = pair
+        data = read(path if os.path.exists(path) else source)
+        return json.loads(Path(data).read_text() if isinstance(data, str) else data.read())
+
+    with ThreadPoolExecutor(16) as pool:
+        loaded = list(pool.map(load, zip(local, reports, strict=True)))
+    summary = corpus_stats(loaded)
+    write_json(stats, summary)
+    write_json(index, dataset_index(loaded))
+    write_text(card, dataset_card(loaded, summary))
+    if summary["random_weights"]:
         log.warning(RANDOM_BANNER)
     log.info(
-        "%d shards, %d segments (%d encoded, %d rejected), %.3f h, %d tokens",
-        stats["shards"],
-        stats["segments"],
-        stats["encoded"],
-        stats["rejected"],
-        stats["hours"],
-        stats["tokens"],
+        "%d shards (%s), %d segments (%d encoded, %d rejected), %.3f h, %d tokens, dataset rows %s",
+        summary["shards"],
+        summary["records"],
+        summary["segments"],
+        summary["encoded"],
+        summary["rejected"],
+        summary["hours"],
+        summary["tokens"],
+        summary["sft_rows_per_split"],
     )

@@ -64,10 +64,13 @@ class Reason(StrEnum):
     DUPLICATE_IN_TAR = "duplicate_in_tar"
     DUPLICATE_IN_METADATA = "duplicate_in_metadata"
     ENCODE_ERROR = "encode_error"
+    # a token file made by another tool: a metadata id it has no row for (why is not known)
+    NO_TOKENS = "no_tokens_in_foreign_file"
     # SFT dataset: encoded segments that cannot become a training row
     NO_TEXT = "no_text"
     BAD_DURATION = "unparseable_duration"
     DUPLICATE_IN_TOKENS = "duplicate_in_tokens"
+    TOKEN_COUNT_MISMATCH = "token_count_mismatch"
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class ShardReport:
     downmixed: int = 0
     codec: dict[str, Any] = field(default_factory=dict)
     encoder: str = ""
+    device: str = ""
     audit: Audit | None = None
 
     @property
@@ -161,12 +165,14 @@ class CorpusStats(TypedDict):
     """``stats.json``."""
 
     shards: int
+    records: dict[str, int]  # token files by kind: workflow, foreign, workflow_without_report
     segments: int
     encoded: int
     rejected: int
     rejects_by_reason: dict[str, int]
     hours: float
     tokens: int
+    token_count_mismatches: int
     encode_wall_seconds: float
     audio_seconds_per_wall_second: float
     random_weights: bool

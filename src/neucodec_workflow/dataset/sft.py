@@ -1,9 +1,8 @@
-"""Assemble the SFT / Hugging Face dataset from per-shard tokens + metadata, one shard at a time.
-
-Layout (Hugging Face): ``data/{split}-XXXXX-of-YYYYY.parquet`` with explicit row groups and a
-``README.md`` card holding the ``dataset_info`` features block and ``configs``. Splits are by
-speaker (hash of dataset + speaker), so no speaker is in both train and validation, and they are
-deterministic. Memory is bounded by one shard plus one row group.
+"""The SFT / Hugging Face dataset, built per shard: each shard's rows (tokens joined with metadata) are its own parts,
+``data/{split}/{shard}.parquet``, and the ``README.md`` card (``dataset_info`` features and splits, ``configs``
+whose ``data_files`` glob the parts) ties them together. A new shard adds its parts and a new card; nothing else is
+rewritten. Splits are by speaker (hash of dataset + speaker), so no speaker is in both train and validation, and
+they are deterministic.
 """
 
 from __future__ import annotations
@@ -12,26 +11,17 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import (
-    SECONDS_PER_TOKEN,
-    candidates,
-    pick_column,
-    read_provenance,
-    tokens_of,
-    write_json,
-)
+from neucodec_workflow.contract import SECONDS_PER_TOKEN, atomic_path, candidates, pick_column, tokens_of
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -50,9 +40,6 @@ SCHEMA = pa.schema(
         ("shard", pa.string()),
     ]
 )
-
-
-EXCLUDED = "excluded.json"  # encoded segments left out of the dataset, with their reason
 
 
 class SftError(RuntimeError):
@@ -82,20 +69,22 @@ def speaker_split(dataset: str | None, speaker: str | None, segment_id: str, val
     return "validation" if h < validation_fraction else "train"
 
 
-def shard_rows(
-    shard: str, tokens_path: str | Path | BinaryIO, metadata_path: str | Path | BinaryIO, mapping: dict[str, Any]
-) -> tuple[pd.DataFrame, list[Reject]]:
-    """One shard's encoded segments joined with their metadata, in SFT columns, and the encoded segments that cannot
-    be a training row, each with its reason: no metadata row, an ambiguous one, no text, an unparseable duration,
-    a second row for the same id in the tokens file. A missing duration is the encoded length (exact)."""
-    meta = pd.read_parquet(metadata_path)
+def metadata_fields(shard: str, meta: pd.DataFrame, mapping: dict[str, Any]) -> pd.DataFrame:
+    """The metadata in SFT field names (``segment_id`` as string; an unmapped optional field is all null)."""
     cols = resolve_columns(shard, meta.columns, mapping)
     fields = pd.DataFrame({"segment_id": meta[cols["segment_id"]].astype("string")})
     for name in FIELDS:
         src = cols[name]
         fields[name] = meta[src] if src else None
-    tokens = pd.read_parquet(tokens_path)
-    tokens["segment_id"] = tokens["segment_id"].astype("string")
+    return fields
+
+
+def shard_rows(shard: str, tokens: pd.DataFrame, fields: pd.DataFrame) -> tuple[pd.DataFrame, list[Reject]]:
+    """One shard's token rows joined with its metadata (``metadata_fields``), in SFT columns, and the token rows that
+    cannot be a training row, each with its reason: a token count that does not match its bytes, a second row for the
+    same id, no metadata row, an ambiguous one, no text, an unparseable duration. A missing duration is the encoded
+    length (exact)."""
+    tokens = tokens.assign(segment_id=tokens["segment_id"].astype("string"))
     excluded: list[Reject] = []
     joined = tokens  # narrowed by exclude() and the merge below
 
@@ -106,6 +95,15 @@ def shard_rows(
         excluded.extend(Reject(str(s), reason, d) for s, d in zip(rows["segment_id"], details, strict=True))
         joined = joined[~mask]
 
+    stored = joined["neucodec_tokens"].map(len)
+    exclude(
+        (stored % 2 != 0) | (joined["token_count"] != stored // 2),
+        Reason.TOKEN_COUNT_MISMATCH,
+        lambda rows: [
+            f"token_count {c}, {len(b)} bytes"
+            for c, b in zip(rows["token_count"], rows["neucodec_tokens"], strict=True)
+        ],
+    )
     exclude(
         joined["segment_id"].duplicated(keep="first"), Reason.DUPLICATE_IN_TOKENS, "a row with this id came earlier"
     )
@@ -152,118 +150,26 @@ def shard_rows(
     return rows.reset_index(drop=True), excluded
 
 
-@dataclass
-class _SplitWriter:
-    """Rolls ``{split}-NNNNN.parquet`` files at ~``target_bytes``; flushes a row group every ``group_rows``."""
-
-    directory: Path
-    split: str
-    target_bytes: int
-    group_rows: int
-    files: list[Path] = field(default_factory=list)
-    rows: int = 0
-    bytes: int = 0
-    seconds: float = 0.0
-    _writer: pq.ParquetWriter | None = None
-    _buffer: list[pd.DataFrame] = field(default_factory=list)
-    _buffered: int = 0
-    _file_bytes: int = 0
-
-    def add(self, df: pd.DataFrame) -> None:
-        self.seconds += float(df["token_count"].sum()) * SECONDS_PER_TOKEN
-        for start in range(0, len(df), self.group_rows):
-            part = df.iloc[start : start + self.group_rows]
-            self._buffer.append(part)
-            self._buffered += len(part)
-            if self._buffered >= self.group_rows:
-                self._flush()
-
-    def _flush(self) -> None:
-        if not self._buffered:
-            return
-        table = pa.Table.from_pandas(pd.concat(self._buffer, ignore_index=True), schema=SCHEMA, preserve_index=False)
-        self._buffer, self._buffered = [], 0
-        if self._writer is None:
-            path = self.directory / f"{self.split}-{len(self.files):05d}.parquet.partial"
-            self.files.append(path)
-            self._writer = pq.ParquetWriter(path, SCHEMA, compression="zstd")
-            self._file_bytes = 0
-        self._writer.write_table(table, row_group_size=len(table))
-        self.rows += len(table)
-        self.bytes += table.nbytes
-        self._file_bytes += table.nbytes
-        if self._file_bytes >= self.target_bytes:
-            self._writer.close()
-            self._writer = None
-
-    def close(self) -> list[Path]:
-        self._flush()
-        if self._writer is not None:
-            self._writer.close()
-        final = []
-        for i, path in enumerate(self.files):
-            target = path.with_name(f"{self.split}-{i:05d}-of-{len(self.files):05d}.parquet")
-            path.rename(target)
-            final.append(target)
-        return final
-
-
-def assemble_sft(
-    shards: list[str],
-    tokens_path: Callable[[str], str | BinaryIO],
-    metadata_path: Callable[[str], str | BinaryIO],
-    out_dir: str | Path,
-    mapping: dict[str, Any],
-    *,
-    validation_fraction: float,
-    target_file_mb: float,
-    rows_per_row_group: int,
-) -> dict[str, Any]:
-    """Write the dataset to ``out_dir`` atomically (built beside it, renamed into place). Encoded segments that cannot
-    be a training row are left out and listed with their reason in ``excluded.json``; returns the split summary."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "data").mkdir(parents=True)
-    writers = {
-        s: _SplitWriter(tmp / "data", s, int(target_file_mb * 2**20), rows_per_row_group)
-        for s in ("train", "validation")
+def write_part(path: str | Path, rows: pd.DataFrame, rows_per_row_group: int) -> dict[str, Any]:
+    """One shard's rows of one split as a parquet file of the dataset (zero rows is a valid, empty part), written
+    atomically; returns what the dataset's index records about it: rows, bytes, sha256, hours."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
+        pq.write_table(table, tmp, row_group_size=rows_per_row_group, compression="zstd")
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "rows": len(rows),
+        "bytes": size,
+        "sha256": digest,
+        "hours": float(rows["token_count"].sum()) * SECONDS_PER_TOKEN / 3600,
     }
-    provenance: list[dict[str, Any]] = []
-    excluded: list[dict[str, Any]] = []
-    for shard in shards:
-        tokens = tokens_path(shard)  # fetched once: rows, then provenance from the same bytes
-        df, rejects = shard_rows(shard, tokens, metadata_path(shard), mapping)
-        excluded += [{"shard": shard, **r.as_dict()} for r in rejects]
-        split = [
-            speaker_split(d, s, i, validation_fraction)
-            for d, s, i in zip(df["dataset"], df["speaker"], df["segment_id"], strict=True)
-        ]
-        for name, part in df.groupby(pd.Series(split, index=df.index), sort=False):
-            writers[str(name)].add(part)
-        if not isinstance(tokens, (str, Path)):
-            tokens.seek(0)
-        provenance.append(read_provenance(tokens))
-    for w in writers.values():
-        w.close()
-    summary = {
-        n: {"num_examples": w.rows, "num_bytes": w.bytes, "files": len(w.files), "hours": w.seconds / 3600}
-        for n, w in writers.items()
-        if w.rows
-    }
-    codecs = {
-        json.dumps(
-            {k: p.get(k) for k in ("codec_id", "revision", "weights_sha256", "random_weights", "seed")}, sort_keys=True
-        )
-        for p in provenance
-    }
-    by_reason = dict(sorted(Counter(r["reason"] for r in excluded).items()))
-    write_json(tmp / EXCLUDED, {"excluded": len(excluded), "excluded_by_reason": by_reason, "segments": excluded})
-    write_card(tmp, summary, [json.loads(c) for c in sorted(codecs)], len(shards), by_reason)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return summary
 
 
 def features():
@@ -284,14 +190,24 @@ def features():
     )
 
 
-def write_card(
-    root: Path,
+def part_path(split: str, shard: str) -> str:
+    """Where a shard's part of a split lives inside the dataset (nested shard names stay nested)."""
+    return f"data/{split}/{shard}.parquet"
+
+
+CARD = "README.md"
+INDEX = "index.json"  # every part: shard, split, rows, bytes, sha256 (what the Hub push compares)
+
+
+def card_text(
     splits: dict[str, dict[str, Any]],
     codecs: list[dict[str, Any]],
     n_shards: int,
     excluded_by_reason: dict[str, int],
-) -> None:
-    """README.md with the ``dataset_info`` block (features, splits) and ``configs`` for ``load_dataset``."""
+    stats_lines: list[str],
+) -> str:
+    """README.md with the ``dataset_info`` block (features, splits) and ``configs`` for ``load_dataset``: the data
+    files of each split are the glob ``data/{split}/**/*.parquet``, so adding a shard's part needs no other change."""
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from huggingface_hub import DatasetCardData
@@ -300,7 +216,9 @@ def write_card(
         {n: SplitInfo(name=n, num_bytes=s["num_bytes"], num_examples=s["num_examples"]) for n, s in splits.items()}
     )
     card = DatasetCardData(
-        configs=[{"config_name": "default", "data_files": [{"split": n, "path": f"data/{n}-*"} for n in splits]}],
+        configs=[
+            {"config_name": "default", "data_files": [{"split": n, "path": f"data/{n}/**/*.parquet"} for n in splits]}
+        ],
         tags=["audio", "neucodec", "tts"],
     )
     DatasetInfosDict({"default": DatasetInfo(features=features(), splits=split_dict)}).to_dataset_card_data(card)
@@ -316,12 +234,14 @@ def write_card(
         "",
         f"One row per encoded segment from {n_shards} shards, joined with its metadata. `neucodec_tokens` are",
         "50 Hz neucodec FSQ codes (0-65535); `token_count == len(neucodec_tokens) == n_samples_16k // 320`.",
+        f"Each shard's rows are its own file, `data/{{split}}/{{shard}}.parquet`; `{INDEX}` lists them.",
         "",
         "| split | rows | hours |",
         "|---|---|---|",
     ]
     lines += [f"| {n} | {s['num_examples']} | {s['hours']:.3f} |" for n, s in splits.items()]
     if excluded_by_reason:
-        lines += ["", f"Encoded segments left out (each listed in `{EXCLUDED}`): {excluded_by_reason}"]
+        lines += ["", f"Encoded segments left out (listed per shard in the shard reports): {excluded_by_reason}"]
+    lines += ["", *stats_lines]
     lines += ["", "Codec provenance:", "", "```json", json.dumps(codecs, indent=2), "```", ""]
-    (root / "README.md").write_text("\n".join(lines))
+    return "\n".join(lines)

@@ -1,62 +1,61 @@
-"""``stats.json``: what the seed fleet reported at the end, from the shard reports and the SFT dataset."""
+"""The corpus summary, from the per-shard reports alone: ``stats.json`` (what the seed fleet reported at the end),
+the dataset card and the dataset's file index. Reading a report is one small object per shard; nothing here reads
+tokens or parts, so this step stays fast at any corpus size."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from neucodec_workflow.contract import SECONDS_PER_TOKEN
-from neucodec_workflow.dataset.sft import EXCLUDED
+from neucodec_workflow.dataset.sft import card_text
 from neucodec_workflow.records import AuditTotals, CorpusStats, GroupTotals
 
 
-def load_reports(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    return [json.loads(Path(p).read_text()) for p in paths]
+def _add_groups(into: dict[str, GroupTotals], groups: dict[str, Any]) -> None:
+    for key, g in groups.items():
+        t = into.setdefault(key, {"segments": 0, "tokens": 0, "hours": 0.0})
+        t["segments"] += g["segments"]
+        t["tokens"] += g["tokens"]
+        t["hours"] += g["hours"]
 
 
-def corpus_stats(reports: list[dict[str, Any]], sft_dir: str | Path) -> CorpusStats:
-    """Totals from the per-shard reports; per-language and per-dataset numbers from the SFT parquet files."""
+def corpus_stats(reports: list[dict[str, Any]]) -> CorpusStats:
+    """Totals over the shards: segments encoded and rejected by reason, hours, tokens, speed (shards encoded by this
+    workflow), audit agreement, records by kind, dataset rows per split and per language / dataset."""
     rejects: Counter[str] = Counter()
+    excluded: Counter[str] = Counter()
+    splits: Counter[str] = Counter()
+    records: Counter[str] = Counter()
+    groups: dict[str, dict[str, GroupTotals]] = {"language": {}, "dataset": {}}
+    timed = [r for r in reports if r.get("wall_seconds")]
     for r in reports:
         rejects.update(r["rejects_by_reason"])
-    wall = sum(r["wall_seconds"] for r in reports)
-    audio = sum(r["audio_seconds"] for r in reports)
-    groups: dict[str, dict[str, GroupTotals]] = {"language": {}, "dataset": {}}
-    splits: Counter[str] = Counter()
-    for path in sorted(Path(sft_dir, "data").glob("*.parquet")):
-        split = path.name.split("-", 1)[0]
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(columns=["language", "dataset", "token_count"]):
-            cols = batch.to_pydict()
-            for lang, ds, n in zip(cols["language"], cols["dataset"], cols["token_count"], strict=True):
-                for key, value in (("language", lang), ("dataset", ds)):
-                    g = groups[key].setdefault(value or "unknown", {"segments": 0, "tokens": 0, "hours": 0.0})
-                    g["segments"] += 1
-                    g["tokens"] += n
-                    g["hours"] += n * SECONDS_PER_TOKEN / 3600
-            splits[split] += batch.num_rows
-    excluded = Path(sft_dir, EXCLUDED)
+        excluded.update(r["sft"]["excluded_by_reason"])
+        splits.update(r["sft"]["rows_per_split"])
+        records[r["record"]] += 1
+        _add_groups(groups["language"], r["sft"]["per_language"])
+        _add_groups(groups["dataset"], r["sft"]["per_dataset"])
+    wall = sum(r["wall_seconds"] for r in timed)
     return {
         "shards": len(reports),
+        "records": dict(sorted(records.items())),
         "segments": sum(r["segments"] for r in reports),
         "encoded": sum(r["encoded"] for r in reports),
         "rejected": sum(r["rejected_count"] for r in reports),
         "rejects_by_reason": dict(sorted(rejects.items())),
-        "hours": audio / 3600,
+        "hours": sum(r["audio_seconds"] for r in reports) / 3600,
         "tokens": sum(r["tokens"] for r in reports),
+        "token_count_mismatches": sum(r["token_file"]["token_count_mismatches"] for r in reports),
         "encode_wall_seconds": wall,
-        "audio_seconds_per_wall_second": audio / wall if wall else 0.0,
-        "random_weights": any(r["codec"].get("random_weights") for r in reports),
+        "audio_seconds_per_wall_second": sum(r["audio_seconds"] for r in timed) / wall if wall else 0.0,
+        "random_weights": any(r["provenance"].get("random_weights") for r in reports),
         "audit": audit_totals(reports),
         "per_language": dict(sorted(groups["language"].items())),
         "per_dataset": dict(sorted(groups["dataset"].items())),
         "sft_rows_per_split": dict(splits),
-        "sft_excluded_by_reason": json.loads(excluded.read_text())["excluded_by_reason"] if excluded.exists() else {},
+        "sft_excluded_by_reason": dict(sorted(excluded.items())),
     }
 
 
@@ -72,3 +71,37 @@ def audit_totals(reports: list[dict[str, Any]]) -> AuditTotals:
         "token_agreement": matching / tokens if tokens else None,
         "shards_below_1": sorted(s for s, a in audits if a["token_agreement"] is not None and a["token_agreement"] < 1),
     }
+
+
+def dataset_index(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """``index.json``: every part of the dataset (shard, split, path, rows, bytes, sha256), sorted by path."""
+    parts = sorted(
+        ({"shard": r["shard"], "split": split, **part} for r in reports for split, part in r["sft"]["parts"].items()),
+        key=lambda p: p["path"],
+    )
+    return {"parts": parts}
+
+
+def dataset_card(reports: list[dict[str, Any]], stats: CorpusStats) -> str:
+    """The card's text: features, splits (rows, bytes, hours summed over the parts), codecs, exclusions, stats."""
+    splits: dict[str, dict[str, Any]] = {}
+    for r in reports:
+        for split, part in r["sft"]["parts"].items():
+            s = splits.setdefault(split, {"num_examples": 0, "num_bytes": 0, "hours": 0.0})
+            s["num_examples"] += part["rows"]
+            s["num_bytes"] += part["bytes"]
+            s["hours"] += part["hours"]
+    keys = ("codec_id", "revision", "weights_sha256", "random_weights", "seed")
+    codecs = sorted({json.dumps({k: r["provenance"].get(k) for k in keys}, sort_keys=True) for r in reports})
+    records = ", ".join(f"{n} {kind}" for kind, n in stats["records"].items())
+    stats_lines = [
+        f"Shards: {stats['shards']} ({records}). Segments: {stats['segments']} ({stats['encoded']} encoded, "
+        f"{stats['rejected']} rejected: {stats['rejects_by_reason'] or 'none'}). Hours: {stats['hours']:.3f}.",
+        "",
+        "| language | segments | hours |",
+        "|---|---|---|",
+        *(f"| {k} | {g['segments']} | {g['hours']:.3f} |" for k, g in stats["per_language"].items()),
+    ]
+    return card_text(
+        splits, [json.loads(c) for c in codecs], len(reports), stats["sft_excluded_by_reason"], stats_lines
+    )

@@ -86,3 +86,12 @@ def pick_device(requested: str) -> str:
     index = claim_gpu(ids)
     log.info("claimed GPU %s (cuda:%d of %d visible; lock in %s)", ids[index], index, count, lock_dir())
     return f"cuda:{index}"
+
+
+def device_name(device: str) -> str:
+    """What the shard's record says about where it was encoded: ``cuda:0 (NVIDIA H200)`` or ``cpu``."""
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device

@@ -1,4 +1,4 @@
-"""Encode one shard: ``audio.tar`` + the metadata's ids -> ``neucodec_tokens.parquet`` + a report.
+"""Encode one shard: ``audio.tar`` + the metadata's ids -> ``neucodec_tokens.parquet``, its report inside.
 
 Accounting rule: every FLAC member of the tar and every metadata id absent from the tar is one
 segment, and each ends either encoded or rejected with a reason, so that
@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pandas as pd
@@ -61,16 +61,17 @@ def encode_shard(
     decode_workers: int,
     reference: Callable[[np.ndarray], np.ndarray | None] | None = None,
     audit_segments: int = 0,
+    device: str = "",
 ) -> ShardReport:
     """Encode every valid segment of one shard; stream the tokens parquet (published atomically) with the encoder's
-    provenance in its key-value metadata.
+    provenance and this report in its key-value metadata: the token file is the shard's record.
 
     ``ids``: the metadata's segment ids (``read_metadata_ids``). With ``reference`` and ``audit_segments > 0``, a
     deterministic sample of segments is also encoded with the reference path and the agreement goes into the report
     (``reference`` returns None for a clip it could not encode: that clip is not audited).
     """
     start = time.perf_counter()
-    report = ShardReport(shard=shard, codec=encoder.provenance, encoder=encoder.name)
+    report = ShardReport(shard=shard, codec=encoder.provenance, encoder=encoder.name, device=device)
     report.segments_in_metadata = int(ids.nunique())
     counts = ids.value_counts()
     duplicated_meta = set(counts[counts > 1].index)
@@ -137,21 +138,24 @@ def encode_shard(
             report.downmixed += clip.source_channels > 1
             yield clip.segment_id, tokens
 
+    def settle() -> dict[str, Any]:
+        """The report, once every row is in: it goes into the token file's key-value metadata."""
+        for seg in sorted(known - seen):
+            rejects.append(Reject(seg, Reason.MISSING_FROM_TAR, "id in metadata.parquet, no FLAC member in audio.tar"))
+        report.rejected = rejects
+        if reference is not None and audit_segments > 0:
+            report.audit = audit
+            log.info("shard %s: audit of %d segments: token agreement %s", shard, audit.segments, audit.token_agreement)
+        report.wall_seconds = time.perf_counter() - start
+        return report.as_dict()
+
     try:
-        write_tokens(tokens_path, rows(), encoder.provenance)
-        nothing = False
+        write_tokens(tokens_path, rows(), encoder.provenance, report=settle)
     except NoRowsError:
-        nothing = True
-    for seg in sorted(known - seen):
-        rejects.append(Reject(seg, Reason.MISSING_FROM_TAR, "id in metadata.parquet, no FLAC member in audio.tar"))
-    report.rejected = rejects
-    for r in rejects:
-        log.warning("shard %s: segment %s rejected: %s %s", shard, r.segment_id, r.reason, r.detail)
-    if nothing:
+        settle()
         summary = dict(Counter(str(r.reason) for r in rejects)) or "no FLAC members and no metadata rows"
-        raise ShardError(shard, f"no segment could be encoded ({summary})")
-    if reference is not None and audit_segments > 0:
-        report.audit = audit
-        log.info("shard %s: audit of %d segments: token agreement %s", shard, audit.segments, audit.token_agreement)
-    report.wall_seconds = time.perf_counter() - start
+        raise ShardError(shard, f"no segment could be encoded ({summary})") from None
+    finally:
+        for r in rejects:
+            log.warning("shard %s: segment %s rejected: %s %s", shard, r.segment_id, r.reason, r.detail)
     return report

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -122,19 +123,17 @@ class Inventory:
         return self.info(bucket, key) is not None or self.is_dir(bucket, key)
 
     # Invalidation: called after the plugin wrote or deleted something.
-    def refresh(self, bucket: str, key: str, directory: bool) -> None:
-        """Re-read one object (HEAD) or one directory (LIST) after an upload."""
+    def refresh(self, bucket: str, key: str, directory: bool, size: int) -> None:
+        """After an upload: a directory is listed again (LIST); a file is recorded with its local size and this
+        machine's clock as its mtime, without a HEAD. Within the run, the uploads are compared with each other;
+        the next run lists the store's own times."""
         with self._lock:
-            objs = self._objs()
             self.forget(bucket, key)
             if directory:
                 for k, info in self._list(bucket, key):
                     self._add(bucket, k, info)
                 return
-            self.requests += 1
-            head = self.client.head_object(Bucket=bucket, Key=key)
-            self._add(bucket, key, ObjectInfo(int(head["ContentLength"]), head["LastModified"].timestamp()))
-            assert (bucket, key) in objs
+            self._add(bucket, key, ObjectInfo(size, time.time()))
 
     def forget(self, bucket: str, key: str) -> None:
         """Mark an object (and anything under it as a directory) as gone."""

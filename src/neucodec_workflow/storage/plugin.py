@@ -95,7 +95,8 @@ def _store_object(self: Any) -> None:
     _ORIGINAL["store_object"](self)
     inv = _covering(self)
     if inv is not None:
-        inv.refresh(self.bucket, self.key, directory=self.local_path().is_dir())
+        local = self.local_path()
+        inv.refresh(self.bucket, self.key, directory=local.is_dir(), size=0 if local.is_dir() else local.stat().st_size)
 
 
 def _remove(self: Any) -> None:

@@ -1,0 +1,20 @@
+"""Snakemake script for rules derive_shard and derive_batch_N: thin; the logic is neucodec_workflow.jobs.derive_job."""
+
+from neucodec_workflow.jobs import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
+
+from neucodec_workflow.jobs import derive_job  # noqa: E402
+
+shards = list(snakemake.params.shards)  # noqa: F821
+splits = list(snakemake.params.splits)  # noqa: F821
+parts = list(snakemake.output.parts)  # noqa: F821 (shard by shard, split by split)
+derive_job(
+    shards=shards,
+    tokens=list(snakemake.params.tokens),  # noqa: F821 (paths, or s3:// URLs read one at a time)
+    metadata=list(snakemake.params.metadata),  # noqa: F821
+    reports=list(snakemake.output.reports),  # noqa: F821
+    parts=[dict(zip(splits, parts[i * len(splits) : (i + 1) * len(splits)], strict=True)) for i in range(len(shards))],
+    columns=dict(snakemake.params.columns),  # noqa: F821
+    sft=dict(snakemake.params.sft),  # noqa: F821
+)

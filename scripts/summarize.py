@@ -1,0 +1,15 @@
+"""Snakemake script for rule summarize: thin; the logic is neucodec_workflow.jobs.summarize_job (dataset.stats)."""
+
+from neucodec_workflow.jobs import setup_logging
+
+setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
+
+from neucodec_workflow.jobs import summarize_job  # noqa: E402
+
+summarize_job(
+    local=list(snakemake.input.reports),  # noqa: F821 (a local copy, when this run made the report)
+    reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)
+    stats=snakemake.output.stats,  # noqa: F821
+    card=snakemake.output.card,  # noqa: F821
+    index=snakemake.output.index,  # noqa: F821
+)

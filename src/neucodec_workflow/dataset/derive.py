@@ -1,0 +1,174 @@
+"""What is derived from a shard's token file (the record) and its metadata: the shard's report and its parts of the
+SFT dataset. Cheap (no model, no audio), and re-made from the token file whenever it is missing or older.
+
+A token file written by this workflow carries the encode job's report in its key-value metadata: the derived report
+is that report plus what the dataset step found. A *foreign* token file (made by another tool: no provenance) is
+adopted as it is: its report says what can be known from the file and the metadata (rows, tokens, the
+``token_count == len(bytes) // 2`` invariant, which metadata ids have no tokens), and ``snakemake audit`` measures its
+agreement with the reference encoder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from neucodec_workflow.contract import (
+    PROVENANCE_KEY,
+    REPORT_KEY,
+    SCHEMA,
+    SECONDS_PER_TOKEN,
+    footer,
+    write_json,
+)
+from neucodec_workflow.dataset.sft import SftError, metadata_fields, part_path, shard_rows, speaker_split, write_part
+from neucodec_workflow.records import Reason, Reject
+
+log = logging.getLogger(__name__)
+
+Source = str | Path | BinaryIO
+
+# what kind of record a token file is
+WORKFLOW = "workflow"  # written by this workflow: provenance and the encode job's report inside
+FOREIGN = "foreign"  # written by another tool: the contract's columns only
+WITHOUT_REPORT = "workflow_without_report"  # written by this workflow before reports travelled inside (migrate.py)
+
+
+def _size(source: Source) -> int:
+    if isinstance(source, (str, Path)):
+        return Path(source).stat().st_size
+    return len(source.getbuffer()) if isinstance(source, io.BytesIO) else -1
+
+
+def read_token_file(shard: str, source: Source) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any] | None]:
+    """The rows, the provenance (empty when foreign) and the embedded encode report (None when there is none); a
+    file that is not a token file of the contract is an error naming the shard."""
+    try:
+        pf = pq.ParquetFile(source)
+        missing = [c for c in SCHEMA.names if c not in pf.schema_arrow.names]
+        if missing:
+            raise ValueError(f"missing the contract's columns {missing} (columns: {pf.schema_arrow.names})")
+        rows = pf.read(columns=SCHEMA.names).to_pandas()
+        meta = footer(source)
+    except Exception as exc:
+        raise SftError(f"shard {shard}: cannot read neucodec_tokens.parquet: {type(exc).__name__}: {exc}") from exc
+    provenance = json.loads(meta[PROVENANCE_KEY]) if PROVENANCE_KEY in meta else {}
+    report = json.loads(meta[REPORT_KEY]) if REPORT_KEY in meta else None
+    return rows, provenance, report
+
+
+def read_metadata(shard: str, source: Source, mapping: Mapping[str, Any]) -> pd.DataFrame:
+    try:
+        meta = pd.read_parquet(source)
+    except Exception as exc:
+        raise SftError(f"shard {shard}: cannot read metadata.parquet: {type(exc).__name__}: {exc}") from exc
+    return metadata_fields(shard, meta, dict(mapping))
+
+
+def adopted_accounting(shard: str, tokens: pd.DataFrame, fields: pd.DataFrame) -> dict[str, Any]:
+    """For a token file without an encode report: what the file and the metadata tell. Every segment (a metadata id
+    or a token row's id) is encoded (has a row) or rejected (a metadata id without a row: why is not recorded)."""
+    token_ids = set(tokens["segment_id"].astype(str))
+    meta_ids = set(fields["segment_id"].dropna().astype(str))
+    rejected = [
+        Reject(seg, Reason.NO_TOKENS, "the token file has no row for this metadata id").as_dict()
+        for seg in sorted(meta_ids - token_ids)
+    ]
+    n_tokens = int(tokens["token_count"].sum())
+    return {
+        "shard": shard,
+        "segments_in_metadata": len(meta_ids),
+        "segments_in_tar": None,  # not read: the tar is only opened by encode and audit jobs
+        "segments": len(meta_ids | token_ids),
+        "encoded": len(token_ids),
+        "rejected_count": len(rejected),
+        "rejects_by_reason": dict(Counter(r["reason"] for r in rejected)),
+        "rejected": rejected,
+        "audio_seconds": n_tokens * SECONDS_PER_TOKEN,
+        "tokens": n_tokens,
+        "wall_seconds": None,
+        "audio_seconds_per_wall_second": None,
+        "codec": {},
+        "encoder": "",
+        "device": "",
+        "audit": None,
+    }
+
+
+def group_totals(rows: pd.DataFrame, column: str) -> dict[str, dict[str, Any]]:
+    """Segments, tokens and hours of the dataset rows per language (or dataset); null is ``unknown``."""
+    keys = rows[column].astype("string").fillna("unknown")
+    out: dict[str, dict[str, Any]] = {}
+    for key, count in rows.groupby(keys, sort=True)["token_count"]:
+        n = int(count.sum())
+        out[str(key)] = {"segments": len(count), "tokens": n, "hours": n * SECONDS_PER_TOKEN / 3600}
+    return out
+
+
+def derive_shard(
+    shard: str,
+    tokens_source: Source,
+    metadata_source: Source,
+    mapping: Mapping[str, Any],
+    *,
+    report_path: str | Path,
+    parts: Mapping[str, str | Path],
+    validation_fraction: float,
+    rows_per_row_group: int,
+) -> dict[str, Any]:
+    """Write the shard's report (``report_path``) and its part of each split (``parts``: split -> where to write it;
+    zero rows is a valid part) from its token file and metadata; return the report. In the dataset (and its index)
+    a part lives at ``data/{split}/{shard}.parquet``."""
+    tokens, provenance, encoded = read_token_file(shard, tokens_source)
+    fields = read_metadata(shard, metadata_source, mapping)
+    if encoded is not None:
+        record, report = WORKFLOW, dict(encoded)
+    else:
+        record, report = (WITHOUT_REPORT if provenance else FOREIGN), adopted_accounting(shard, tokens, fields)
+        report["codec"] = provenance
+        log.warning("shard %s: %s token file (no encode report inside): adopted as it is", shard, record)
+    rows, excluded = shard_rows(shard, tokens, fields)
+    split_of = pd.Series(
+        [
+            speaker_split(d, s, i, validation_fraction)
+            for d, s, i in zip(rows["dataset"], rows["speaker"], rows["segment_id"], strict=True)
+        ],
+        index=rows.index,
+        dtype="string",
+    )
+    unknown = set(split_of) - set(parts)
+    if unknown:
+        raise SftError(f"shard {shard}: rows fall in splits {sorted(unknown)} that have no part ({sorted(parts)})")
+    written = {
+        split: {"path": part_path(split, shard), **write_part(path, rows[split_of == split], rows_per_row_group)}
+        for split, path in parts.items()
+    }
+    stored = tokens["neucodec_tokens"].map(len)
+    report.update(
+        record=record,
+        provenance=provenance,
+        token_file={
+            "rows": len(tokens),
+            "tokens": int(tokens["token_count"].sum()),
+            "bytes": _size(tokens_source),
+            "token_count_mismatches": int(((stored % 2 != 0) | (tokens["token_count"] != stored // 2)).sum()),
+        },
+        sft={
+            "rows_per_split": {split: p["rows"] for split, p in written.items()},
+            "parts": written,
+            "excluded_by_reason": dict(sorted(Counter(str(r.reason) for r in excluded).items())),
+            "excluded": [r.as_dict() for r in excluded],
+            "per_language": group_totals(rows, "language"),
+            "per_dataset": group_totals(rows, "dataset"),
+        },
+    )
+    write_json(report_path, report)
+    return report
