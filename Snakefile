@@ -27,3 +27,5 @@ rule all:
     default_target: True
     input:
         rules.summarize.output,
+        rerun_targets(),
+        rules.push_to_hub.output if config["sft"]["push_to_hub"] else [],

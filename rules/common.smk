@@ -101,6 +101,25 @@ DERIVE_BATCHES = derive_batches(
 )
 
 
+def rerun_targets():
+    """What the default target lists besides the summary. Snakemake does not re-make a deleted file whose consumers
+    are up to date, so: every report (retrieve=False: never downloaded), and a token file or dataset part that is
+    missing while its shard's report exists. Only missing ones: with S3, a listed file stays on local disk until
+    the run ends."""
+    targets = [r for s in SHARDS for r in derived_files(s, retrieve=False)["reports"]]
+    for s in SHARDS:
+        if _mtime(f"{OUTPUT}/{report_path(s)}") is None:
+            continue
+        if _mtime(shard_path(s, TOKENS)) is None:
+            targets.append(shard_file(s, TOKENS, retrieve=False))
+        targets += [
+            output_file(part_path(s, x), retrieve=False)
+            for x in SPLITS
+            if _mtime(f"{OUTPUT}/{part_path(s, x)}") is None
+        ]
+    return targets
+
+
 def encode_mem_mb(wildcards, attempt):
     """Host memory (MB) of a job that holds the model: the model, decoded audio, the token buffer; grows with the attempt."""
     return 16000 * attempt

@@ -1,9 +1,9 @@
 rule derive_shard:
     """A shard's report and its parts of the SFT dataset, from its token file (the record) and its metadata."""
     input:
-        # In S3: tracked, not downloaded; the job reads each object once.
-        tokens=shard_file("{shard}", TOKENS, retrieve=False),
-        metadata=shard_file("{shard}", METADATA, retrieve=False),
+        # In S3: tracked, not downloaded; the job reads each object once. Lists, as in derive_batch_N.
+        tokens=[shard_file("{shard}", TOKENS, retrieve=False)],
+        metadata=[shard_file("{shard}", METADATA, retrieve=False)],
     output:
         **derived_files("{shard}"),
     log:
@@ -69,3 +69,24 @@ rule summarize:
         reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
     script:
         "../scripts/summarize.py"
+
+
+if config["sft"]["push_to_hub"]:
+
+    rule push_to_hub:
+        """Push the dataset to the Hugging Face Hub (sft.push_to_hub): changed parts only, batched commits."""
+        input:
+            index=rules.summarize.output.index,
+            card=rules.summarize.output.card,
+        output:
+            receipt=output_file(f"hub/{config['sft']['push_to_hub']}.json"),
+        log:
+            f"{LOCAL}/logs/push_to_hub.log",
+        localrule: True
+        conda:
+            "../envs/dataset.yaml"
+        params:
+            repo=config["sft"]["push_to_hub"],
+            dataset=f"{OUTPUT}/{SFT}",
+        script:
+            "../scripts/push_to_hub.py"

@@ -85,7 +85,12 @@ def simple_shard(
 
 
 def run_snakemake(
-    workdir: Path, *args: str, config: dict[str, str] | None = None, check: bool = True, timeout: float = 900
+    workdir: Path,
+    *args: str,
+    config: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI on this repo's workflow with ``workdir`` as working directory."""
     cmd = [
@@ -108,8 +113,8 @@ def run_snakemake(
     ]
     if config:
         cmd += ["--config", *[f"{k}={v}" for k, v in config.items()]]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc

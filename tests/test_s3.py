@@ -157,11 +157,11 @@ def assert_tokens_valid(client: Any, key: str, seconds: float = 1.0) -> None:
     assert len(df) == 2 and (df["token_count"] == int(seconds * 50)).all()
 
 
-def assert_local_storage_bounded(probe: Path, client: Any, uploaded: list[str], input_bytes: int) -> None:
+def assert_local_storage_bounded(probe: Path, client: Any, uploaded: list[str], input_bytes: int) -> list[dict]:
     """Local disk of the storage plugin, from every transfer it made (recorded in the Snakemake process, so no peak
-    can be missed): no input was downloaded, exactly ``uploaded`` were uploaded, each alone in the local storage
-    prefix at its upload and removed right after it. Every byte there is a download or a job's output, and one encode
-    job runs at a time (threads 2 of --cores 2), so the local peak is at most the largest token file."""
+    can be missed): no input was downloaded, exactly ``uploaded`` were uploaded, each removed from local disk before
+    the run ended, and never more than two token files plus one other output at once (a token file stays until its
+    shard's derive job has read it; one encode job runs at a time)."""
     from neucodec_workflow.testing.storage_probe import read
 
     ops = read(probe)
@@ -170,16 +170,17 @@ def assert_local_storage_bounded(probe: Path, client: Any, uploaded: list[str], 
     stores = [o for o in ops if o["op"] == "store"]
     assert sorted(o["query"] for o in stores) == sorted(uploaded), ops
     for o in stores:
-        assert o["storage_files"] == {o["local"]: o["bytes"]}, f"more than the uploaded file on local disk: {o}"
         bucket_key = o["query"].removeprefix("s3://").split("/", 1)
         assert o["bytes"] == client.head_object(Bucket=bucket_key[0], Key=bucket_key[1])["ContentLength"]
         later = ops[ops.index(o) + 1 :]
-        removal = next((i for i, x in enumerate(later) if x["op"] == "remove_local" and x["local"] == o["local"]), None)
-        assert removal is not None, f"local copy of {o['query']} kept after its upload"
-        assert all(x["op"] != "store" for x in later[:removal]), "the next upload came before the removal"
+        if not o["query"].endswith(("stats.json", "README.md", "index.json")):  # the targets stay until the end
+            assert any(x["op"] == "remove_local" and x["local"] == o["local"] for x in later), f"{o['query']} kept"
+    tokens = sorted((o["bytes"] for o in stores if o["query"].endswith("neucodec_tokens.parquet")), reverse=True)
+    others = [o["bytes"] for o in stores if not o["query"].endswith("neucodec_tokens.parquet")]
     peak = max(o["storage_bytes"] for o in ops)
-    assert peak == max(o["bytes"] for o in stores), ops
+    assert peak <= sum(tokens[:2]) + max(others, default=0) + 64 * 1024, (peak, tokens, others)
     assert peak < input_bytes, (peak, input_bytes)  # the shard's inputs never touch local disk
+    return ops
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -237,25 +238,23 @@ def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.workflow
 def test_dry_run_requests_and_pending_list(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
-    """300 shards (tiny objects), 290 with tokens: a handful of LISTs, exactly the 10 pending shards."""
+    """300 shards (tiny objects), 290 with tokens and no other output anywhere: a handful of LISTs, exactly the 10
+    shards without tokens pending for encoding; the 290 others are only derived (3 batch jobs), never re-encoded."""
     prefix, n, pending = "dry", 300, set(range(0, 300, 30))
-    out = tmp_path / "out"
     for i in range(n):
         shard = f"part-{i // 100}/shard-{i:05d}"
         for name in ("audio.tar", "metadata.parquet") + (() if i in pending else ("neucodec_tokens.parquet",)):
             client.put_object(Bucket=BUCKET, Key=f"{prefix}/{shard}/{name}", Body=b"x")
-    time.sleep(1.1)  # reports strictly newer than the inputs' S3 timestamps
-    for i in set(range(n)) - pending:
-        report = out / "shards" / f"part-{i // 100}/shard-{i:05d}.json"
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text("{}")
     server.reset()
     t = time.perf_counter()
     r = run(snakemake_args(tmp_path, prefix, checkpoint, "-n"), s3_env(server.endpoint, tmp_path))
     wall = time.perf_counter() - t
     assert r.returncode == 0, r.stderr[-3000:]
     counts = server.counts()
-    assert sorted(PENDING.findall(r.stdout)) == sorted(f"part-{i // 100}/shard-{i:05d}" for i in pending)
+    assert set(PENDING.findall(r.stdout)) == {f"part-{i // 100}/shard-{i:05d}" for i in pending}
+    jobs = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", r.stdout, re.M)}
+    assert jobs["encode_shard"] == 10 and jobs["derive_shard"] == 10, jobs
+    assert sum(v for k, v in jobs.items() if k.startswith("derive_batch_")) == 3, jobs  # 290 shards, 100 per batch
     assert counts["total"] <= 5, counts  # 900-1,190 objects: 1-2 listing pages
     assert wall < 60
     assert_no_secret(tmp_path, r.stdout, r.stderr)
@@ -281,11 +280,12 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
     assert first["total"] <= 25 * 2, first  # 2 shards encoded (+1 failed)
     assert_local_storage_bounded(probe, client, [f"s3://{BUCKET}/{t}" for t in tokens[:2]], max(sizes))
     assert "shard fr/shard-2: cannot read audio.tar" in r.stdout + r.stderr
+    assert (tmp_path / "out/shards/en/shard-0.json").exists() and (tmp_path / "out/shards/en/shard-1.json").exists()
 
     server.reset()
     dry = run(snakemake_args(tmp_path, prefix, checkpoint, "-n"), env)
     assert dry.returncode == 0, dry.stderr[-3000:]
-    assert PENDING.findall(dry.stdout) == ["fr/shard-2"]
+    assert set(PENDING.findall(dry.stdout)) == {"fr/shard-2"}
     assert server.counts()["total"] <= 3
 
     put_shard(client, prefix, "fr/shard-2", seed=2)
@@ -294,7 +294,7 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
     r2 = run(snakemake_args(tmp_path, prefix, checkpoint, probe=probe), env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert re.search(r"^encode_shard\s+1$", r2.stdout + r2.stderr, re.M), "only the failed shard reruns"
-    assert server.counts()["total"] <= 25 + 10  # one shard + reading 3 shards for the SFT assembly
+    assert server.counts()["total"] <= 25 + 3  # one shard encoded (its metadata read again by its derive job)
     assert_tokens_valid(client, tokens[2])
     assert_local_storage_bounded(probe, client, [f"s3://{BUCKET}/{tokens[2]}"], max(sizes))
     assert (tmp_path / "out/sft_dataset/README.md").exists() and (tmp_path / "out/stats.json").exists()
@@ -302,7 +302,7 @@ def test_end_to_end_failure_rerun_requests_and_disk(server: Any, client: Any, ch
 
     client.delete_object(Bucket=BUCKET, Key=tokens[0])  # a deleted output is re-made, though its report exists
     dry2 = run(snakemake_args(tmp_path, prefix, checkpoint, "-n"), env)
-    assert dry2.returncode == 0 and PENDING.findall(dry2.stdout) == ["en/shard-0"], dry2.stdout[-3000:]
+    assert dry2.returncode == 0 and set(PENDING.findall(dry2.stdout)) == {"en/shard-0"}, dry2.stdout[-3000:]
     assert_no_secret(tmp_path, r.stdout, r.stderr, dry.stdout, r2.stdout, r2.stderr, client=client, prefix=prefix)
 
 

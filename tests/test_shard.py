@@ -1,5 +1,6 @@
 """One shard end to end in the package: dirty input, accounting, the output contract."""
 
+import json
 import os
 import threading
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import clip, float_wav_bytes, simple_shard
 
-from neucodec_workflow.contract import read_provenance
+from neucodec_workflow.contract import REPORT_KEY, footer, read_provenance, read_report
 from neucodec_workflow.engine.reference import ReferenceEncoder, reference_tokens
 from neucodec_workflow.records import Reason
 from neucodec_workflow.shard.audio import ShardError
@@ -28,7 +29,24 @@ def encode(name, shard_dir, codec, *, tar=None, out="out.parquet", max_seconds=6
         ReferenceEncoder(codec),
         max_seconds=max_seconds,
         decode_workers=2,
+        device="cpu",
     )
+
+
+TIMING = ("wall_seconds", "audio_seconds_per_wall_second")  # the only fields of a report that vary run to run
+
+
+def assert_report_inside(tokens_path, result):
+    """The token file carries the encode job's report (the record of the shard): the returned report, as JSON."""
+    embedded = read_report(tokens_path)
+    assert embedded is not None
+    expected = json.loads(json.dumps(result.as_dict()))
+    assert {k: v for k, v in embedded.items() if k not in TIMING} == {
+        k: v for k, v in expected.items() if k not in TIMING
+    }
+    assert set(embedded) == set(expected) and embedded["wall_seconds"] > 0
+    assert embedded["encoded"] + embedded["rejected_count"] == embedded["segments"]
+    return embedded
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +120,19 @@ def test_every_segment_is_accounted_for(encoded):
     assert d["tokens"] == 30 + 25 + 20 + 15 + 15
 
 
+def test_the_report_travels_inside_the_token_file(encoded):
+    report, out = encoded
+    embedded = assert_report_inside(out, report)
+    assert embedded["shard"] == "lang/shard-1" and embedded["device"] == "cpu" and embedded["encoder"] == report.encoder
+    assert embedded["codec"] == read_provenance(out) == report.codec
+    assert {(r["segment_id"], r["reason"]) for r in embedded["rejected"]} == {
+        (r.segment_id, str(r.reason)) for r in report.rejected
+    }
+    assert embedded["tokens"] == int(pd.read_parquet(out).token_count.sum())
+    assert embedded["audit"] is None  # no reference: no audit
+    assert REPORT_KEY in footer(out)
+
+
 def test_tokens_parquet_contract_and_reference_equality(encoded, dirty_shard, codec):
     report, out = encoded
     # the exact reading snippet from contracts.md
@@ -126,9 +157,18 @@ def test_tokens_parquet_contract_and_reference_equality(encoded, dirty_shard, co
     assert prov["random_weights"] is True and prov["semantic_layers"] == 16 and prov["versions"]["neucodec"] == "0.0.6"
 
 
-def test_shard_without_valid_segment_fails_naming_it(tmp_path, codec):
-    shard = write_shard(tmp_path / "s", [Member("a.flac", b"garbage")], pd.DataFrame({"segment_id": ["a"]}))
-    with pytest.raises(ShardError, match=r"shard bad/one: no segment could be encoded \(\{'decode_error': 1\}\)"):
+@pytest.mark.parametrize(
+    "members, ids, reasons",
+    [
+        ([Member("a.flac", b"garbage")], ["a"], r"\{'decode_error': 1\}"),
+        # every id settled only at the end (missing from the tar), next to a member that is no FLAC
+        ([Member("readme.txt", b"not audio")], ["a", "b"], r"\{'missing_from_tar': 2\}"),
+        ([Member("x.flac", b"garbage")], [], r"\{'not_in_metadata': 1\}"),
+    ],
+)
+def test_shard_without_valid_segment_fails_naming_it(tmp_path, codec, members, ids, reasons):
+    shard = write_shard(tmp_path / "s", members, pd.DataFrame({"segment_id": pd.Series(ids, dtype="string")}))
+    with pytest.raises(ShardError, match=rf"shard bad/one: no segment could be encoded \({reasons}\)"):
         encode("bad/one", shard, codec, out="neucodec_tokens.parquet")
     assert not (shard / "neucodec_tokens.parquet").exists()
     assert not list(shard.glob(".*tmp*"))
@@ -186,6 +226,8 @@ def test_tar_from_a_pipe(tmp_path, codec):
     writer.join()
     assert report.encoded == 3 and not report.rejected
     assert pd.read_parquet(shard / "out.parquet").segment_id.tolist() == [f"x_s5_{i:03d}" for i in range(3)]
+    embedded = assert_report_inside(shard / "out.parquet", report)
+    assert embedded["segments_in_tar"] == 3 and embedded["rejected"] == []
 
 
 class _OutOfMemoryModel(torch.nn.Module):
@@ -223,6 +265,8 @@ def test_inline_audit_skips_what_the_reference_cannot_hold(tmp_path, codec):
     )
     assert report.encoded == 2 and report.audit is not None and report.audit.segments == 0
     assert len(pd.read_parquet(shard / "out.parquet")) == 2
+    embedded = assert_report_inside(shard / "out.parquet", report)
+    assert embedded["audit"] == report.audit.as_dict() and embedded["audit"]["token_agreement"] is None
     broken = Codec(_OutOfMemoryModel(RuntimeError("shape mismatch")))  # any other failure is a bug: it surfaces
     with pytest.raises(RuntimeError, match="shape mismatch"):
         encode_shard(
@@ -236,3 +280,27 @@ def test_inline_audit_skips_what_the_reference_cannot_hold(tmp_path, codec):
             reference=audit_reference(broken),
             audit_segments=2,
         )
+    assert not (shard / "out2.parquet").exists()  # a failed job publishes no token file
+    assert not list(shard.glob(".*tmp*"))
+
+
+def test_inline_audit_travels_inside_the_token_file(tmp_path, codec):
+    from neucodec_workflow.engine.reference import audit_reference
+
+    shard = simple_shard(tmp_path, "x/s7", [0.3, 0.4, 0.2])
+    ids = read_metadata_ids("x/s7", shard / "metadata.parquet", "segment_id")
+    report = encode_shard(
+        "x/s7",
+        shard / "audio.tar",
+        ids,
+        shard / "out.parquet",
+        ReferenceEncoder(codec),
+        max_seconds=60,
+        decode_workers=1,
+        reference=audit_reference(codec),
+        audit_segments=3,
+    )
+    embedded = assert_report_inside(shard / "out.parquet", report)
+    assert embedded["audit"]["segments"] == report.audit.segments > 0
+    assert embedded["audit"]["tokens"] == report.audit.tokens > 0
+    assert embedded["audit"]["token_agreement"] == 1.0  # the same encoder on both paths

@@ -133,6 +133,7 @@ def derive_job(
     *,
     shards: list[str],
     tokens: list[str],
+    local_tokens: list[str],
     metadata: list[str],
     reports: list[str],
     parts: list[dict[str, str]],
@@ -141,6 +142,7 @@ def derive_job(
 ) -> None:
     """Rules derive_shard / derive_batch_N: each shard's report and dataset parts from its token file and metadata.
     ``tokens``/``metadata``: paths or s3:// URLs (each read once, into memory, while the previous shard is derived);
+    ``local_tokens``: where a token file made by this run is still on local disk (read instead of the object);
     ``reports``/``parts``: the job's output paths, shard by shard."""
     from neucodec_workflow.dataset.derive import derive_shard
     from neucodec_workflow.shard.audio import ordered_map
@@ -149,7 +151,7 @@ def derive_job(
     read = OneAtATime()
 
     def fetch(i: int) -> tuple[int, Any, Any]:
-        return i, read(tokens[i]), read(metadata[i])
+        return i, read(local_tokens[i] if os.path.exists(local_tokens[i]) else tokens[i]), read(metadata[i])
 
     for i, tokens_in, metadata_in in ordered_map(fetch, iter(range(len(shards))), 2, ahead=2):
         report = derive_shard(
@@ -207,3 +209,26 @@ def summarize_job(*, local: list[str], reports: list[str], stats: str, card: str
         summary["tokens"],
         summary["sft_rows_per_split"],
     )
+
+
+def push_job(*, repo_id: str, dataset: str, local_index: str, local_card: str, receipt: str) -> None:
+    """Rule push_to_hub: the dataset's parts (from its index) and card to a Hub dataset repo; unchanged parts are not
+    re-sent, commits are batched, a rerun resumes. ``dataset``: the dataset's root (a path or an s3:// URL); token
+    from HF_TOKEN (huggingface_hub reads it), endpoint from HF_ENDPOINT."""
+    import hashlib
+    import json
+
+    from neucodec_workflow.dataset.hub import HubFile, push_dataset
+    from neucodec_workflow.storage.s3 import is_s3
+    from neucodec_workflow.storage.streams import read_bytes
+
+    def read(source: str) -> bytes:
+        return read_bytes(source) if is_s3(source) else Path(source).read_bytes()
+
+    index = json.loads(Path(local_index).read_text())
+    card = Path(local_card).read_bytes()
+    files = [HubFile(p["path"], f"{dataset}/{p['path']}", p["sha256"], p["bytes"]) for p in index["parts"]]
+    files.append(HubFile("README.md", local_card, hashlib.sha256(card).hexdigest(), len(card)))
+    summary = push_dataset(repo_id, files, read)
+    write_json(receipt, summary)
+    log.info("pushed to the Hub: %s", summary)

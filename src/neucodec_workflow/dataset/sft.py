@@ -64,6 +64,8 @@ def speaker_split(dataset: str | None, speaker: str | None, segment_id: str, val
     """Deterministic split by speaker; rows without a speaker are split by segment id."""
     if validation_fraction <= 0:
         return "train"
+    speaker = None if speaker is None or pd.isna(speaker) or speaker == "" else speaker
+    dataset = None if dataset is None or pd.isna(dataset) else dataset
     key = f"{dataset}/{speaker}" if speaker else f"segment/{segment_id}"
     h = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
     return "validation" if h < validation_fraction else "train"
@@ -142,7 +144,9 @@ def shard_rows(shard: str, tokens: pd.DataFrame, fields: pd.DataFrame) -> tuple[
             "speaker": joined["speaker"].astype("string"),
             "dataset": joined["dataset"].astype("string"),
             "duration": duration.fillna(encoded_seconds),
-            "neucodec_tokens": [tokens_of(b) for b in joined["neucodec_tokens"]],
+            "neucodec_tokens": pd.Series(
+                [tokens_of(b) for b in joined["neucodec_tokens"]], index=joined.index, dtype=object
+            ),
             "token_count": joined["token_count"].astype("int32"),
             "shard": shard,
         }
@@ -157,8 +161,11 @@ def write_part(path: str | Path, rows: pd.DataFrame, rows_per_row_group: int) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = atomic_path(path)
     try:
-        table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
-        pq.write_table(table, tmp, row_group_size=rows_per_row_group, compression="zstd")
+        if len(rows):
+            table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
+            pq.write_table(table, tmp, row_group_size=rows_per_row_group, compression="zstd")
+        else:  # no row group at all: datasets' parquet reader takes a 0-row group's size as its batch size
+            pq.ParquetWriter(tmp, SCHEMA, compression="zstd").close()
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         size = tmp.stat().st_size
         os.replace(tmp, path)

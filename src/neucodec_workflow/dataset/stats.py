@@ -91,6 +91,7 @@ def dataset_card(reports: list[dict[str, Any]], stats: CorpusStats) -> str:
             s["num_examples"] += part["rows"]
             s["num_bytes"] += part["bytes"]
             s["hours"] += part["hours"]
+    splits = {n: s for n, s in splits.items() if s["num_examples"]}  # a split without rows would not load
     keys = ("codec_id", "revision", "weights_sha256", "random_weights", "seed")
     codecs = sorted({json.dumps({k: r["provenance"].get(k) for k in keys}, sort_keys=True) for r in reports})
     records = ", ".join(f"{n} {kind}" for kind, n in stats["records"].items())

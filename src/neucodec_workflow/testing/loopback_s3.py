@@ -114,10 +114,17 @@ def shard_bytes(
 
 
 def snakemake_s3_command(
-    repo: Path, workdir: Path, corpus: str, weights: str, *extra: str, probe: Path | None = None
+    repo: Path,
+    workdir: Path,
+    corpus: str,
+    weights: str,
+    *extra: str,
+    probe: Path | None = None,
+    output: str | None = None,
 ) -> list[str]:
-    """The real Snakemake CLI on ``repo``'s workflow for an S3 ``corpus``, run in ``workdir`` (output there), on the
-    CPU, with this interpreter. With ``probe``, its storage transfers are recorded there (``storage_probe``)."""
+    """The real Snakemake CLI on ``repo``'s workflow for an S3 ``corpus``, run in ``workdir`` (output there, or at
+    ``output``: a path or an s3:// URL), on the CPU, with this interpreter. With ``probe``, its storage transfers are
+    recorded there (``storage_probe``)."""
     cli = ["-m", "snakemake"] if probe is None else ["-m", "neucodec_workflow.testing.storage_probe", str(probe)]
     return [
         sys.executable,
@@ -132,7 +139,7 @@ def snakemake_s3_command(
         "2",
         "--config",
         f"corpus={corpus}",
-        f"output={workdir / 'out'}",
+        f"output={output or workdir / 'out'}",
         f"codec={{'weights': '{weights}', 'device': 'cpu'}}",
         *extra,
     ]
