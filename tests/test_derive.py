@@ -13,7 +13,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datasets.exceptions import DatasetGenerationError
 
 from neucodec_workflow.contract import (
     PROVENANCE_KEY,

@@ -29,8 +29,9 @@ ENVS = {"encode": REPO / "envs" / "encode.yaml", "dataset": REPO / "envs" / "dat
 RULES = {
     "encode_shard": "encode",
     "audit_shard": "encode",
-    "assemble_sft": "dataset",
-    "corpus_stats": "dataset",
+    "derive_shard": "dataset",
+    "summarize": "dataset",
+    "push_to_hub": "dataset",
 }
 # Where the envs are built: markers of Requires-Dist are evaluated for this platform (that of requirements.txt).
 TARGET = {"python_version": "3.11", "platform_system": "Linux", "sys_platform": "linux", "platform_machine": "x86_64"}
@@ -77,8 +78,8 @@ def rule_files() -> dict[str, dict[str, str]]:
     """rule -> {'conda': path, 'script': path}, read from rules/*.smk (paths relative to the repo)."""
     rules = {}
     for smk in sorted((REPO / "rules").glob("*.smk")):
-        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M)[1:]:
-            name = re.match(r"rule (\w+):", block)[1]
+        for block in re.split(r"^(?=[ \t]*rule \w+:)", smk.read_text(), flags=re.M)[1:]:  # also inside an `if`
+            name = re.match(r"\s*rule (\w+):", block)[1]
             found = {k: re.search(rf"^\s+{k}:\s*\n\s+\"([^\"]+)\"", block, re.M) for k in ("conda", "script")}
             rules[name] = {k: str((smk.parent / m[1]).resolve().relative_to(REPO)) for k, m in found.items() if m}
     return rules

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,8 +145,10 @@ def derive_job(
     ``tokens``/``metadata``: paths or s3:// URLs (each read once, into memory, while the previous shard is derived);
     ``local_tokens``: where a token file made by this run is still on local disk (read instead of the object);
     ``reports``/``parts``: the job's output paths, shard by shard."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from neucodec_workflow.dataset.derive import derive_shard
-    from neucodec_workflow.shard.audio import ordered_map
     from neucodec_workflow.storage.streams import OneAtATime
 
     read = OneAtATime()
@@ -153,7 +156,18 @@ def derive_job(
     def fetch(i: int) -> tuple[int, Any, Any]:
         return i, read(local_tokens[i] if os.path.exists(local_tokens[i]) else tokens[i]), read(metadata[i])
 
-    for i, tokens_in, metadata_in in ordered_map(fetch, iter(range(len(shards))), 2, ahead=2):
+    def fetched() -> Iterator[tuple[int, Any, Any]]:
+        """Each shard's files, read while the one before is derived (two shards in memory at most)."""
+        with ThreadPoolExecutor(1) as pool:
+            ahead: deque[Future[tuple[int, Any, Any]]] = deque()
+            for i in range(len(shards)):
+                ahead.append(pool.submit(fetch, i))
+                if len(ahead) > 1:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+
+    for i, tokens_in, metadata_in in fetched():
         report = derive_shard(
             shards[i],
             tokens_in,
