@@ -83,6 +83,21 @@ def derived_files(shard, retrieve=True):
     }
 
 
+def _size(path):
+    if s3.is_s3(path):
+        info = S3_INVENTORY.info(*s3.split_url(path))
+        return info.size if info else 0
+    return os.stat(path).st_size if os.path.exists(path) else 0
+
+
+def local_copy(path):
+    """Where the storage plugin keeps its local copy of an s3:// file (present when this run made it); a local path
+    as it is. A retrieve=False input reaches a job as its URL, so jobs are given this path to look for first."""
+    if not s3.is_s3(path):
+        return path
+    return str(get_flag_value(storage.s3(path), "storage_object").local_path())
+
+
 def _mtime(path):
     """Modification time of a local path or an s3:// object (from the run's listing); None when missing."""
     if s3.is_s3(path):
@@ -98,6 +113,7 @@ DERIVE_BATCHES = derive_batches(
     _mtime,
     inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
     outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{part_path(s, x)}" for x in SPLITS)],
+    nbytes=lambda s: _size(shard_path(s, TOKENS)),
 )
 
 

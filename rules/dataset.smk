@@ -14,6 +14,7 @@ rule derive_shard:
     params:
         shards=lambda wildcards: [wildcards.shard],
         tokens=lambda wildcards: [shard_path(wildcards.shard, TOKENS)],
+        local_tokens=lambda wildcards: [local_copy(shard_path(wildcards.shard, TOKENS))],
         metadata=lambda wildcards: [shard_path(wildcards.shard, METADATA)],
         splits=SPLITS,
         columns=config["columns"],
@@ -43,6 +44,7 @@ for i, batch in enumerate(DERIVE_BATCHES):
         params:
             shards=batch,
             tokens=[shard_path(s, TOKENS) for s in batch],
+            local_tokens=[local_copy(shard_path(s, TOKENS)) for s in batch],
             metadata=[shard_path(s, METADATA) for s in batch],
             splits=SPLITS,
             columns=config["columns"],
@@ -67,6 +69,7 @@ rule summarize:
         "../envs/dataset.yaml"
     params:
         reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
+        local_reports=[local_copy(f"{OUTPUT}/{report_path(s)}") for s in SHARDS],
     script:
         "../scripts/summarize.py"
 

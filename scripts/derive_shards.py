@@ -12,7 +12,7 @@ parts = list(snakemake.output.parts)  # noqa: F821 (shard by shard, split by spl
 derive_job(
     shards=shards,
     tokens=list(snakemake.params.tokens),  # noqa: F821 (paths, or s3:// URLs read one at a time)
-    local_tokens=list(snakemake.input.tokens),  # noqa: F821 (the local copy, when this run made the token file)
+    local_tokens=list(snakemake.params.local_tokens),  # noqa: F821 (the local copy, when this run made the token file)
     metadata=list(snakemake.params.metadata),  # noqa: F821
     reports=list(snakemake.output.reports),  # noqa: F821
     parts=[dict(zip(splits, parts[i * len(splits) : (i + 1) * len(splits)], strict=True)) for i in range(len(shards))],

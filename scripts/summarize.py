@@ -7,7 +7,7 @@ setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 from neucodec_workflow.jobs import summarize_job  # noqa: E402
 
 summarize_job(
-    local=list(snakemake.input.reports),  # noqa: F821 (a local copy, when this run made the report)
+    local=list(snakemake.params.local_reports),  # noqa: F821 (a local copy, when this run made the report)
     reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)
     stats=snakemake.output.stats,  # noqa: F821
     card=snakemake.output.card,  # noqa: F821

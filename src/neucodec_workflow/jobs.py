@@ -204,7 +204,7 @@ def summarize_job(*, local: list[str], reports: list[str], stats: str, card: str
         data = read(path if os.path.exists(path) else source)
         return json.loads(Path(data).read_text() if isinstance(data, str) else data.read())
 
-    with ThreadPoolExecutor(16) as pool:
+    with ThreadPoolExecutor(8) as pool:  # boto3 keeps 10 connections per client
         loaded = list(pool.map(load, zip(local, reports, strict=True)))
     summary = corpus_stats(loaded)
     write_json(stats, summary)
