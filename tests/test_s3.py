@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 import os
 import re
 import signal
@@ -367,6 +368,75 @@ def test_sigkill_mid_encode_then_rerun(server: Any, client: Any, checkpoint: Pat
         assert_tokens_valid(client, f"{prefix}/{s}/neucodec_tokens.parquet", 2.0)
     assert not [k for k in keys(client, prefix) if ".tmp-" in k], "a temporary file was uploaded"
     assert_no_secret(tmp_path, output, r.stdout, r.stderr, client=client, prefix=prefix)
+
+
+def put_foreign_shard(client: Any, prefix: str, shard: str, rows: int, seed: int) -> None:
+    """A shard encoded elsewhere: a token file with the contract's columns only (no key-value metadata), its
+    metadata, and a placeholder tar (never read: the shard is not encoded again)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from neucodec_workflow.contract import SCHEMA
+
+    rng = np.random.default_rng(seed)
+    ids = [f"{shard.replace('/', '_')}_{i}" for i in range(rows)]
+    blobs = [rng.integers(0, 65536, 20 + i, dtype="<u2").tobytes() for i in range(rows)]
+    buf = io.BytesIO()
+    pq.write_table(pa.table([ids, blobs, [len(b) // 2 for b in blobs]], schema=SCHEMA.with_metadata(None)), buf)
+    meta = pd.DataFrame({"segment_id": ids, "text": [f"text {i}" for i in range(rows)], "speaker": "s"})
+    mbuf = io.BytesIO()
+    meta.to_parquet(mbuf)
+    for name, body in (
+        ("audio.tar", b"x"),
+        ("metadata.parquet", mbuf.getvalue()),
+        ("neucodec_tokens.parquet", buf.getvalue()),
+    ):
+        client.put_object(Bucket=BUCKET, Key=f"{prefix}/{shard}/{name}", Body=body)
+
+
+@pytest.mark.workflow
+def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
+    """output: s3://... over shards encoded elsewhere: no encode job; reports, per-shard parts, card, index and stats
+    are objects; at most 4 requests per shard plus a constant; nothing left on local disk; a deleted report is
+    re-derived (that shard only)."""
+    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+
+    prefix, shards = "adopt", ["a/shard-0", "a/shard-1", "b/shard-2"]
+    for i, shard in enumerate(shards):
+        put_foreign_shard(client, f"{prefix}/corpus", shard, rows=3, seed=i)
+    env = s3_env(server.endpoint, tmp_path)
+    out = f"s3://{BUCKET}/{prefix}/out"
+
+    def cmd(*extra: str) -> list[str]:
+        return snakemake_s3_command(
+            REPO, tmp_path, f"s3://{BUCKET}/{prefix}/corpus", str(checkpoint), *extra, output=out
+        )
+
+    server.reset()
+    r = run(cmd(), env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = server.counts()
+    assert not re.search(r"^encode_shard\s+\d", r.stdout + r.stderr, re.M) and re.search(
+        r"^derive_batch_0\s+1$", r.stdout + r.stderr, re.M
+    )
+    assert counts["total"] <= 4 * len(shards) + 8, counts  # GET tokens, GET metadata, PUT report, PUT part
+    present = set(keys(client, f"{prefix}/out"))
+    for shard in shards:
+        assert f"{prefix}/out/shards/{shard}.json" in present
+        part = client.get_object(Bucket=BUCKET, Key=f"{prefix}/out/sft_dataset/data/train/{shard}.parquet")["Body"]
+        assert len(pd.read_parquet(io.BytesIO(part.read()))) == 3
+    for name in ("stats.json", "sft_dataset/README.md", "sft_dataset/index.json"):
+        assert f"{prefix}/out/{name}" in present
+    stats = json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/out/stats.json")["Body"].read())
+    assert stats["records"] == {"foreign": 3} and stats["sft_rows_per_split"] == {"train": 9}
+    assert not list((tmp_path / ".snakemake/storage").rglob("*.parquet")), "local copies of parts left behind"
+
+    client.delete_object(Bucket=BUCKET, Key=f"{prefix}/out/shards/a/shard-1.json")
+    dry = run(cmd("-n"), env)
+    assert dry.returncode == 0 and not re.search(r"^encode_shard\s+\d", dry.stdout, re.M), dry.stdout[-3000:]
+    assert re.search(r"^derive_batch_0\s+1$", dry.stdout, re.M), dry.stdout[-3000:]
+    assert_no_secret(tmp_path, r.stdout, r.stderr, client=client, prefix=prefix)
 
 
 def test_read_ahead_resumes_after_a_broken_connection() -> None:
