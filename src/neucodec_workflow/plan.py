@@ -1,7 +1,7 @@
 """Which shards' derived outputs (report, dataset parts) are made in batches: the shards whose token file exists and
 whose derived outputs are missing or older than it (or than the metadata). Adopting a corpus of 5,000 encoded shards
 is then ~50 jobs, not 5,000: Snakemake's scheduler costs time per ready job per round (5,000 one-shard jobs: 384 s of
-scheduling alone, 1,000: 19 s; docs/record.md) and each job is a Python start-up. Batches are also bounded in bytes,
+scheduling alone, 1,000: 19 s; benchmarks/results/record.md) and each job is a Python start-up. Batches are also bounded in bytes,
 since a batch's outputs sit on local disk until the job ends. Shards encoded in this run get one derive job each,
 right after their encode job."""
 
