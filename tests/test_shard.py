@@ -18,7 +18,9 @@ from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
 from neucodec_workflow.testing.synth import Member, flac_bytes, write_shard
 
 
-def encode(name, shard_dir, codec, *, tar=None, out="out.parquet", max_seconds=60.0):
+def encode(
+    name, shard_dir, codec, *, tar=None, out="out.parquet", max_seconds=60.0, decode_workers=2, reference=None, audit=0
+):
     """encode_shard as the job calls it: the metadata's ids read once, then the tar (a path or a stream)."""
     ids = read_metadata_ids(name, shard_dir / "metadata.parquet", ["segment_id"])
     return encode_shard(
@@ -28,7 +30,9 @@ def encode(name, shard_dir, codec, *, tar=None, out="out.parquet", max_seconds=6
         shard_dir / out,
         ReferenceEncoder(codec),
         max_seconds=max_seconds,
-        decode_workers=2,
+        decode_workers=decode_workers,
+        reference=reference,
+        audit_segments=audit,
         device="cpu",
     )
 
@@ -248,38 +252,17 @@ def test_inline_audit_skips_what_the_reference_cannot_hold(tmp_path, codec):
     from neucodec_workflow.engine.reference import audit_reference
 
     shard = simple_shard(tmp_path, "x/s6", [0.3, 0.4])
-    ids = read_metadata_ids("x/s6", shard / "metadata.parquet", "segment_id")
     oom = Codec(
         _OutOfMemoryModel(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"))
     )
-    report = encode_shard(
-        "x/s6",
-        shard / "audio.tar",
-        ids,
-        shard / "out.parquet",
-        ReferenceEncoder(codec),
-        max_seconds=60,
-        decode_workers=1,
-        reference=audit_reference(oom),
-        audit_segments=2,
-    )
+    report = encode("x/s6", shard, codec, out="out.parquet", decode_workers=1, reference=audit_reference(oom), audit=2)
     assert report.encoded == 2 and report.audit is not None and report.audit.segments == 0
     assert len(pd.read_parquet(shard / "out.parquet")) == 2
     embedded = assert_report_inside(shard / "out.parquet", report)
     assert embedded["audit"] == report.audit.as_dict() and embedded["audit"]["token_agreement"] is None
     broken = Codec(_OutOfMemoryModel(RuntimeError("shape mismatch")))  # any other failure is a bug: it surfaces
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        encode_shard(
-            "x/s6",
-            shard / "audio.tar",
-            ids,
-            shard / "out2.parquet",
-            ReferenceEncoder(codec),
-            max_seconds=60,
-            decode_workers=1,
-            reference=audit_reference(broken),
-            audit_segments=2,
-        )
+        encode("x/s6", shard, codec, out="out2.parquet", decode_workers=1, reference=audit_reference(broken), audit=2)
     assert not (shard / "out2.parquet").exists()  # a failed job publishes no token file
     assert not list(shard.glob(".*tmp*"))
 
@@ -288,17 +271,8 @@ def test_inline_audit_travels_inside_the_token_file(tmp_path, codec):
     from neucodec_workflow.engine.reference import audit_reference
 
     shard = simple_shard(tmp_path, "x/s7", [0.3, 0.4, 0.2])
-    ids = read_metadata_ids("x/s7", shard / "metadata.parquet", "segment_id")
-    report = encode_shard(
-        "x/s7",
-        shard / "audio.tar",
-        ids,
-        shard / "out.parquet",
-        ReferenceEncoder(codec),
-        max_seconds=60,
-        decode_workers=1,
-        reference=audit_reference(codec),
-        audit_segments=3,
+    report = encode(
+        "x/s7", shard, codec, out="out.parquet", decode_workers=1, reference=audit_reference(codec), audit=3
     )
     embedded = assert_report_inside(shard / "out.parquet", report)
     assert embedded["audit"]["segments"] == report.audit.segments > 0

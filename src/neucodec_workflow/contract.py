@@ -108,17 +108,21 @@ def footer(source: str | Path | BinaryIO) -> dict[bytes, bytes]:
     return pq.ParquetFile(source).metadata.metadata or {}
 
 
+def records_of(meta: dict[bytes, bytes]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """From a token file's ``footer``: the provenance (empty for a foreign file) and the encode job's report (None
+    for a foreign one, or one written before reports travelled inside the file)."""
+    provenance = json.loads(meta[PROVENANCE_KEY]) if PROVENANCE_KEY in meta else {}
+    return provenance, json.loads(meta[REPORT_KEY]) if REPORT_KEY in meta else None
+
+
 def read_provenance(source: str | Path | BinaryIO) -> dict[str, Any]:
     """How the tokens were made; empty for a foreign token file."""
-    meta = footer(source)
-    return json.loads(meta[PROVENANCE_KEY]) if PROVENANCE_KEY in meta else {}
+    return records_of(footer(source))[0]
 
 
 def read_report(source: str | Path | BinaryIO) -> dict[str, Any] | None:
-    """The encode job's report stored in the token file; None for a foreign one (or one written before reports
-    travelled inside the file)."""
-    meta = footer(source)
-    return json.loads(meta[REPORT_KEY]) if REPORT_KEY in meta else None
+    """The encode job's report stored in the token file; None when there is none."""
+    return records_of(footer(source))[1]
 
 
 def tokens_of(blob: bytes) -> np.ndarray:

@@ -11,7 +11,6 @@ agreement with the reference encoder.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -21,14 +20,7 @@ from typing import Any, BinaryIO
 import pandas as pd
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import (
-    PROVENANCE_KEY,
-    REPORT_KEY,
-    SCHEMA,
-    SECONDS_PER_TOKEN,
-    footer,
-    write_json,
-)
+from neucodec_workflow.contract import SCHEMA, SECONDS_PER_TOKEN, footer, records_of, write_json
 from neucodec_workflow.dataset.sft import SftError, metadata_fields, part_path, shard_rows, speaker_split, write_part
 from neucodec_workflow.records import Reason, Reject
 
@@ -60,9 +52,7 @@ def read_token_file(shard: str, source: Source) -> tuple[pd.DataFrame, dict[str,
         meta = footer(source)
     except Exception as exc:
         raise SftError(f"shard {shard}: cannot read neucodec_tokens.parquet: {type(exc).__name__}: {exc}") from exc
-    provenance = json.loads(meta[PROVENANCE_KEY]) if PROVENANCE_KEY in meta else {}
-    report = json.loads(meta[REPORT_KEY]) if REPORT_KEY in meta else None
-    return rows, provenance, report
+    return rows, *records_of(meta)
 
 
 def read_metadata(shard: str, source: Source, mapping: Mapping[str, Any]) -> pd.DataFrame:
@@ -151,7 +141,7 @@ def derive_shard(
         split: {"path": part_path(split, shard), **write_part(path, rows[split_of == split], rows_per_row_group)}
         for split, path in parts.items()
     }
-    stored = tokens["neucodec_tokens"].map(len)
+    by_reason = Counter(str(r.reason) for r in excluded)
     report.update(
         record=record,
         provenance=provenance,
@@ -159,12 +149,13 @@ def derive_shard(
             "rows": len(tokens),
             "tokens": int(tokens["token_count"].sum()),
             "bytes": _size(tokens_source),
-            "token_count_mismatches": int(((stored % 2 != 0) | (tokens["token_count"] != stored // 2)).sum()),
+            # shard_rows checks every row for this first: each mismatch is one exclusion with this reason
+            "token_count_mismatches": by_reason[str(Reason.TOKEN_COUNT_MISMATCH)],
         },
         sft={
             "rows_per_split": {split: p["rows"] for split, p in written.items()},
             "parts": written,
-            "excluded_by_reason": dict(sorted(Counter(str(r.reason) for r in excluded).items())),
+            "excluded_by_reason": dict(sorted(by_reason.items())),
             "excluded": [r.as_dict() for r in excluded],
             "per_language": group_totals(rows, "language"),
             "per_dataset": group_totals(rows, "dataset"),
