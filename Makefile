@@ -5,6 +5,8 @@
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
 # make test-workflow : the tests that run Snakemake itself (local, S3, SLURM), and the slow unit tests
 # make bench      : setup + the encoder benchmark
+# make gpu-wheels : the wheels a bare GPU machine lacks (CPython 3.12, manylinux x86_64) into .whl/
+# make gpu-check  : the one-call GPU check (benchmarks/gpu_check.sh) with this machine's device
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WEIGHTS ?= random
@@ -13,7 +15,7 @@ STAMP := $(VENV)/.installed
 PY_SOURCES := src tests scripts benchmarks
 FAST := not workflow and not slurm and not slow
 
-.PHONY: setup espeak demo test lint test-fast test-workflow bench clean-demo
+.PHONY: setup espeak demo test lint test-fast test-workflow bench gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -56,6 +58,13 @@ test-workflow: setup
 
 bench: setup
 	$(PY) benchmarks/encoder.py $(BENCH_ARGS)
+
+gpu-wheels: setup
+	$(PY) benchmarks/gpu_wheels.py --dest .whl
+
+# On a GPU machine with .whl/ beside the repo and no .venv, run the script directly: bash benchmarks/gpu_check.sh
+gpu-check: setup
+	GPU_CHECK_INSTALL=0 PYTHON=$(PY) bash benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean-demo:
 	rm -rf demo/ .snakemake/

@@ -54,14 +54,14 @@ def keep_freed_memory() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31))
 
 
-def synthetic_shard(root: Path, segments: int, seed: int) -> Path:
+def synthetic_shard(root: Path, segments: int, seed: int, longest: float = 20.0) -> Path:
     """Realistic segment lengths (2-20 s), speech-like, at the rates real corpora come in."""
     rng = np.random.default_rng(seed)
     rates = [16_000, 22_050, 24_000, 44_100, 48_000]
     members, ids = [], []
     for i in range(segments):
         sr = int(rng.choice(rates))
-        audio = speech_like(float(rng.uniform(2, 20)), sr, rng)
+        audio = speech_like(float(rng.uniform(2, max(2.0, longest))), sr, rng)
         members.append(Member(f"seg{i:05d}.flac", flac_bytes(audio, sr)))
         ids.append(f"seg{i:05d}")
     return write_shard(root / "bench-shard", members, pd.DataFrame({"segment_id": ids, "text": ids}))
@@ -94,6 +94,7 @@ def main() -> int:
     ap.add_argument("--batch-seconds", type=float, default=None, help="default: 60 on CPU, 600 on GPU")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--longest", type=float, default=20.0, help="segment lengths are 2..LONGEST s (default 20)")
     ap.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator as it is (both paths)")
     args = ap.parse_args()
     allocator = "glibc default" if args.default_malloc or not keep_freed_memory() else "glibc, freed blocks kept"
@@ -109,7 +110,7 @@ def main() -> int:
     codec = load_codec(args.weights, seed=args.seed, device=device)
     load_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        shard = synthetic_shard(Path(tmp), segments, args.seed)
+        shard = synthetic_shard(Path(tmp), segments, args.seed, args.longest)
         with open(shard / "audio.tar", "rb") as f:
             clips = [decode_member(m.removesuffix(".flac"), m, d, 1e9) for m, d in iter_flac_members(f)]
         audio_s = sum(c.seconds for c in clips)

@@ -8,7 +8,15 @@ only across clips of identical padded length, channels-last with fused activatio
 (``acoustic.py``), SemanticEncoder / fc_prior / quantizer per clip. No TF32, no chunking.
 
 fast (opt-in): TF32 matmuls and bf16 autocast for w2v-bert and CodecEnc; ``fc_prior`` and the
-quantizer stay fp32. It changes tokens: its agreement with exact mode is measured (audit, bench).
+quantizer stay fp32. Everything runs batched: CodecEnc and the SemanticEncoder over the batch padded
+to its longest clip (the last few frames of shorter clips see the padding), fc_prior and the
+quantizer over all frames at once. It changes tokens: its agreement with exact mode is measured (audit,
+bench).
+
+The hot loop never waits for the device inside a batch: feature lengths are computed on the host, a
+batch's audio goes to the device in one copy from pinned memory, its tokens come back in one copy, and
+batch k+1 is queued on the device before the host waits for batch k's tokens. The next window of clips
+is gathered (decoded) on a thread while this one encodes.
 
 Batches are length-sorted within a window of clips and sized by ``batch_seconds`` of padded audio.
 A clip that runs out of memory in a batch is retried alone; if it fails alone it is returned as an
@@ -19,7 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict
+import queue
+import threading
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +41,7 @@ import torch.nn.functional as F
 from neucodec_workflow.contract import HOP, SAMPLE_RATE
 from neucodec_workflow.engine.acoustic import AcousticEncoder
 from neucodec_workflow.engine.codec import Codec
-from neucodec_workflow.engine.fbank import TorchFbank
+from neucodec_workflow.engine.fbank import TorchFbank, feature_frames
 from neucodec_workflow.engine.numerics import numerics
 from neucodec_workflow.engine.reference import check_token_count, is_oom
 from neucodec_workflow.engine.semantic import SemanticModel
@@ -85,32 +95,57 @@ class Engine:
 
     # -- the model, batched ---------------------------------------------------------------
 
-    def _encode_batch(self, clips: list[Clip]) -> list[np.ndarray]:
-        dev = self.device
-        waves = [torch.from_numpy(c.audio).to(dev, non_blocking=True) for c in clips]
-        waves = [F.pad(w, (0, HOP - w.shape[-1] % HOP)) for w in waves]  # as encode_code: 1..320 samples
+    def _to_device(self, clips: list[Clip]) -> list[torch.Tensor]:
+        """The clips, each zero-padded by 1..320 samples as ``encode_code`` pads, in one host-to-device copy (from
+        pinned memory on a GPU): views of one device buffer."""
+        padded = [len(c.audio) + HOP - len(c.audio) % HOP for c in clips]
+        gpu = self.device.type == "cuda"
+        host = torch.zeros(sum(padded), dtype=torch.float32, pin_memory=gpu)
+        offset = 0
+        for clip, n in zip(clips, padded, strict=True):
+            host[offset : offset + len(clip.audio)] = torch.from_numpy(clip.audio)
+            offset += n
+        flat = host.to(self.device, non_blocking=True)
+        return list(flat.split(padded))
+
+    def _encode_batch(self, clips: list[Clip]) -> _Pending:
+        """Queue one batch on the device; its tokens are read by ``_Pending.tokens`` (the one wait per batch)."""
+        waves = self._to_device(clips)
+        n_feat = [feature_frames(len(w)) for w in waves]  # on the host: no device round trip
         feats, mask = self.fbank.batch(waves)
-        n_feat = mask.sum(1).tolist()
+        fast = self.config.mode == "fast"
         with self._autocast():
             hidden = self.w2v(feats, mask if len(clips) > 1 else None)
-            semantic = [self.sem(hidden[i : i + 1, : n_feat[i]].transpose(1, 2)) for i in range(len(clips))]
-            acoustic: dict[int, torch.Tensor] = {}
-            by_len: dict[int, list[int]] = defaultdict(list)
-            for i, w in enumerate(waves):
-                by_len[w.shape[-1]].append(i)
-            for idx in by_len.values():  # CNN only across identical lengths: no padding enters it
-                out = self.acoustic(torch.stack([waves[i] for i in idx])[:, None, :])
-                for j, i in enumerate(idx):
-                    acoustic[i] = out[j : j + 1].transpose(1, 2)
-        tokens = []
-        for i in range(len(clips)):
-            a, s = acoustic[i].float(), semantic[i].float()
+            if fast:  # the whole batch at once, over the padding
+                semantic = self.sem(hidden.transpose(1, 2))
+                acoustic = self.acoustic(_padded_stack(waves)[:, None, :]).transpose(1, 2)
+                sem_i = [semantic[i : i + 1, :, : n_feat[i]] for i in range(len(clips))]
+                aco_i = [acoustic[i : i + 1, :, : len(w) // HOP] for i, w in enumerate(waves)]
+            else:
+                sem_i = [self.sem(hidden[i : i + 1, : n_feat[i]].transpose(1, 2)) for i in range(len(clips))]
+                aco_i = self._acoustic_per_length(waves)
+        embs = []
+        for a, s in zip(aco_i, sem_i, strict=True):
             n = min(a.shape[-1], s.shape[-1])
-            emb = torch.cat([s[:, :, :n], a[:, :, :n]], dim=1)
-            emb = self.fc_prior(emb.transpose(1, 2))  # fp32 outside autocast
-            _, codes = self.quantizer(emb)
-            tokens.append(codes[0, :, 0].to("cpu", torch.int64).numpy().astype("<u2"))
-        return tokens
+            embs.append(torch.cat([s[:, :, :n].float(), a[:, :, :n].float()], dim=1).transpose(1, 2))
+        if fast:
+            _, codes = self.quantizer(self.fc_prior(torch.cat(embs, dim=1)))  # fp32 outside autocast
+            flat = codes[0, :, 0]
+        else:
+            flat = torch.cat([self.quantizer(self.fc_prior(e))[1][0, :, 0] for e in embs])
+        return _Pending(clips, [e.shape[1] for e in embs], flat)
+
+    def _acoustic_per_length(self, waves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """CodecEnc batched only across clips of identical length: no padding enters it."""
+        out: list[torch.Tensor | None] = [None] * len(waves)
+        by_len: dict[int, list[int]] = defaultdict(list)
+        for i, w in enumerate(waves):
+            by_len[w.shape[-1]].append(i)
+        for idx in by_len.values():
+            result = self.acoustic(torch.stack([waves[i] for i in idx])[:, None, :])
+            for j, i in enumerate(idx):
+                out[i] = result[j : j + 1].transpose(1, 2)
+        return [a for a in out if a is not None]
 
     def _batches(self, clips: list[Clip]) -> Iterator[list[Clip]]:
         """Length-sorted batches whose padded size stays within ``batch_seconds`` and whose shortest
@@ -126,10 +161,12 @@ class Engine:
         if batch:
             yield batch
 
-    def _run(self, batch: list[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
+    def _launch(self, batch: list[Clip]) -> Iterator[_Pending | tuple[Clip, Exception]]:
+        """Queue ``batch``; on running out of memory retry it clip by clip, and give back the clips that never fit
+        as errors."""
         try:
             with numerics(self.config.mode), torch.inference_mode():  # scoped: never held across a yield
-                results = self._encode_batch(batch)
+                pending = self._encode_batch(batch)
         except (RuntimeError, MemoryError) as exc:
             if not is_oom(exc):
                 raise
@@ -143,25 +180,112 @@ class Engine:
                 return
             log.warning("out of memory on a batch of %d; retrying one by one", len(batch))
             for clip in batch:
-                yield from self._run([clip])
+                yield from self._launch([clip])
             return
-        for clip, tokens in zip(batch, results, strict=True):
-            yield clip, check_token_count(clip, tokens)
+        yield pending
 
     def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
-        window: list[Clip] = []
-        for clip in clips:
-            window.append(clip)
-            if len(window) >= self.config.window_clips:
-                yield from self._window(window)
-                window = []
-        if window:
+        for window in _prefetched(_windows(clips, self.config.window_clips)):
             yield from self._window(window)
 
     def _window(self, window: list[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
         done: dict[int, tuple[Clip, np.ndarray | Exception]] = {}
+        queued: deque[_Pending] = deque()
+
+        def collect(pending: _Pending) -> None:
+            for clip, tokens in zip(pending.clips, pending.tokens(), strict=True):
+                done[id(clip)] = (clip, check_token_count(clip, tokens))
+
         for batch in self._batches(window):
-            for clip, result in self._run(batch):
-                done[id(clip)] = (clip, result)
+            for item in self._launch(batch):
+                if isinstance(item, _Pending):
+                    queued.append(item)
+                else:
+                    done[id(item[0])] = item
+            while len(queued) > 1:  # batch k+1 is queued before the host waits for batch k
+                collect(queued.popleft())
+        while queued:
+            collect(queued.popleft())
         for clip in window:  # back in tar order
             yield done[id(clip)]
+
+
+class _Pending:
+    """A batch queued on the device: its codes, one flat tensor, copied to (pinned) host memory without waiting."""
+
+    def __init__(self, clips: list[Clip], lengths: list[int], codes: torch.Tensor):
+        self.clips, self.lengths = clips, lengths
+        codes = codes.to(torch.int32)
+        if codes.is_cuda:
+            self.host = torch.empty(codes.shape, dtype=torch.int32, pin_memory=True)
+            self.host.copy_(codes, non_blocking=True)
+            self.ready: torch.cuda.Event | None = torch.cuda.Event()
+            self.ready.record()
+        else:
+            self.host, self.ready = codes, None
+
+    def tokens(self) -> list[np.ndarray]:
+        if self.ready is not None:
+            self.ready.synchronize()
+        flat = self.host.numpy().astype("<u2")
+        return np.split(flat, np.cumsum(self.lengths)[:-1])
+
+
+def _padded_stack(waves: list[torch.Tensor]) -> torch.Tensor:
+    longest = max(len(w) for w in waves)
+    return torch.stack([F.pad(w, (0, longest - len(w))) for w in waves])
+
+
+def _windows(clips: Iterable[Clip], size: int) -> Iterator[list[Clip]]:
+    window: list[Clip] = []
+    for clip in clips:
+        window.append(clip)
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
+_END = object()
+
+
+def _prefetched(windows: Iterator[list[Clip]]) -> Iterator[list[Clip]]:
+    """The windows, the next one gathered on a thread (its clips decoded) while the caller encodes this one.
+
+    An exception while gathering (a broken tar) is raised here, in the caller's thread. If the caller stops early,
+    the thread stops after the window it is gathering and the source is closed."""
+    ready: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def gather() -> None:
+        try:
+            for window in windows:
+                if not put(window):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the caller's thread
+            put(exc)
+
+    thread = threading.Thread(target=gather, name="window-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(windows, "close", None)
+        if close is not None:
+            close()

@@ -15,6 +15,12 @@ FRAME, HOP, NFFT, STRIDE = 400, 160, 512, 2
 MEL_FLOOR = 1.192092955078125e-07
 
 
+def feature_frames(samples: int) -> int:
+    """How many feature vectors ``TorchFbank.one`` makes of ``samples`` samples, without computing them."""
+    frames = max(0, (samples - FRAME) // HOP + 1)
+    return frames // STRIDE
+
+
 class TorchFbank:
     def __init__(self, device: torch.device | str):
         from transformers.audio_utils import mel_filter_bank, window_function
