@@ -125,3 +125,39 @@ def test_exact_mode_without_native_kernels_equals_encode_code(codec, monkeypatch
     finally:
         monkeypatch.undo()
         kernels._library.cache_clear()
+
+
+TRITON_CHECK = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_kernels import stock_activation
+from neucodec_workflow.engine.kernels.snake_aa_triton import snake_aa
+worst = 0.0
+for batch, channels, length, scale in [(1, 3, 1, 3), (2, 2, 2, 3), (1, 3, 7, 3), (2, 2, 600, 3), (1, 2, 300, 3000)]:
+    act, params = stock_activation(channels, seed=length)
+    x = scale * torch.randn(batch, channels, length)
+    with torch.inference_mode():
+        stock, fused = act(x), snake_aa(x, *params)
+    assert fused.shape == stock.shape and fused.dtype == torch.float32
+    err = (fused - stock).abs().max().item() / (stock.abs().max().item() + 1.0)
+    assert err <= 1e-6, (batch, channels, length, scale, err)
+    worst = max(worst, err)
+print("worst relative error", worst)
+"""
+
+
+@pytest.mark.slow
+def test_triton_activation_matches_stock_through_the_interpreter():
+    """The CUDA kernel's arithmetic, run on the CPU by Triton's interpreter (no GPU here): float ulps from stock,
+    borders included. tests/test_gpu.py checks the tokens on a device."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    code = TRITON_CHECK.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "worst relative error" in proc.stdout

@@ -61,6 +61,7 @@ class EngineConfig:
     mode: Mode
     batch_seconds: float  # padded audio seconds per w2v-bert batch
     window_clips: int = 256  # clips gathered and length-sorted before batching
+    kernels: str = "auto"  # CodecEnc's activations: auto | native-cpu | triton | torch (acoustic.py)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -79,8 +80,8 @@ class Engine:
         m = codec.model
         self.sem, self.fc_prior, self.quantizer = m.SemanticEncoder_module, m.fc_prior, m.generator.quantizer
         self.w2v = SemanticModel(m.semantic_model)
-        self.acoustic = AcousticEncoder(m.CodecEnc, self.device)
-        self.kernels = "native-cpu" if self.acoustic.native else "torch"
+        self.acoustic = AcousticEncoder(m.CodecEnc, self.device, config.kernels)
+        self.kernels = self.acoustic.kernels
 
     @property
     def provenance(self) -> dict[str, Any]:

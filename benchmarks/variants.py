@@ -1,0 +1,97 @@
+"""Engine variants side by side on one device, against one reference: speed and token agreement per variant.
+
+    python benchmarks/variants.py [--device auto|cpu|cuda] [--segments N] [--longest S] [--variants a,b,..]
+
+Loads the model once, decodes a synthetic shard (``encoder.synthetic_shard``), computes the reference tokens once
+(``encode_code`` on the 16-layer model, strict fp32: the tokens every path must agree with), then runs each
+variant on the decoded clips after a warm-up (engine only: no tar, no parquet). Variants are
+``MODE:KERNELS[:BATCH_SECONDS]``, e.g. ``exact:torch``, ``exact:triton``, ``fast:triton``, ``exact:torch:1`` (batch
+size one: tells batching effects from kernel effects). One JSON line per variant, then a summary line (last).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from encoder import sync, synthetic_shard  # noqa: E402
+
+from neucodec_workflow.engine.codec import load_codec  # noqa: E402
+from neucodec_workflow.engine.device import pick_device  # noqa: E402
+from neucodec_workflow.engine.engine import Engine, EngineConfig  # noqa: E402
+from neucodec_workflow.engine.reference import reference_tokens  # noqa: E402
+from neucodec_workflow.shard.audio import decode_member, iter_flac_members  # noqa: E402
+
+DEFAULT = "exact:torch,exact:triton,fast:torch,fast:triton,exact:torch:1"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--segments", type=int, default=120)
+    ap.add_argument("--longest", type=float, default=20.0)
+    ap.add_argument("--variants", default=DEFAULT)
+    args = ap.parse_args()
+    device = pick_device(args.device)
+    gpu = device.startswith("cuda")
+    t0 = time.perf_counter()
+    codec = load_codec("random", device=device)
+    load_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = synthetic_shard(Path(tmp), args.segments, seed=3, longest=args.longest)
+        with open(shard / "audio.tar", "rb") as f:
+            clips = [decode_member(m.removesuffix(".flac"), m, d, 1e9) for m, d in iter_flac_members(f)]
+    audio_s = sum(c.seconds for c in clips)
+    t0 = time.perf_counter()
+    refs = {c.segment_id: reference_tokens(codec, c.audio) for c in clips}
+    sync(device)
+    ref_s = time.perf_counter() - t0
+    name = torch.cuda.get_device_name() if gpu else "cpu"
+    print(json.dumps({"variant": "reference", "device": name, "x_realtime": round(audio_s / ref_s, 1)}), flush=True)
+    summary = {"step": "variants", "device": name, "segments": len(clips), "audio_seconds": round(audio_s, 1)}
+    summary.update(model_load_seconds=round(load_s, 1), reference_x_realtime=round(audio_s / ref_s, 1))
+    for spec in args.variants.split(","):
+        mode, kernels, *rest = spec.split(":")
+        batch_seconds = float(rest[0]) if rest else (600.0 if gpu else 60.0)
+        try:
+            engine = Engine(codec, EngineConfig(mode, batch_seconds, kernels=kernels))  # type: ignore[arg-type]
+            list(engine.encode(clips[:8]))  # warm-up: kernels compiled, allocator, cuDNN plans
+            sync(device)
+            t0 = time.perf_counter()
+            out = list(engine.encode(clips))
+            sync(device)
+            wall = time.perf_counter() - t0
+        except Exception as exc:  # one broken variant must not hide the others' numbers
+            print(json.dumps({"variant": spec, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)
+            summary[spec] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
+            continue
+        match = total = clips_equal = 0
+        for clip, tokens in out:
+            ref = refs[clip.segment_id]
+            same = int((np.asarray(tokens).astype(np.int64) == ref.astype(np.int64)).sum())
+            match, total, clips_equal = match + same, total + len(ref), clips_equal + (same == len(ref))
+        line = {
+            "variant": spec,
+            "kernels": engine.kernels,
+            "wall_seconds": round(wall, 3),
+            "x_realtime": round(audio_s / wall, 1),
+            "token_agreement": round(match / total, 6),
+            "tokens_differing": total - match,
+            "clips_identical": f"{clips_equal}/{len(out)}",
+        }
+        print(json.dumps(line), flush=True)
+        summary[spec] = {k: line[k] for k in ("x_realtime", "token_agreement", "tokens_differing", "kernels")}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
