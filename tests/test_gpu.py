@@ -1,5 +1,11 @@
-"""On a CUDA device: exact mode equals ``encode_code`` on the same device token for token (strict fp32 on both
-paths), the hot loop does not wait for the device per clip, and fast mode's agreement is measured.
+"""On a CUDA device: exact mode against ``encode_code`` on the same device (strict fp32 on both paths), the hot
+loop does not wait for the device per clip, and fast mode's agreement is measured.
+
+Exact mode is bit-identical to ``encode_code`` on CPUs. On a GPU it is not, at the level of one token in 20,000:
+measured on an H200 (benchmarks/results/encoder.md), 3 of 64,555 tokens differed in batches and 4 with batch size
+one, the same with the stock activations and the Triton kernel, so neither batching nor the kernel is the cause
+(candidates: the fbank on the device against the stock numpy extractor, the attention kernel). The tests here
+therefore require every token on these clips and at least 0.9999 on the benchmark's, and record what they saw.
 
 Skipped without a GPU. ``benchmarks/gpu_check.sh`` runs these first on a GPU machine; with ``NEUCODEC_GPU_RESULTS``
 set, the measured numbers are appended to that file as JSON lines.
@@ -69,6 +75,7 @@ def test_exact_mode_on_gpu_equals_encode_code_on_gpu(gpu_codec, lengths_mix, bat
     assert [c.segment_id for c, _ in out] == [c.segment_id for c in clips]
     match, total = agreement(out, refs)
     record(mode="exact", batch_seconds=batch_seconds, tokens=total, matching=match, agreement=match / total)
+    assert match / total >= 0.9999, f"exact mode on the GPU: {total - match} of {total} tokens differ"
     for (clip, tokens), ref in zip(out, refs, strict=True):
         np.testing.assert_array_equal(tokens, ref, err_msg=f"{clip.segment_id} ({clip.seconds:.2f} s)")
 
@@ -99,7 +106,8 @@ def test_a_batch_is_queued_without_waiting_for_the_device(gpu_codec, mode):
                     pending = engine._encode_batch(clips[:n])
                 finally:
                     torch.cuda.set_sync_debug_mode("default")
-            syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+            # (the first use also warns that the debug mode is a prototype: not a synchronisation)
+            syncs = [str(w.message).splitlines()[0] for w in caught if "called a synchronizing" in str(w.message)]
             counts[n], first = len(syncs), first or syncs[:3]
             pending.tokens()
     record(mode=mode, syncs_while_queueing={str(k): v for k, v in counts.items()}, first=first)

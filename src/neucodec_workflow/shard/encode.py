@@ -8,6 +8,7 @@ segment, and each ends either encoded or rejected with a reason, so that
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from neucodec_workflow.contract import SAMPLE_RATE, NoRowsError, candidates, pick_column, write_tokens
+from neucodec_workflow.progress import Progress, Tick
 from neucodec_workflow.records import Audit, Clip, Encoder, Reason, Reject, ShardReport
 from neucodec_workflow.shard.audio import (
     ShardError,
@@ -118,6 +120,7 @@ def encode_shard(
 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for clip, tokens in encoder.encode(clips()):
+            time.sleep(float(os.environ.get("NEUCODEC_TEST_SLOW_CLIP_SECONDS") or 0))  # tests: kills land mid-encode
             if isinstance(tokens, Exception):
                 rejects.append(
                     Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member)
@@ -149,8 +152,15 @@ def encode_shard(
         report.wall_seconds = time.perf_counter() - start
         return report.as_dict()
 
+    def tick() -> Tick:
+        """For the progress lines: segments settled / known so far (the metadata's ids, or the tar's members once
+        more of them were read), audio encoded."""
+        done = report.encoded + len(rejects)
+        return Tick(done, max(len(known), report.segments_in_tar, done), report.audio_seconds)
+
     try:
-        write_tokens(tokens_path, rows(), encoder.provenance, report=settle)
+        with Progress(f"shard {shard}", tick):
+            write_tokens(tokens_path, rows(), encoder.provenance, report=settle)
     except NoRowsError:
         settle()
         summary = dict(Counter(str(r.reason) for r in rejects)) or "no FLAC members and no metadata rows"

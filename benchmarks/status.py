@@ -1,0 +1,253 @@
+"""``neucodec-workflow status`` at corpus scale: requests and wall time of a cold look, a refresh, and a refresh after
+new token files.
+
+    .venv/bin/python benchmarks/status.py                  # --shards 5000, S3 and local
+    .venv/bin/python benchmarks/status.py --shards 500 --only s3
+
+Corpus (benchmarks/record.py's layout, ``part-NN/shard-NNNNN``): 80 % of the shards with a token file written by the
+workflow (``contract.write_tokens``: 30 rows in 15 row groups, provenance, and a report as ``encode_shard`` makes it:
+rejects with details, an audit, device), 18 % foreign token files (record.py's ``foreign_shard``), 2 % pending (no
+token file), one of them failed (its encode log ends with the job's failure line). In S3: a counting moto server on
+127.0.0.1 (fake keys), ``s3://status-bench/corpus``; locally: a temporary directory. Each look is the installed
+console command ``neucodec-workflow status --json`` in a new process (start-up, imports and config included), from a
+working directory of its own (its footer cache in ``.snakemake/``):
+
+1. cold: no footer cache (every token file's footer is read: one ranged GET each in S3);
+2. refresh: nothing changed;
+3. refresh after ``--new`` pending shards got their token file.
+
+A markdown report on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from record import foreign_shard, shard_name  # benchmarks/record.py, beside this script
+from s3_requests import env_for
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "status-bench"
+DEVICES = ["cuda:0 (NVIDIA H200)", "cuda:1 (NVIDIA H200)", "cuda:0 (NVIDIA A100-SXM4-80GB)"]
+
+
+def kind(i: int) -> str:
+    """workflow (80 %), foreign (18 %), pending (2 %: every 50th shard)."""
+    if i % 50 == 7:
+        return "pending"
+    return "foreign" if i % 5 == 3 else "workflow"
+
+
+def workflow_tokens(i: int) -> bytes:
+    """A token file as the encode job writes it: provenance, 15 row groups, the report in the key-value metadata."""
+    import numpy as np
+
+    from neucodec_workflow.contract import write_tokens
+    from neucodec_workflow.records import Audit, Reason, Reject, ShardReport
+
+    rng = np.random.default_rng(i)
+    rows = [(f"seg{i:05d}_{j:03d}", rng.integers(0, 1 << 16, 200, dtype=np.uint16)) for j in range(30)]
+    report = ShardReport(shard=shard_name(i), segments_in_metadata=32, segments_in_tar=31, encoded=30)
+    report.rejected = [
+        Reject(f"seg{i:05d}_{j:03d}", Reason.DECODE_ERROR, "LibsndfileError: Error : unknown", f"a/{j}.flac")
+        for j in range(30, 32)
+    ] + [Reject(f"seg{i:05d}_x", Reason.MISSING_FROM_TAR, "id in metadata.parquet, no FLAC member in audio.tar")]
+    report.audio_seconds = 100_000.0  # ~27.8 h, the seed corpus' mean shard
+    report.tokens = int(report.audio_seconds * 50)
+    report.wall_seconds = 2500.0 + i % 100
+    report.device = DEVICES[i % len(DEVICES)]
+    report.codec = {"codec_id": "neuphonic/neucodec", "random_weights": False, "mode": "exact"}
+    report.audit = Audit()
+    for j in range(4):
+        report.audit.add(f"seg{i:05d}_{j:03d}", rows[j][1], rows[j][1])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "t.parquet"
+        write_tokens(path, rows, report.codec, report=report.as_dict, rows_per_group=2)
+        return path.read_bytes()
+
+
+def shard_files(i: int) -> dict[str, bytes]:
+    files = foreign_shard(i)  # metadata.parquet, a 1 KiB tar, a foreign token file
+    k = kind(i)
+    if k == "pending":
+        del files["neucodec_tokens.parquet"]
+    elif k == "workflow":
+        files["neucodec_tokens.parquet"] = workflow_tokens(i)
+    return files
+
+
+def failed_log(work: Path, shard: str) -> None:
+    """The failed shard's encode log, written by the job's own logging (jobs.setup_logging) in a process of its own."""
+    path = work / "local" / "logs" / "encode" / f"{shard}.log"
+    prog = (
+        "import sys; from neucodec_workflow.jobs import setup_logging; setup_logging(sys.argv[1])\n"
+        "from neucodec_workflow.shard.audio import ShardError; raise ShardError(sys.argv[2], 'cannot read audio.tar')"
+    )
+    subprocess.run([sys.executable, "-c", prog, str(path), shard], capture_output=True, timeout=120)
+    os.utime(path, (time.time() - 3600, time.time() - 3600))  # an hour ago: not running
+
+
+def look(work: Path, corpus: str, env: dict[str, str], server: Any = None) -> dict[str, Any]:
+    """One ``neucodec-workflow status --json`` in a new process; its wall time, its JSON and the requests it sent."""
+    exe = Path(sys.executable).with_name("neucodec-workflow")
+    cmd = [str(exe), "status", "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config/config.yaml")]
+    cmd += ["--config", f"corpus={corpus}", "output=s3://status-bench/out", "local_dir=local", "--json"]
+    if server is not None:
+        server.reset()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode:
+        raise SystemExit(f"status failed ({proc.returncode}): {proc.stderr[-3000:]}")
+    out = json.loads(proc.stdout)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime  # the command's own CPU, not moto's
+    requests = server.counts() if server is not None else None
+    return {"wall_s": wall, "cpu_s": cpu, "status": out, "requests": requests, "stderr": proc.stderr.splitlines()}
+
+
+def expected(n: int, new: int) -> dict[str, int]:
+    kinds = [kind(i) for i in range(n)]
+    return {
+        "shards": n,
+        "done": n - kinds.count("pending") + new,
+        "pending": kinds.count("pending") - 1 - new,
+        "failed": 1,
+        "foreign": kinds.count("foreign"),
+    }
+
+
+def scenario(
+    name: str, n: int, new: list[int], put: Any, corpus: str, env: dict[str, str], work: Path, server: Any = None
+) -> list[dict[str, Any]]:
+    pending = [i for i in range(n) if kind(i) == "pending"]
+    failed_log(work, shard_name(pending[0]))
+    rows = []
+    for what, added in (("1. cold (no footer cache)", 0), ("2. refresh, nothing changed", 0), ("3. refresh", len(new))):
+        if added:
+            for i in new:
+                put(i, "neucodec_tokens.parquet", workflow_tokens(i))
+            what = f"3. refresh after {added} new token files"
+        r = look(work, corpus, env, server)
+        want = expected(n, added)
+        got = {k: r["status"][k] for k in want}
+        rows.append({"where": name, "what": what, **r, "check": got == want, "got": got, "want": want})
+        print(f"[{name} {what}: {r['wall_s']:.1f} s]", file=sys.stderr)
+    return rows
+
+
+def run_s3(n: int, new: int, tmp: Path) -> list[dict[str, Any]]:
+    from neucodec_workflow.storage.s3 import S3Settings
+    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+
+    with LoopbackS3() as server:
+        client = S3Settings(endpoint_url=server.endpoint, access_key="AKIABENCH", secret_key="bench-secret").client()
+        client.create_bucket(Bucket=BUCKET)
+
+        def put(i: int, name: str, body: bytes) -> None:
+            client.put_object(Bucket=BUCKET, Key=f"corpus/{shard_name(i)}/{name}", Body=body)
+
+        def put_shard(i: int) -> None:
+            files = shard_files(i)
+            for name in ("audio.tar", "metadata.parquet", "neucodec_tokens.parquet"):  # token file last: newest
+                if name in files:
+                    put(i, name, files[name])
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put_shard, range(n)))
+        print(f"[S3 corpus of {n} shards uploaded in {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+        time.sleep(1.1)  # S3 times have a resolution of 1 s: new token files must be newer than their tars
+        pending = [i for i in range(n) if kind(i) == "pending"]
+        work = tmp / "s3"
+        work.mkdir()
+        return scenario(
+            "S3", n, pending[1 : 1 + new], put, f"s3://{BUCKET}/corpus", env_for(server.endpoint), work, server
+        )
+
+
+def run_local(n: int, new: int, tmp: Path) -> list[dict[str, Any]]:
+    root = tmp / "local-corpus"
+
+    def put(i: int, name: str, body: bytes) -> None:
+        path = root / shard_name(i) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: [put(i, k, v) for k, v in shard_files(i).items()], range(n)))
+    print(f"[local corpus of {n} shards written in {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+    time.sleep(0.1)
+    pending = [i for i in range(n) if kind(i) == "pending"]
+    work = tmp / "local"
+    work.mkdir()
+    return scenario("local", n, pending[1 : 1 + new], put, str(root), dict(os.environ), work)
+
+
+def report(rows: list[dict[str, Any]], argv: list[str]) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
+    print(
+        f"# neucodec-workflow status at scale ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
+        f"{platform.python_implementation()} {platform.python_version()}, commit {commit.stdout.strip()})\n"
+    )
+    print(f"`.venv/bin/python {' '.join(['benchmarks/status.py', *argv])}`\n")
+    print(
+        "| corpus | look | wall s (whole command) | of it in status() | CPU s of the command | requests | LIST "
+        "| footer GETs | footers read | cached | counts as expected |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    for r in rows:
+        c, req = r["status"]["cost"], r["requests"]
+        total = req["total"] if req else "-"
+        print(
+            f"| {r['where']} | {r['what']} | {r['wall_s']:.1f} | {c['seconds']:.1f} | {r['cpu_s']:.1f} | {total} "
+            f"| {c['list_requests']} "
+            f"| {c['footer_requests']} | {c['footers_read']} | {c['footers_cached']} | {r['check']} {r['got']} |"
+        )
+    noise = {f"{r['where']} {r['what'][:2]}": len(r["stderr"]) for r in rows}
+    print(f"\nLines the command wrote on stderr: {noise}")
+    loads = os.getloadavg()
+    print(f"\nLoad average at the end: {loads[0]:.1f} {loads[1]:.1f} {loads[2]:.1f} (other work stretches wall times)")
+    last = rows[-1]["status"]
+    print("\nThe last look's status (human view of the same object):\n\n```")
+    from neucodec_workflow.status import render
+
+    print(render(last))
+    print("```")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--shards", type=int, default=5000)
+    ap.add_argument("--new", type=int, default=10, help="pending shards that get a token file before look 3")
+    ap.add_argument("--only", choices=["s3", "local"], nargs="*", default=["s3", "local"])
+    opts = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if not Path(sys.executable).with_name("neucodec-workflow").exists():
+        raise SystemExit("neucodec-workflow is not installed beside this interpreter: pip install --no-deps -e .")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="status-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        if "s3" in opts.only:
+            rows += run_s3(opts.shards, opts.new, tmp)
+        if "local" in opts.only:
+            rows += run_local(opts.shards, opts.new, tmp)
+    report(rows, argv)
+    return 0 if all(r["check"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,613 @@
+"""``neucodec-workflow status``: where a run over a corpus stands, without running Snakemake (docs/watching.md).
+
+Run from the repo root, it reads the workflow's config the way Snakemake does (``config/config.yaml``, then each
+``--configfile``, then ``--config KEY=VALUE``; validated against ``config/config.schema.yaml``, defaults filled in),
+lists the corpus once (the workflow's own shard discovery and, for ``s3://``, its ``Inventory``) and reads the footer
+of each token file (the record: provenance and the encode job's report, ``contract.records_of``). A shard is
+
+* **done**: its token file exists and is not older than its ``audio.tar`` / ``metadata.parquet`` (Snakemake's rule);
+* **failed**: not done, and its encode job's log ends with the job's failure line, or the newest Snakemake log
+  reports an error in its ``encode_shard`` job while its job log is quiet;
+* **pending**: neither (``running`` among them: its job log was written in the last 10 minutes).
+
+Footers are cached in ``.snakemake/neucodec_workflow/status_footers.json`` (key: the token file, checked against its
+size and modification time), so a refresh reads only the footers of token files that are new or changed: at 5,000
+S3 shards a refresh is the listing's ~15 LIST requests (benchmarks/results/status.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from neucodec_workflow.contract import METADATA, SECONDS_PER_TOKEN, TAR, TOKENS, records_of, write_text
+from neucodec_workflow.dataset.derive import FOREIGN, WITHOUT_REPORT, WORKFLOW
+from neucodec_workflow.dataset.stats import audit_totals
+from neucodec_workflow.plan import stale
+from neucodec_workflow.storage.discovery import ShardListError, shard_list
+from neucodec_workflow.storage.inventory import Inventory, ObjectInfo
+from neucodec_workflow.storage.s3 import S3Error, S3Settings, is_s3, split_url
+
+CONFIG = "config/config.yaml"  # the Snakefile's configfile, relative to the working directory
+SCHEMA = "config/config.schema.yaml"  # beside the Snakefile
+CACHE = ".snakemake/neucodec_workflow/status_footers.json"
+CACHE_VERSION = 1
+FOOTER_TAIL = 64 << 10  # one ranged GET of the last 64 KiB holds a footer with a report of ~1,000 rejects
+FOOTER_THREADS = 10  # botocore's default connection pool: more threads would open and drop connections
+RUNNING_SECONDS = 600  # a pending shard whose job log was written this recently is running
+LOG_TAIL = 64 << 10
+NOTE_FOOTERS = 500  # from this many footers to read, say so on stderr first
+# The encode job's failure line (jobs.setup_logging: log_uncaught) and its progress lines (progress.Progress).
+FAILED_LINE = re.compile(r" ERROR neucodec_workflow: job failed: (.*)")
+PROGRESS_LINE = re.compile(r" INFO neucodec_workflow\.progress: progress (.*)")
+SNAKEMAKE_ERROR = re.compile(r"^Error in rule encode_shard:\n(?:    .*\n)*?    log: \S*?logs/encode/(\S+)\.log", re.M)
+RECORD_KINDS = (WORKFLOW, FOREIGN, WITHOUT_REPORT)
+
+
+class StatusError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------------- config
+def workflow_dir(snakefile: Path | None) -> Path:
+    """Where the workflow's source lives: the Snakefile's directory, else this package's source tree."""
+    if snakefile is not None:
+        return snakefile.resolve().parent
+    return Path(__file__).resolve().parents[2]
+
+
+def load_config(
+    directory: Path, configfiles: Iterable[str] = (), overrides: Iterable[str] = (), snakefile: Path | None = None
+) -> dict[str, Any]:
+    """The workflow's config as Snakemake builds it (same parsers and merge), validated and with defaults filled in
+    as rules/common.smk does."""
+    from snakemake.cli import parse_config
+    from snakemake.common.configfile import load_configfile
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import update_config, validate
+
+    configfiles = list(configfiles)
+    config: dict[str, Any] = {}
+    base = directory / CONFIG
+    if base.exists():
+        update_config(config, load_configfile(str(base)))
+    elif not configfiles:
+        raise StatusError(f"no {CONFIG} in {directory}: run from the repo root, or give --directory / --configfile")
+    for path in configfiles:
+        update_config(config, load_configfile(path))
+    try:
+        update_config(config, parse_config(list(overrides)))
+        validate(config, schema=str(workflow_dir(snakefile) / SCHEMA))
+    except (WorkflowError, ValueError) as exc:
+        raise StatusError(f"invalid config: {exc}") from exc
+    return config
+
+
+def local_dir(config: dict[str, Any]) -> str:
+    """Where logs and benchmarks go (rules/common.smk: LOCAL)."""
+    output = config["output"].rstrip("/")
+    return config["local_dir"].rstrip("/") if is_s3(output) else output
+
+
+# -------------------------------------------------------------------------------------------------------- listing
+@dataclass
+class Listing:
+    """The corpus as listed once: the shards and, per shard, its tar, metadata and token file (None when missing)."""
+
+    corpus: str
+    shards: list[str]
+    files: dict[str, dict[str, ObjectInfo | None]]
+    requests: int = 0  # S3 requests of the listing
+    inventory: Inventory | None = None
+
+    def size(self, shard: str, name: str) -> int:
+        info = self.files[shard][name]
+        return info.size if info is not None else 0
+
+    def mtime(self, shard: str, name: str) -> float | None:
+        info = self.files[shard][name]
+        return info.mtime if info is not None else None
+
+
+def list_corpus(config: dict[str, Any], directory: Path = Path("."), settings: S3Settings | None = None) -> Listing:
+    """The shard list of the workflow (``discovery.shard_list``) and what exists of each shard's files: a directory
+    walk and ``os.stat``, or one paginated listing of an ``s3://`` corpus (``Inventory``). Relative paths are
+    relative to the workflow's working ``directory``, as in Snakemake."""
+
+    def here(path: str) -> str:
+        return path if not path or is_s3(path) else os.path.abspath(directory / path)
+
+    corpus = here(config["corpus"].rstrip("/"))
+    shards_file = here(config["shards_file"])
+    names = (TAR, METADATA, TOKENS)
+    if is_s3(corpus):
+        inventory = Inventory(settings or S3Settings.from_env(), [corpus])
+        shards = shard_list(corpus, config["shards"], shards_file, inventory=inventory)
+        bucket, prefix = split_url(corpus)
+        base = f"{prefix}/" if prefix else ""
+        files = {s: {n: inventory.info(bucket, f"{base}{s}/{n}") for n in names} for s in shards}
+        return Listing(corpus, shards, files, inventory.requests, inventory)
+
+    def stat(path: str) -> ObjectInfo | None:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(st.st_size, st.st_mtime)
+
+    shards = shard_list(corpus, config["shards"], shards_file)
+    return Listing(corpus, shards, {s: {n: stat(f"{corpus}/{s}/{n}") for n in names} for s in shards})
+
+
+# -------------------------------------------------------------------------------------------------------- footers
+def read_footer_s3(client: Any, url: str, size: int) -> tuple[Any, int]:
+    """The token file's parquet footer through ranged GETs: the last 64 KiB (one request), and when the footer is
+    longer, exactly the footer (a second one). Returns (``FileMetaData``, requests)."""
+    import pyarrow.parquet as pq
+
+    bucket, key = split_url(url)
+
+    def tail(n: int) -> bytes:
+        body: bytes = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{n}")["Body"].read()
+        return body
+
+    data, requests = tail(min(FOOTER_TAIL, size)), 1
+    if len(data) < 12 or data[-4:] != b"PAR1":
+        raise ValueError(f"{url} is not a parquet file (no PAR1 at its end)")
+    length = int.from_bytes(data[-8:-4], "little") + 8
+    if length > len(data):
+        data, requests = tail(length), 2
+    # the footer behind a 4-byte magic is a parquet file whose metadata pyarrow reads (its column chunks, never)
+    return pq.ParquetFile(io.BytesIO(b"PAR1" + data[-length:])).metadata, requests
+
+
+def read_footer_local(path: str) -> Any:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata
+
+
+def summarize(metadata: Any) -> dict[str, Any]:
+    """What status needs from one token file's footer (small enough to cache 5,000 of): the record's kind, audio
+    seconds, wall seconds, device, rejects by reason, audit. For a token file without a report (foreign), the audio
+    is estimated from the size of its ``neucodec_tokens`` column (``estimated``)."""
+    provenance, report = records_of(metadata.metadata or {})
+    rows = int(metadata.num_rows)
+    if report is not None:
+        audit = report.get("audit")
+        return {
+            "record": WORKFLOW,
+            "rows": rows,
+            "audio_seconds": float(report.get("audio_seconds") or 0.0),
+            "wall_seconds": float(report.get("wall_seconds") or 0.0),
+            "device": report.get("device") or "unknown",
+            "host": report.get("host") or "unknown",
+            "encoded": int(report.get("encoded") or 0),
+            "segments": int(report.get("segments") or 0),
+            "rejects_by_reason": dict(report.get("rejects_by_reason") or {}),
+            "audit": {k: audit[k] for k in ("segments", "tokens", "matching_tokens", "token_agreement")}
+            if audit
+            else None,
+            "random_weights": bool(provenance.get("random_weights")),
+            "estimated": False,
+        }
+    blob = 0
+    for g in range(metadata.num_row_groups):
+        group = metadata.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            if column.path_in_schema == "neucodec_tokens":
+                blob += column.total_uncompressed_size
+    # plain byte arrays: a 4-byte length and 2 bytes per token (page headers and dictionary indices: noise)
+    tokens = max(0, blob - 4 * rows) // 2
+    return {
+        "record": WITHOUT_REPORT if provenance else FOREIGN,
+        "rows": rows,
+        "audio_seconds": tokens * SECONDS_PER_TOKEN,
+        "wall_seconds": 0.0,
+        "device": "",
+        "encoded": rows,
+        "segments": rows,
+        "rejects_by_reason": {},
+        "audit": None,
+        "random_weights": bool(provenance.get("random_weights")),
+        "estimated": True,
+    }
+
+
+class FooterCache:
+    """Footer summaries by token file, valid while the file's size and modification time are unchanged."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.changed = False
+        if path is not None and path.exists():
+            try:
+                data = json.loads(path.read_text())
+                if data.get("version") == CACHE_VERSION:
+                    self.entries = data["entries"]
+            except (OSError, ValueError, KeyError):
+                self.entries = {}  # a broken cache is a cold one
+
+    def get(self, key: str, info: ObjectInfo) -> dict[str, Any] | None:
+        e = self.entries.get(key)
+        if e is not None and e["size"] == info.size and e["mtime"] == info.mtime:
+            return dict(e["summary"])
+        return None
+
+    def put(self, key: str, info: ObjectInfo, summary: dict[str, Any]) -> None:
+        self.entries[key] = {"size": info.size, "mtime": info.mtime, "summary": summary}
+        self.changed = True
+
+    def save(self, keep: set[str]) -> None:
+        gone = set(self.entries) - keep
+        for k in gone:
+            del self.entries[k]
+        if self.path is not None and (self.changed or gone):
+            write_text(
+                self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries}, separators=(",", ":"))
+            )
+        self.changed = False
+
+
+@dataclass
+class Footers:
+    summaries: dict[str, dict[str, Any]] = field(default_factory=dict)  # shard -> summary
+    unreadable: dict[str, str] = field(default_factory=dict)  # shard -> error
+    read: int = 0
+    cached: int = 0
+    requests: int = 0
+
+
+def read_footers(
+    listing: Listing,
+    shards: list[str],
+    cache: FooterCache,
+    threads: int = FOOTER_THREADS,
+    note: Callable[[str], None] | None = None,
+) -> Footers:
+    """The footer summary of each of ``shards``' token files: from the cache, else read (in ``threads`` threads);
+    ``note`` is told first when there are many to read."""
+    out = Footers()
+    todo: list[tuple[str, str, ObjectInfo]] = []
+    for s in shards:
+        info = listing.files[s][TOKENS]
+        assert info is not None
+        key = f"{listing.corpus}/{s}/{TOKENS}"
+        hit = cache.get(key, info)
+        if hit is not None:
+            out.summaries[s] = hit
+            out.cached += 1
+        else:
+            todo.append((s, key, info))
+    if note is not None and len(todo) >= NOTE_FOOTERS:
+        note(f"reading the footers of {len(todo)} token files (kept in {CACHE} for the next look)")
+    client = listing.inventory.client if listing.inventory is not None and todo else None
+
+    def read(item: tuple[str, str, ObjectInfo]) -> tuple[str, str, ObjectInfo, Any, int]:
+        s, key, info = item
+        try:
+            if client is not None:
+                meta, n = read_footer_s3(client, key, info.size)
+                return s, key, info, summarize(meta), n
+            return s, key, info, summarize(read_footer_local(key)), 0
+        except Exception as exc:  # one unreadable token file is reported, never the end of the status
+            return s, key, info, f"{type(exc).__name__}: {exc}", 1 if client is not None else 0
+
+    with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
+        for s, key, info, summary, n in pool.map(read, todo):
+            out.requests += n
+            if isinstance(summary, str):
+                out.unreadable[s] = summary
+                continue
+            out.summaries[s] = summary
+            out.read += 1
+            cache.put(key, info, summary)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------- logs
+def _tail(path: Path, n: int = LOG_TAIL) -> str:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - n))
+        return f.read().decode("utf-8", "replace")
+
+
+def snakemake_failures(directory: Path) -> set[str]:
+    """Shards whose encode_shard job failed according to the newest Snakemake log of this working directory."""
+    logs = sorted((directory / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return set()
+    return set(SNAKEMAKE_ERROR.findall(logs[-1].read_text(errors="replace")))
+
+
+@dataclass
+class JobState:
+    failed: dict[str, str] = field(default_factory=dict)  # shard -> why (the failure line, or Snakemake's log)
+    running: dict[str, str] = field(default_factory=dict)  # shard -> its last progress line ('' before the first)
+
+
+def job_states(directory: Path, config: dict[str, Any], shards: list[str], now: float) -> JobState:
+    """Failed and running shards among ``shards`` (not done), from their encode jobs' logs."""
+    logs = Path(local_dir(config))
+    logs = logs if logs.is_absolute() else directory / logs
+    from_snakemake = snakemake_failures(directory)
+    state = JobState()
+    for s in shards:
+        path = logs / "logs" / "encode" / f"{s}.log"
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            if s in from_snakemake:
+                state.failed[s] = "Snakemake's log: error in encode_shard"
+            continue
+        text = _tail(path)
+        failure = FAILED_LINE.findall(text)
+        if failure:
+            state.failed[s] = failure[-1].strip()
+        elif now - mtime <= RUNNING_SECONDS:
+            lines = PROGRESS_LINE.findall(text)
+            state.running[s] = lines[-1].strip().removeprefix(f"shard {s}: ") if lines else ""
+        elif s in from_snakemake:
+            state.failed[s] = "Snakemake's log: error in encode_shard"
+    return state
+
+
+# --------------------------------------------------------------------------------------------------------- status
+def _hours(seconds: float) -> float:
+    return seconds / 3600
+
+
+def status(
+    config: dict[str, Any],
+    directory: Path = Path("."),
+    *,
+    cache: FooterCache | None = None,
+    settings: S3Settings | None = None,
+    now: float | None = None,
+    threads: int = FOOTER_THREADS,
+    note: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """One look at the corpus (the listing, footers of new token files, the pending shards' job logs): a JSON-able
+    summary. ``cache``: footer summaries kept between calls (default: the one under ``directory/.snakemake``);
+    ``note``: told when many footers are to be read (a first look at a large corpus)."""
+    t0 = time.perf_counter()
+    cache = cache if cache is not None else FooterCache(directory / CACHE)
+    listing = list_corpus(config, directory, settings)
+    now = time.time() if now is None else now
+
+    with_tokens = [s for s in listing.shards if listing.files[s][TOKENS] is not None]
+    done, stale_shards = [], []
+    for s in with_tokens:
+        if stale([listing.mtime(s, n) for n in (TAR, METADATA, TOKENS)], 2):  # Snakemake would encode it again
+            stale_shards.append(s)
+        else:
+            done.append(s)
+    footers = read_footers(listing, done, cache, threads, note)
+    cache.save({f"{listing.corpus}/{s}/{TOKENS}" for s in done if s in footers.summaries})
+    done_set = set(done)
+    not_done = [s for s in listing.shards if s not in done_set]
+    jobs = job_states(directory, config, not_done, now)
+    pending = [s for s in not_done if s not in jobs.failed]
+
+    summaries = footers.summaries
+    records = Counter(summaries[s]["record"] for s in done if s in summaries)
+    workflow = [s for s in done if s in summaries and summaries[s]["record"] == WORKFLOW]
+    audio_done = sum(summaries[s]["audio_seconds"] for s in summaries)
+    estimated = sum(summaries[s]["audio_seconds"] for s in summaries if summaries[s]["estimated"])
+
+    # hours left: the shards not done, from their tar sizes at the done shards' audio seconds per tar byte
+    measured = [s for s in workflow if listing.size(s, TAR) > 0]
+    tar_bytes = sum(listing.size(s, TAR) for s in measured)
+    per_byte = sum(summaries[s]["audio_seconds"] for s in measured) / tar_bytes if tar_bytes else None
+    left_bytes = sum(listing.size(s, TAR) for s in not_done)
+    seconds_left = left_bytes * per_byte if per_byte is not None else None
+
+    # throughput: a workflow shard's audio spread over [end - wall, end]; end = the token file's modification time
+    spans: list[tuple[float, float, float, float]] = []  # start, end, audio seconds, wall seconds
+    for s in workflow:
+        end, wall = listing.mtime(s, TOKENS) or now, summaries[s]["wall_seconds"]
+        spans.append((end - wall, end, summaries[s]["audio_seconds"], wall))
+    window = now - 3600
+    last_hour = sum(
+        audio * max(0.0, min(end, now) - max(start, window)) / wall if wall > 0 else (audio if end >= window else 0.0)
+        for start, end, audio, wall in spans
+    )
+    first = min((a for a, _, _, _ in spans), default=None)
+    last = max((b for _, b, _, _ in spans), default=None)
+    span = (last - first) if first is not None and last is not None else 0.0
+    rate_overall = sum(a for _, _, a, _ in spans) / span if span > 0 else None  # audio seconds per second
+    rate_last_hour = last_hour / 3600
+    if seconds_left is None:
+        eta, basis = None, None
+    elif seconds_left == 0:
+        eta, basis = 0.0, "nothing left"
+    elif rate_last_hour > 0:
+        eta, basis = _hours(seconds_left / rate_last_hour), "rate of the last hour"
+    elif rate_overall:
+        eta, basis = _hours(seconds_left / rate_overall), "overall rate (no shard finished in the last hour)"
+    else:
+        eta, basis = None, None
+
+    def per(field: str) -> dict[str, dict[str, float]]:
+        """Shards, audio and job hours, x real time, per value of a report field (device, host)."""
+        groups: dict[str, dict[str, float]] = {}
+        for s in workflow:
+            g = groups.setdefault(
+                summaries[s].get(field) or "unknown", {"shards": 0, "audio_hours": 0.0, "wall_hours": 0.0}
+            )
+            g["shards"] += 1
+            g["audio_hours"] += _hours(summaries[s]["audio_seconds"])
+            g["wall_hours"] += _hours(summaries[s]["wall_seconds"])
+        for g in groups.values():
+            g["x_real_time"] = g["audio_hours"] / g["wall_hours"] if g["wall_hours"] else 0.0
+        return dict(sorted(groups.items()))
+
+    rejects: Counter[str] = Counter()
+    for s in workflow:
+        rejects.update(summaries[s]["rejects_by_reason"])
+    audit = audit_totals([{"shard": s, "audit": summaries[s]["audit"]} for s in workflow])
+    return {
+        "corpus": listing.corpus,
+        "generated_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
+        "shards": len(listing.shards),
+        "done": len(done),
+        "pending": len(pending),
+        "failed": len(jobs.failed),
+        "running": len(jobs.running),
+        "stale": len(stale_shards),
+        "foreign": records.get(FOREIGN, 0),
+        "records": {k: records.get(k, 0) for k in RECORD_KINDS},
+        "unreadable": dict(sorted(footers.unreadable.items())),
+        "hours_done": _hours(audio_done),
+        "hours_done_estimated": _hours(estimated),
+        "hours_left": _hours(seconds_left) if seconds_left is not None else None,
+        "eta_hours": eta,
+        "eta_basis": basis,
+        "throughput": {
+            "last_hour_audio_hours_per_hour": rate_last_hour,
+            "overall_audio_hours_per_hour": rate_overall,
+            "shards_finished_last_hour": sum(1 for _, end, _, _ in spans if end >= window),
+            "per_device": per("device"),
+            # a report records no host yet: every shard is 'unknown' until the encode job writes one (``host``)
+            "per_node": per("host"),
+        },
+        "segments": {
+            "encoded": sum(summaries[s]["encoded"] for s in workflow),
+            "rejected": sum(rejects.values()),
+        },
+        "rejects_by_reason": dict(sorted(rejects.items())),
+        "audit": audit,
+        "random_weights": any(summaries[s]["random_weights"] for s in summaries),
+        "failed_shards": dict(sorted(jobs.failed.items())),
+        "running_shards": dict(sorted(jobs.running.items())),
+        "cost": {
+            "list_requests": listing.requests,
+            "footer_requests": footers.requests,
+            "footers_read": footers.read,
+            "footers_cached": footers.cached,
+            "seconds": time.perf_counter() - t0,
+        },
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- printing
+def _num(x: float | None, fmt: str = ".1f", unknown: str = "?") -> str:
+    return unknown if x is None else format(x, fmt)
+
+
+def _h(hours: float | None) -> str:
+    """Hours for people: ``1234.5 h``, ``2.35 h``, ``12.4 min``, ``?``."""
+    if hours is None:
+        return "?"
+    if hours >= 10:
+        return f"{hours:.1f} h"
+    return f"{hours:.2f} h" if hours >= 0.1 else f"{hours * 60:.1f} min"
+
+
+def render(st: dict[str, Any], limit: int = 10) -> str:
+    """The human view of ``status()``."""
+    t = st["throughput"]
+    cost = st["cost"]
+    lines = [
+        f"corpus   {st['corpus']} at {st['generated_at']}: {st['shards']} shards",
+        f"shards   {st['done']} done ({st['foreign']} foreign, {st['records']['workflow_without_report']} without "
+        f"report), {st['pending']} pending ({st['running']} running, {st['stale']} older than their tar), "
+        f"{st['failed']} failed",
+        f"audio    {_h(st['hours_done'])} done"
+        + (f" ({_h(st['hours_done_estimated'])} of it estimated: foreign)" if st["hours_done_estimated"] else "")
+        + f", {_h(st['hours_left'])} left (from the tar sizes)",
+        f"rate     last hour {t['last_hour_audio_hours_per_hour']:.1f}x real time ({t['shards_finished_last_hour']} "
+        f"shards finished), overall {_num(t['overall_audio_hours_per_hour'])}x (first start to last finish)",
+        f"ETA      {_h(st['eta_hours'])}" + (f" at the {st['eta_basis']}" if st["eta_basis"] else ""),
+    ]
+    nodes = t["per_node"] if set(t["per_node"]) - {"unknown"} else {}
+    for title, groups in (("device", t["per_device"]), ("node", nodes)):
+        for name, g in list(groups.items())[:limit]:
+            lines.append(
+                f"{title:8} {name}: {g['shards']} shards, {_h(g['audio_hours'])} audio in {_h(g['wall_hours'])} of "
+                f"jobs, {g['x_real_time']:.1f}x real time"
+            )
+    rejects = ", ".join(f"{k} {v}" for k, v in st["rejects_by_reason"].items()) or "none"
+    lines.append(f"segments {st['segments']['encoded']} encoded, {st['segments']['rejected']} rejected: {rejects}")
+    a = st["audit"]
+    below = a["shards_below_1"]
+    lines.append(
+        f"audit    token agreement {_num(a['token_agreement'], '.5f', 'n/a')} over {a['segments']} segments of "
+        f"{a['shards']} shards"
+        + (f"; below 1: {', '.join(below[:limit])}{' ...' if len(below) > limit else ''}" if below else "")
+    )
+    if st["random_weights"]:
+        lines.append("weights  RANDOM (codec.weights: random): these tokens are not neucodec tokens")
+    for title, items in (("failed", st["failed_shards"]), ("running", st["running_shards"])):
+        for i, (shard, what) in enumerate(items.items()):
+            if i == limit:
+                lines.append(f"{title:8} ... and {len(items) - limit} more (--json lists them all)")
+                break
+            lines.append(f"{title:8} {shard}" + (f": {what}" if what else ""))
+    for shard, error in list(st["unreadable"].items())[:limit]:
+        lines.append(f"unreadable {shard}: {error}")
+    lines.append(
+        f"cost     {cost['seconds']:.1f} s; S3 requests: {cost['list_requests']} LIST, {cost['footer_requests']} "
+        f"footer GETs; footers read {cost['footers_read']}, cached {cost['footers_cached']}"
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="neucodec-workflow", description="neucodec tokens workflow: tools.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    st = sub.add_parser(
+        "status",
+        help="where a run stands: shards done / pending / failed, hours, throughput, ETA, rejects, audit",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+    )
+    st.add_argument("-d", "--directory", type=Path, default=Path("."), help="the workflow's working directory (.)")
+    st.add_argument("-s", "--snakefile", type=Path, help="the Snakefile (default: ./Snakefile, for the config schema)")
+    st.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[], help="as for snakemake")
+    st.add_argument("-C", "--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="as snakemake")
+    st.add_argument("--json", action="store_true", help="print one JSON object")
+    st.add_argument("--watch", nargs="?", type=float, const=60.0, metavar="SECONDS", help="refresh every 60 s (or N)")
+    st.add_argument("--no-cache", action="store_true", help="read every footer, keep no cache")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parser().parse_args(argv)
+    directory: Path = opts.directory
+    snakefile = opts.snakefile or (directory / "Snakefile" if (directory / "Snakefile").exists() else None)
+    try:
+        config = load_config(directory, opts.configfile, opts.config, snakefile)
+        cache = FooterCache(None if opts.no_cache else directory / CACHE)
+        while True:
+            st = status(config, directory, cache=cache, note=lambda m: print(m, file=sys.stderr, flush=True))
+            if opts.watch and sys.stdout.isatty() and not opts.json:
+                sys.stdout.write("\033[H\033[2J")  # clear the terminal between refreshes
+            print(json.dumps(st, sort_keys=True) if opts.json else render(st))
+            sys.stdout.flush()
+            if not opts.watch:
+                return 0
+            time.sleep(max(1.0, opts.watch))
+    except KeyboardInterrupt:
+        return 0
+    except (StatusError, ShardListError, S3Error) as exc:
+        print(f"neucodec-workflow status: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(["status", *sys.argv[1:]]))
