@@ -4,6 +4,7 @@
 # make lint       : ruff check, ruff format --check, snakefmt --check, snakemake --lint, mypy (about a minute)
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
 # make test-workflow : the tests that run Snakemake itself (local, S3, SLURM), and the slow unit tests
+# make test-kills : the SIGKILL loop (>= 20 kills of real runs and the reruns after them; minutes); CI runs it too
 # make bench      : setup + the encoder benchmark
 # make gpu-wheels : the wheels a bare GPU machine lacks (CPython 3.12, manylinux x86_64) into .whl/
 # make gpu-check  : the one-call GPU check (benchmarks/gpu_check.sh) with this machine's device
@@ -15,7 +16,7 @@ STAMP := $(VENV)/.installed
 PY_SOURCES := src tests scripts benchmarks
 FAST := not workflow and not slurm and not slow
 
-.PHONY: setup espeak demo test lint test-fast test-workflow bench gpu-wheels gpu-check clean-demo
+.PHONY: setup espeak demo test lint test-fast test-workflow test-kills bench gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -54,7 +55,10 @@ test-fast: setup
 	$(VENV)/bin/pytest -m "$(FAST)" --durations=10
 
 test-workflow: setup
-	$(VENV)/bin/pytest -m "not ($(FAST))" --durations=10
+	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills" --durations=10
+
+test-kills: setup
+	$(VENV)/bin/pytest -m kills --durations=10
 
 bench: setup
 	$(PY) benchmarks/encoder.py $(BENCH_ARGS)

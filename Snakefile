@@ -14,7 +14,18 @@
 # Run: snakemake (the default profile in profiles/default applies); see README.md.
 
 
+from neucodec_workflow import recovery
+
+
 configfile: "config/config.yaml"
+
+
+# After a kill: locks of Snakemake processes that are gone, temporary files of killed jobs (docs/reliability.md).
+recovery.at_parse(workflow)
+
+
+onstart:
+    recovery.on_start(workflow)
 
 
 include: "rules/common.smk"

@@ -22,6 +22,11 @@ SETTING_NAMES = ("endpoint_url", "region", "access_key", "secret_key", "token")
 ENV_PREFIX = "SNAKEMAKE_STORAGE_S3_"
 #: Set to 1 (the tests do) to make a missing endpoint an error instead of a fallback to AWS.
 REQUIRE_ENDPOINT_ENV = "NEUCODEC_S3_REQUIRE_ENDPOINT"
+#: botocore's retries of our own clients (docs/reliability.md): attempts per request (first try included) and mode
+#: (``standard``: exponential backoff with full jitter on throttling, 5xx and connection errors; ``adaptive`` adds a
+#: client-side rate limiter that slows down after throttling answers).
+MAX_ATTEMPTS_ENV, RETRY_MODE_ENV = "NEUCODEC_S3_MAX_ATTEMPTS", "NEUCODEC_S3_RETRY_MODE"
+DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_MODE = 8, "standard"
 
 
 class S3Error(RuntimeError):
@@ -69,7 +74,10 @@ class S3Settings:
                 os.environ.setdefault(ENV_PREFIX + name.upper(), value)
 
     def client(self) -> Any:
-        """A boto3 S3 client with the plugin's checksum settings and standard retries."""
+        """A boto3 S3 client with the plugin's checksum settings and botocore's retries (``retry_config``).
+
+        botocore retries a request (throttling, 5xx, connection errors) but not a response body that breaks while
+        it is read: ``streams.iter_object`` resumes those by byte range."""
         import boto3
         from botocore.config import Config
 
@@ -80,7 +88,9 @@ class S3Settings:
         config = Config(
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": 5, "mode": "standard"},
+            retries=retry_config(),
+            connect_timeout=20,
+            read_timeout=60,
         )
         return boto3.client(
             "s3",
@@ -91,3 +101,15 @@ class S3Settings:
             aws_session_token=self.token,
             config=config,
         )
+
+
+def retry_config() -> dict[str, Any]:
+    """botocore's ``retries`` setting of our clients: ``NEUCODEC_S3_MAX_ATTEMPTS`` (default 8) attempts in
+    ``NEUCODEC_S3_RETRY_MODE`` (default ``standard``; ``adaptive`` for a store that throttles hard)."""
+    mode = os.environ.get(RETRY_MODE_ENV) or DEFAULT_RETRY_MODE
+    if mode not in ("standard", "adaptive", "legacy"):
+        raise S3Error(f"{RETRY_MODE_ENV}={mode!r}: expected standard, adaptive or legacy")
+    raw = os.environ.get(MAX_ATTEMPTS_ENV) or str(DEFAULT_MAX_ATTEMPTS)
+    if not raw.isdigit() or int(raw) < 1:
+        raise S3Error(f"{MAX_ATTEMPTS_ENV}={raw!r}: expected a whole number >= 1")
+    return {"max_attempts": int(raw), "mode": mode}

@@ -1,4 +1,9 @@
-"""What jobs read from S3: ``audio.tar`` as a bounded read-ahead stream, small objects whole, local paths as they are."""
+"""What jobs read from S3: ``audio.tar`` as a bounded read-ahead stream, small objects whole, local paths as they are.
+
+Every read goes through ``iter_object``: botocore retries each request (``s3.retry_config``: throttling, 5xx,
+connection errors, with backoff and jitter), and a body that breaks while it is read, which botocore does not retry,
+is resumed here with a byte-range GET of the rest (``If-Match`` the first answer's ETag, so a changed object is an
+error, never a splice), after a jittered exponential backoff. An error that stays names the object."""
 
 from __future__ import annotations
 
@@ -6,14 +11,141 @@ import io
 import logging
 import os
 import queue
+import random
 import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
-from neucodec_workflow.storage.s3 import S3Settings, is_s3, split_url
+from neucodec_workflow.storage.s3 import S3Error, S3Settings, is_s3, split_url
 
 log = logging.getLogger(__name__)
+
+#: Attempts of one read while no byte arrives (the first try included); every byte received resets the count, so a
+#: long stream survives any number of breaks as long as it makes progress.
+READ_ATTEMPTS_ENV = "NEUCODEC_S3_READ_ATTEMPTS"
+DEFAULT_READ_ATTEMPTS = 6
+BACKOFF_BASE, BACKOFF_CAP = 0.2, 20.0  # seconds: full jitter, uniform(0, min(cap, base * 2**(attempt - 1)))
+THROTTLING = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+
+#: Retries made by ``iter_object`` in this process, by cause (tests and reports read it).
+retries: Counter[str] = Counter()
+_retries_lock = threading.Lock()
+
+
+class ShortRead(OSError):
+    """A body that ended before its Content-Length without an error of its own."""
+
+
+def read_attempts() -> int:
+    raw = os.environ.get(READ_ATTEMPTS_ENV) or str(DEFAULT_READ_ATTEMPTS)
+    if not raw.isdigit() or int(raw) < 1:
+        raise S3Error(f"{READ_ATTEMPTS_ENV}={raw!r}: expected a whole number >= 1")
+    return int(raw)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, ...): exponential, full jitter."""
+    return random.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2 ** (attempt - 1)))
+
+
+def _status(exc: BaseException) -> tuple[str, int]:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", "")), int(
+        response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    )
+
+
+def retryable(exc: BaseException) -> bool:
+    """Throttling, server errors and broken connections or bodies; not 4xx answers (missing key, access denied,
+    a changed object) or configuration errors."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+
+    if isinstance(exc, ClientError):
+        code, status = _status(exc)
+        return status >= 500 or status in (408, 429) or code in THROTTLING
+    return isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError | OSError) or (
+        type(exc).__module__.startswith("urllib3")
+    )
+
+
+def describe(exc: BaseException) -> str:
+    code, status = _status(exc)
+    if code == "PreconditionFailed" or status == 412:
+        return "the object changed while it was being read (ETag differs); run again"
+    return f"{code} (HTTP {status})" if code else f"{type(exc).__name__}: {exc}"
+
+
+def iter_object(
+    client: Any,
+    bucket: str,
+    key: str,
+    *,
+    chunk_size: int = 8 << 20,
+    attempts: int | None = None,
+    stop: threading.Event | None = None,
+) -> Iterator[bytes]:
+    """The object's bytes in order, in chunks of at most ``chunk_size``; a broken body is resumed by byte range.
+
+    ``attempts``: tries while no byte arrives (default ``NEUCODEC_S3_READ_ATTEMPTS``, 6), on top of botocore's own
+    retries of each GET. Raises ``S3Error`` naming ``s3://bucket/key`` when a read cannot be completed."""
+    attempts = attempts or read_attempts()
+    url = f"s3://{bucket}/{key}"
+    offset, failures, etag, total = 0, 0, None, None
+    while total is None or offset < total:
+        body = None
+        try:
+            kwargs: dict[str, str] = {}
+            if offset:
+                kwargs["Range"] = f"bytes={offset}-"
+                if etag:
+                    kwargs["IfMatch"] = etag
+            response = client.get_object(Bucket=bucket, Key=key, **kwargs)
+            etag = etag or response.get("ETag")
+            if response.get("ContentLength") is not None:
+                total = offset + int(response["ContentLength"])
+            body = response["Body"]
+            while True:
+                if stop is not None and stop.is_set():
+                    return
+                chunk = body.read(chunk_size)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                failures = 0
+                yield chunk
+            if total is not None and offset < total:
+                raise ShortRead(f"the body ended at byte {offset} of {total}")
+            return
+        except Exception as exc:
+            failures += 1
+            if not retryable(exc):
+                raise S3Error(f"{url}: {describe(exc)}") from exc
+            where = f"byte {offset}" + (f" of {total}" if total is not None else "")
+            if failures >= attempts:
+                raise S3Error(
+                    f"{url}: read failed {failures} times in a row at {where}, giving up: {describe(exc)}"
+                ) from exc
+            delay = backoff(failures)
+            with _retries_lock:
+                retries[type(exc).__name__] += 1
+            log.warning(
+                "%s: %s at %s; retrying in %.2f s (%d/%d)", url, describe(exc), where, delay, failures, attempts - 1
+            )
+            if stop is not None:
+                if stop.wait(delay):
+                    return
+            else:
+                time.sleep(delay)
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # a broken connection may fail to close; it is dropped either way
+                    pass
 
 
 class ReadAhead(io.RawIOBase):
@@ -21,15 +153,22 @@ class ReadAhead(io.RawIOBase):
 
     At most ``depth`` chunks of ``chunk_size`` bytes are buffered (bounded memory, nothing on disk), so the download
     of the next members overlaps the encoding of the current ones. A broken connection is resumed with a byte-range
-    GET up to ``resumes`` times.
+    GET (``iter_object``; ``attempts`` while no byte arrives).
     """
 
     def __init__(
-        self, client: Any, bucket: str, key: str, *, chunk_size: int = 8 << 20, depth: int = 4, resumes: int = 5
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        *,
+        chunk_size: int = 8 << 20,
+        depth: int = 4,
+        attempts: int | None = None,
     ):
         super().__init__()
         self.client, self.bucket, self.key = client, bucket, key
-        self.chunk_size, self.resumes = chunk_size, resumes
+        self.chunk_size, self.attempts = chunk_size, attempts
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
         self._buffer = memoryview(b"")
         self._done = False
@@ -38,33 +177,15 @@ class ReadAhead(io.RawIOBase):
         self._thread.start()
 
     def _fill(self) -> None:
-        offset, attempts = 0, 0
-        while not self._stop.is_set():
-            try:
-                kwargs = {"Range": f"bytes={offset}-"} if offset else {}
-                body = self.client.get_object(Bucket=self.bucket, Key=self.key, **kwargs)["Body"]
-                while not self._stop.is_set():
-                    chunk = body.read(self.chunk_size)
-                    if not chunk:
-                        self._put(None)
-                        return
-                    offset += len(chunk)
-                    self._put(chunk)
-                return
-            except Exception as exc:  # network errors mid-stream: resume from the last byte we have
-                attempts += 1
-                if attempts > self.resumes or getattr(exc, "response", None) is not None:
-                    self._put(exc)
-                    return
-                log.warning(
-                    "s3://%s/%s: %s after %d bytes, resuming (%d/%d)",
-                    self.bucket,
-                    self.key,
-                    type(exc).__name__,
-                    offset,
-                    attempts,
-                    self.resumes,
-                )
+        try:
+            chunks = iter_object(
+                self.client, self.bucket, self.key, chunk_size=self.chunk_size, attempts=self.attempts, stop=self._stop
+            )
+            for chunk in chunks:
+                self._put(chunk)
+            self._put(None)
+        except Exception as exc:  # S3Error naming the object: raised in the reader's thread
+            self._put(exc)
 
     def _put(self, item: bytes | BaseException | None) -> None:
         while not self._stop.is_set():
@@ -98,10 +219,11 @@ class ReadAhead(io.RawIOBase):
 
 
 def read_bytes(url: str, client: Any = None) -> bytes:
-    """The whole object (metadata and tokens parquet files: small, random access needed)."""
+    """The whole object (metadata and tokens parquet files: small, random access needed), resumed by byte range
+    when its body breaks (``iter_object``)."""
     bucket, key = split_url(url)
     client = client or S3Settings.from_env().client()
-    return client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    return b"".join(iter_object(client, bucket, key))
 
 
 @contextmanager
