@@ -6,12 +6,17 @@ Run through ``benchmarks/gpu_check.sh`` (which installs the carried wheels first
 
 - ``env``: device, driver, versions;
 - ``gpu_tests``: ``pytest -m gpu`` (exact == ``encode_code`` on the device, no waits per clip, fast agreement);
+- ``variants``: ``benchmarks/variants.py``: exact and fast mode with the stock activations and the device's fused
+  kernel, against one reference (speed and token agreement of each);
 - ``bench_exact`` / ``bench_fast``: ``benchmarks/encoder.py`` on ``--segments`` segments of 2-20 s (the stock
   reference and the engine end to end from the tar, token agreement over every segment);
-- ``profile_exact`` / ``profile_fast``: ``benchmarks/profile_engine.py`` (top kernels, host-device waits, how busy
-  the device is);
 - ``shard_job``: one synthetic shard through the workflow's encode job (``snakemake`` on the token file), model
-  load included: the number users get per GPU.
+  load included: the number users get per GPU;
+- ``profile_exact`` / ``profile_fast``: ``benchmarks/profile_engine.py`` (top kernels, host-device waits, how busy
+  the device is).
+
+Seeded random weights are built once (``--weights random``, the default) into a checkpoint that every step
+loads, instead of each step building them (~25 s each on the CPU); ``--weights`` takes a Hub id or checkpoint too.
 
 Every step writes one JSON line to ``DIR/gpu_check.jsonl`` (``step``, ``rc``, ``seconds``, the step's own JSON
 line, mean device utilisation sampled by ``nvidia-smi`` while it ran) and its output to ``DIR/gpu_check.log``. A
@@ -156,6 +161,7 @@ def shard_job(check: Check, args, work: Path) -> dict:
     from encoder import synthetic_shard
 
     corpus = work / "corpus"
+    corpus.mkdir(parents=True)
     synthetic_shard(corpus, args.shard_segments, seed=2, longest=args.longest)
     gpu = args.device.startswith("cuda")
     workers = max(2, min(8, (os.cpu_count() or 2) - 2)) if gpu else 2
@@ -165,7 +171,7 @@ def shard_job(check: Check, args, work: Path) -> dict:
             {
                 "corpus": str(corpus),
                 "output": str(work / "out"),
-                "codec": {"weights": "random", "device": args.device},
+                "codec": {"weights": args.weights, "device": args.device},
                 "encode": {"mode": "exact", "batch_seconds": 600 if gpu else 60, "decode_workers": workers},
             }
         )
@@ -198,15 +204,45 @@ def shard_job(check: Check, args, work: Path) -> dict:
     return entry
 
 
+def run_steps(check: Check, args, skip: set[str], work: Path) -> None:
+    common = ["--device", args.device, "--weights", args.weights, "--longest", str(args.longest)]
+    bench = [check.python, "benchmarks/encoder.py", *common, "--segments", str(args.segments)]
+    profile = [check.python, "benchmarks/profile_engine.py", *common, "--segments", str(args.profile_segments)]
+    variants = [check.python, "benchmarks/variants.py", *common, "--segments", str(args.profile_segments)]
+    variants += ["--variants", "exact:torch,exact:auto,fast:torch,fast:auto"]
+    steps = [
+        (
+            "gpu_tests",
+            [check.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+            150,
+        ),
+        ("variants", variants, 90),
+        ("bench_exact", [*bench, "--mode", "exact"], 120),
+        ("bench_fast", [*bench, "--mode", "fast"], 120),
+        ("shard_job", [], 0),
+        ("profile_exact", [*profile, "--mode", "exact"], 60),
+        ("profile_fast", [*profile, "--mode", "fast"], 60),
+    ]
+    for name, cmd, limit in steps:
+        if name in skip:
+            continue
+        if name == "shard_job":
+            shard_job(check, args, work / "shard")
+            continue
+        env = {**check.env, "NEUCODEC_GPU_RESULTS": str(check.results)} if name == "gpu_tests" else None
+        check.step(name, cmd, limit * check.scale, env)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--segments", type=int, default=200, help="encoder benchmark segments (2-20 s each)")
-    ap.add_argument("--profile-segments", type=int, default=60)
+    ap.add_argument("--profile-segments", type=int, default=60, help="segments for variants and profiles")
     ap.add_argument("--shard-segments", type=int, default=300)
     ap.add_argument("--longest", type=float, default=20.0, help="segment lengths are 2..LONGEST s (default 20)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu-check-out"))
-    ap.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check")
+    ap.add_argument("--budget", type=float, default=460.0, help="seconds for the whole check")
+    ap.add_argument("--weights", default="random", help="random (built once, seed 0) | a Hub id | a checkpoint")
     ap.add_argument("--skip", default="", help="comma-separated steps to leave out")
     args = ap.parse_args()
     out = Path(args.out)
@@ -214,29 +250,12 @@ def main() -> int:
     check = Check(out, args.budget, sys.executable, scale=1.0 if args.device.startswith("cuda") else 3.0)
     skip = set(filter(None, args.skip.split(",")))
     check.record(env_info(args.device))
-    bench = [check.python, "benchmarks/encoder.py", "--device", args.device, "--segments", str(args.segments)]
-    bench += ["--longest", str(args.longest)]
-    profile = [check.python, "benchmarks/profile_engine.py", "--device", args.device]
-    profile += ["--segments", str(args.profile_segments), "--longest", str(args.longest)]
-    steps = [
-        (
-            "gpu_tests",
-            [check.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
-            150,
-        ),
-        ("bench_exact", [*bench, "--mode", "exact"], 150),
-        ("bench_fast", [*bench, "--mode", "fast"], 150),
-        ("profile_exact", [*profile, "--mode", "exact"], 90),
-        ("profile_fast", [*profile, "--mode", "fast"], 90),
-    ]
-    for name, cmd, limit in steps:
-        if name in skip:
-            continue
-        env = {**check.env, "NEUCODEC_GPU_RESULTS": str(check.results)} if name == "gpu_tests" else None
-        check.step(name, cmd, limit * check.scale, env)
-    if "shard_job" not in skip:
-        with tempfile.TemporaryDirectory() as work:
-            shard_job(check, args, Path(work))
+    with tempfile.TemporaryDirectory() as work:
+        if args.weights == "random":
+            from neucodec_workflow.engine.codec import save_random_checkpoint
+
+            args.weights = str(save_random_checkpoint(Path(work) / "random-seed0.pt", seed=0))
+        run_steps(check, args, skip, Path(work))
     check.sampler.stop.set()
     print(f"results: {check.results}")
     return 0

@@ -46,6 +46,7 @@ def union_length(intervals: list[tuple[float, float]]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--weights", default="random", help="random | a Hub id | a checkpoint (as codec.weights)")
     ap.add_argument("--mode", default="exact", choices=["exact", "fast"])
     ap.add_argument("--segments", type=int, default=None, help="default: 4 on CPU, 60 on GPU")
     ap.add_argument("--batch-seconds", type=float, default=None, help="default: 60 on CPU, 600 on GPU")
@@ -54,7 +55,7 @@ def main() -> int:
     args = ap.parse_args()
     device = pick_device(args.device)
     gpu = device.startswith("cuda")
-    codec = load_codec("random", device=device)
+    codec = load_codec(args.weights, device=device)
     engine = Engine(codec, EngineConfig(mode=args.mode, batch_seconds=args.batch_seconds or (600.0 if gpu else 60.0)))
     with tempfile.TemporaryDirectory() as tmp:
         shard = synthetic_shard(Path(tmp), args.segments or (60 if gpu else 4), seed=1, longest=args.longest)

@@ -36,6 +36,7 @@ DEFAULT = "exact:torch,exact:triton,fast:torch,fast:triton,exact:torch:1"
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--weights", default="random", help="random | a Hub id | a checkpoint (as codec.weights)")
     ap.add_argument("--segments", type=int, default=120)
     ap.add_argument("--longest", type=float, default=20.0)
     ap.add_argument("--variants", default=DEFAULT)
@@ -43,7 +44,7 @@ def main() -> int:
     device = pick_device(args.device)
     gpu = device.startswith("cuda")
     t0 = time.perf_counter()
-    codec = load_codec("random", device=device)
+    codec = load_codec(args.weights, device=device)
     load_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         shard = synthetic_shard(Path(tmp), args.segments, seed=3, longest=args.longest)
