@@ -37,6 +37,8 @@ espeak:
 
 demo: setup espeak
 	$(PY) -m neucodec_workflow.testing.demo --weights $(WEIGHTS)
+	@echo "--- where the run stands (neucodec-workflow status; docs/watching.md):"
+	$(VENV)/bin/neucodec-workflow status --config corpus=demo/corpus output=demo/output
 
 test: lint test-fast test-workflow
 

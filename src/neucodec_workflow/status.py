@@ -532,7 +532,9 @@ def render(st: dict[str, Any], limit: int = 10) -> str:
         + f", {_h(st['hours_left'])} left (from the tar sizes)",
         f"rate     last hour {t['last_hour_audio_hours_per_hour']:.1f}x real time ({t['shards_finished_last_hour']} "
         f"shards finished), overall {_num(t['overall_audio_hours_per_hour'])}x (first start to last finish)",
-        f"ETA      {_h(st['eta_hours'])}" + (f" at the {st['eta_basis']}" if st["eta_basis"] else ""),
+        "ETA      nothing left"
+        if st["eta_basis"] == "nothing left"
+        else f"ETA      {_h(st['eta_hours'])}" + (f" at the {st['eta_basis']}" if st["eta_basis"] else ""),
     ]
     nodes = t["per_node"] if set(t["per_node"]) - {"unknown"} else {}
     for title, groups in (("device", t["per_device"]), ("node", nodes)):
