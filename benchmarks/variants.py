@@ -5,13 +5,18 @@
 Loads the model once, decodes a synthetic shard (``encoder.synthetic_shard``), computes the reference tokens once
 (``encode_code`` on the 16-layer model, strict fp32: the tokens every path must agree with), then runs each
 variant on the decoded clips after a warm-up (engine only: no tar, no parquet). Variants are
-``MODE:KERNELS[:BATCH_SECONDS]``, e.g. ``exact:torch``, ``exact:triton``, ``fast:triton``, ``exact:torch:1`` (batch
-size one: tells batching effects from kernel effects). One JSON line per variant, then a summary line (last).
+``MODE:KERNELS[:BATCH_SECONDS[:FLAGS]]``, e.g. ``exact:torch``, ``exact:triton``, ``fast:triton``, ``exact:torch:1``
+(batch size one: tells batching effects from kernel effects). FLAGS, joined by ``+``, swap one piece of the engine
+for the stock one, to find where exact mode departs from ``encode_code`` on a GPU: ``stockfbank`` (features from
+the stock numpy extractor on the host, as ``encode_code`` computes them), ``math`` (SDPA's math backend instead of
+the fused attention kernels); e.g. ``exact:auto:600:stockfbank+math``. One JSON line per variant, then a summary
+line (last).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
 from encoder import sync, synthetic_shard  # noqa: E402
@@ -31,6 +37,26 @@ from neucodec_workflow.engine.reference import reference_tokens  # noqa: E402
 from neucodec_workflow.shard.audio import decode_member, iter_flac_members  # noqa: E402
 
 DEFAULT = "exact:torch,exact:triton,fast:torch,fast:triton,exact:torch:1"
+
+
+def stock_fbank(codec, device: torch.device):
+    """``TorchFbank.batch`` with the features of the stock extractor (numpy, on the host), padded the same way."""
+    extractor = codec.model.feature_extractor
+
+    def batch(waves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = [
+            extractor(w[None].cpu(), sampling_rate=16_000, return_tensors="pt").input_features[0].to(device)
+            for w in waves
+        ]
+        longest = max(f.shape[0] for f in feats)
+        out = torch.ones(len(feats), longest, feats[0].shape[1], dtype=torch.float32, device=device)
+        mask = torch.zeros(len(feats), longest, dtype=torch.long, device=device)
+        for i, f in enumerate(feats):
+            out[i, : f.shape[0]] = f
+            mask[i, : f.shape[0]] = 1
+        return out, mask
+
+    return batch
 
 
 def main() -> int:
@@ -61,15 +87,20 @@ def main() -> int:
     summary.update(model_load_seconds=round(load_s, 1), reference_x_realtime=round(audio_s / ref_s, 1))
     for spec in args.variants.split(","):
         mode, kernels, *rest = spec.split(":")
-        batch_seconds = float(rest[0]) if rest else (600.0 if gpu else 60.0)
+        batch_seconds = float(rest[0]) if rest and rest[0] else (600.0 if gpu else 60.0)
+        flags = set(rest[1].split("+")) if len(rest) > 1 else set()
         try:
             engine = Engine(codec, EngineConfig(mode, batch_seconds, kernels=kernels))  # type: ignore[arg-type]
-            list(engine.encode(clips[:8]))  # warm-up: kernels compiled, allocator, cuDNN plans
-            sync(device)
-            t0 = time.perf_counter()
-            out = list(engine.encode(clips))
-            sync(device)
-            wall = time.perf_counter() - t0
+            if "stockfbank" in flags:
+                engine.fbank.batch = stock_fbank(codec, engine.device)  # type: ignore[method-assign]
+            backend = sdpa_kernel(SDPBackend.MATH) if "math" in flags else contextlib.nullcontext()
+            with backend:
+                list(engine.encode(clips[:8]))  # warm-up: kernels compiled, allocator, cuDNN plans
+                sync(device)
+                t0 = time.perf_counter()
+                out = list(engine.encode(clips))
+                sync(device)
+                wall = time.perf_counter() - t0
         except Exception as exc:  # one broken variant must not hide the others' numbers
             print(json.dumps({"variant": spec, "error": f"{type(exc).__name__}: {exc}"[:500]}), flush=True)
             summary[spec] = {"error": f"{type(exc).__name__}: {exc}"[:200]}
