@@ -84,15 +84,11 @@ def simple_shard(
     return write_shard(root / shard, members, pd.DataFrame(rows))
 
 
-def run_snakemake(
-    workdir: Path,
-    *args: str,
-    config: dict[str, str] | None = None,
-    check: bool = True,
-    timeout: float = 900,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess:
-    """Run the real Snakemake CLI on this repo's workflow with ``workdir`` as working directory."""
+def snakemake_command(
+    workdir: Path, *args: str, config: dict[str, str] | None = None, configfiles: tuple[Path, ...] = ()
+) -> list[str]:
+    """The plain command a user types, on this repo's workflow with ``workdir`` as working directory (``configfiles``
+    after config/config.yaml: numbers nested in ``--config`` arrive as strings)."""
     cmd = [
         sys.executable,
         "-m",
@@ -104,6 +100,7 @@ def run_snakemake(
         str(workdir),
         "--configfile",
         str(REPO / "config" / "config.yaml"),
+        *map(str, configfiles),
         "--workflow-profile",
         str(REPO / "profiles" / "default"),
         "--cores",
@@ -113,6 +110,19 @@ def run_snakemake(
     ]
     if config:
         cmd += ["--config", *[f"{k}={v}" for k, v in config.items()]]
+    return cmd
+
+
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    config: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI on this repo's workflow with ``workdir`` as working directory."""
+    cmd = snakemake_command(workdir, *args, config=config)
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:

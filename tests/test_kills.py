@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import REPO, simple_shard
+from conftest import simple_shard, snakemake_command
 
 from neucodec_workflow import recovery
 
@@ -123,30 +123,10 @@ def test_temporary_files_of_dead_writers(tmp_path: Path) -> None:
 
 
 def command(workdir: Path, config: dict[str, str]) -> list[str]:
-    """The plain command a user types (what conftest.run_snakemake runs), for Popen; no inline audit (a config file:
-    numbers nested in --config arrive as strings)."""
+    """The plain command a user types (what conftest.run_snakemake runs), for Popen; no inline audit."""
     quick = workdir / "no-audit.yaml"
     quick.write_text("encode:\n  audit_segments: 0\n")
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(REPO / "config" / "config.yaml"),
-        str(quick),
-        "--workflow-profile",
-        str(REPO / "profiles" / "default"),
-        "--cores",
-        "2",
-        "--resources",
-        "gpu=1",
-        "--config",
-        *[f"{k}={v}" for k, v in config.items()],
-    ]
+    return snakemake_command(workdir, config=config, configfiles=(quick,))
 
 
 def temps(*roots: Path) -> list[Path]:
