@@ -67,6 +67,18 @@ def synthetic_shard(root: Path, segments: int, seed: int, longest: float = 20.0)
     return write_shard(root / "bench-shard", members, pd.DataFrame({"segment_id": ids, "text": ids}))
 
 
+def decoded_clips(shard: Path) -> list:
+    """The shard's segments as the encode job decodes them (16 kHz mono ``Clip``s)."""
+    with open(shard / "audio.tar", "rb") as f:
+        return [decode_member(m.removesuffix(".flac"), m, d, 1e9) for m, d in iter_flac_members(f)]
+
+
+def synthetic_clips(segments: int, seed: int, longest: float = 20.0) -> list:
+    """``synthetic_shard``, decoded (the shard itself is thrown away)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return decoded_clips(synthetic_shard(Path(tmp), segments, seed, longest))
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -111,8 +123,7 @@ def main() -> int:
     load_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         shard = synthetic_shard(Path(tmp), segments, args.seed, args.longest)
-        with open(shard / "audio.tar", "rb") as f:
-            clips = [decode_member(m.removesuffix(".flac"), m, d, 1e9) for m, d in iter_flac_members(f)]
+        clips = decoded_clips(shard)
         audio_s = sum(c.seconds for c in clips)
 
         # reference: stock encode_code, batch 1, strict fp32

@@ -85,7 +85,7 @@ def last_json(text: str) -> dict:
 
 class Check:
     def __init__(self, out: Path, budget: float, python: str, scale: float):
-        self.out, self.python, self.scale = out, python, scale  # scale: step time limits (x3 on a CPU)
+        self.python, self.scale = python, scale  # scale: step time limits (x3 on a CPU)
         self.deadline = time.monotonic() + budget
         self.results = out / "gpu_check.jsonl"
         self.log = out / "gpu_check.log"

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,12 +22,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
-from encoder import sync, synthetic_shard  # noqa: E402
+from encoder import sync, synthetic_clips  # noqa: E402
 
 from neucodec_workflow.engine.codec import load_codec  # noqa: E402
 from neucodec_workflow.engine.device import pick_device  # noqa: E402
 from neucodec_workflow.engine.engine import Engine, EngineConfig  # noqa: E402
-from neucodec_workflow.shard.audio import decode_member, iter_flac_members  # noqa: E402
 
 WAITS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaMemcpy")
 
@@ -57,10 +55,7 @@ def main() -> int:
     gpu = device.startswith("cuda")
     codec = load_codec(args.weights, device=device)
     engine = Engine(codec, EngineConfig(mode=args.mode, batch_seconds=args.batch_seconds or (600.0 if gpu else 60.0)))
-    with tempfile.TemporaryDirectory() as tmp:
-        shard = synthetic_shard(Path(tmp), args.segments or (60 if gpu else 4), seed=1, longest=args.longest)
-        with open(shard / "audio.tar", "rb") as f:
-            clips = [decode_member(m.removesuffix(".flac"), m, d, 1e9) for m, d in iter_flac_members(f)]
+    clips = synthetic_clips(args.segments or (60 if gpu else 4), seed=1, longest=args.longest)
     audio_s = sum(c.seconds for c in clips)
     list(engine.encode(clips))  # warm-up
     sync(device)

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,13 +27,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from encoder import sync, synthetic_shard  # noqa: E402
+from encoder import sync, synthetic_clips  # noqa: E402
 
 from neucodec_workflow.engine.codec import load_codec  # noqa: E402
 from neucodec_workflow.engine.device import pick_device  # noqa: E402
 from neucodec_workflow.engine.engine import Engine, EngineConfig  # noqa: E402
 from neucodec_workflow.engine.reference import reference_tokens  # noqa: E402
-from neucodec_workflow.shard.audio import decode_member, iter_flac_members  # noqa: E402
 
 DEFAULT = "exact:torch,exact:triton,fast:torch,fast:triton,exact:torch:1"
 
@@ -72,10 +70,7 @@ def main() -> int:
     t0 = time.perf_counter()
     codec = load_codec(args.weights, device=device)
     load_s = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as tmp:
-        shard = synthetic_shard(Path(tmp), args.segments, seed=3, longest=args.longest)
-        with open(shard / "audio.tar", "rb") as f:
-            clips = [decode_member(m.removesuffix(".flac"), m, d, 1e9) for m, d in iter_flac_members(f)]
+    clips = synthetic_clips(args.segments, seed=3, longest=args.longest)
     audio_s = sum(c.seconds for c in clips)
     t0 = time.perf_counter()
     refs = {c.segment_id: reference_tokens(codec, c.audio) for c in clips}
