@@ -5,7 +5,9 @@
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
 # make test-workflow : the tests that run Snakemake itself (local, S3, SLURM), and the slow unit tests
 # make test-kills : the SIGKILL loop (>= 20 kills of real runs and the reruns after them; minutes); CI runs it too
+# make test-gpu-check : the one-call GPU check dry-run on the CPU (~4 min); CI runs it too
 # make bench      : setup + the encoder benchmark
+# make bench-sft  : setup + the multilingual_tts format benchmark (one core: speech tokens/s, voice-cloning pairs)
 # make gpu-wheels : the wheels a bare GPU machine lacks (CPython 3.12, manylinux x86_64) into .whl/
 # make gpu-check  : the one-call GPU check (benchmarks/gpu_check.sh) with this machine's device
 VENV ?= .venv
@@ -16,16 +18,17 @@ STAMP := $(VENV)/.installed
 PY_SOURCES := src tests scripts benchmarks
 FAST := not workflow and not slurm and not slow
 
-.PHONY: setup espeak demo test lint test-fast test-workflow test-kills bench gpu-wheels gpu-check clean-demo
+.PHONY: setup espeak demo test lint test-fast test-workflow test-kills test-gpu-check bench bench-sft gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(PY) -m pip install --quiet --no-deps -e .
-	$(PY) -c "import neucodec, snakemake, neucodec_workflow"
+	$(PY) -c "import neucodec, snakemake, streaming, phonemizer, neucodec_workflow"
 	touch $@
 
 # espeak-ng gives the demo real speech; installed from Debian's packages where apt is available.
@@ -53,17 +56,23 @@ lint: setup
 	  rc=$$?; rm -rf $$tmp; exit $$rc
 	$(VENV)/bin/mypy
 
-test-fast: setup
+test-fast: setup espeak
 	$(VENV)/bin/pytest -m "$(FAST)" --durations=10
 
-test-workflow: setup
-	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills" --durations=10
+test-workflow: setup espeak
+	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills and not gpu_check" --durations=10
 
 test-kills: setup
 	$(VENV)/bin/pytest -m kills --durations=10
 
+test-gpu-check: setup
+	$(VENV)/bin/pytest -m gpu_check --durations=10
+
 bench: setup
 	$(PY) benchmarks/encoder.py $(BENCH_ARGS)
+
+bench-sft: setup
+	$(PY) benchmarks/sft.py $(BENCH_ARGS)
 
 gpu-wheels: setup
 	$(PY) benchmarks/gpu_wheels.py --dest .whl

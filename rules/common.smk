@@ -1,10 +1,12 @@
 # Helpers shared by the rules: config validation, shard discovery, paths (local or S3 through the storage plugin).
 import os
 
+from snakemake.exceptions import WorkflowError
 from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
 from neucodec_workflow.contract import METADATA, TAR, TOKENS
+from neucodec_workflow.dataset import formats
 from neucodec_workflow.plan import derive_batches
 from neucodec_workflow.storage import plugin, s3
 from neucodec_workflow.storage.discovery import shard_list
@@ -21,8 +23,12 @@ CORPUS = config["corpus"].rstrip("/")
 OUTPUT = config["output"].rstrip("/")
 # Logs and benchmarks always stay on local disk (the plugin would otherwise upload each one).
 LOCAL = config["local_dir"].rstrip("/") if s3.is_s3(OUTPUT) else OUTPUT
-SFT = "sft_dataset"  # under OUTPUT: data/{split}/{shard}.parquet, README.md, index.json
 SPLITS = ["train", "validation"] if config["sft"]["validation_fraction"] > 0 else ["train"]
+# The training-data formats, each under OUTPUT/{root}; their layouts: neucodec_workflow/dataset/formats.py.
+FORMATS = config["sft"]["formats"]
+if config["sft"]["push_to_hub"] and formats.HF not in FORMATS:
+    raise WorkflowError("sft.push_to_hub pushes the hf format: add hf to sft.formats")
+SFT = formats.ROOTS[formats.HF]  # the hf format (and the Hub push): data/{split}/{shard}.parquet, README.md, index.json
 
 # S3 corpus/output: one listing of these prefixes per run answers every exists/mtime/size question of the storage
 # plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.
@@ -71,16 +77,30 @@ def report_path(shard):
     return f"shards/{shard}.json"
 
 
-def part_path(shard, split):
-    return f"{SFT}/data/{split}/{shard}.parquet"
+# (format, split) of each dataset part of a shard, in the order of derived_files()["parts"]
+PART_KEYS = [(fmt, split) for fmt in FORMATS for split in SPLITS]
+
+
+def part_paths(shard):
+    """A shard's dataset parts, one per format and split (PART_KEYS), relative to OUTPUT."""
+    return [f"{formats.ROOTS[f]}/{formats.part_path(f, x, shard)}" for f, x in PART_KEYS]
 
 
 def derived_files(shard, retrieve=True):
-    """What is derived from a shard's token file: its report and its dataset parts (one per split)."""
+    """What is derived from a shard's token file: its report and its dataset parts (one per format and split)."""
     return {
         "reports": [output_file(report_path(shard), retrieve)],
-        "parts": [output_file(part_path(shard, split), retrieve) for split in SPLITS],
+        "parts": [output_file(p, retrieve) for p in part_paths(shard)],
     }
+
+
+def summary_files():
+    """What summarize writes: stats.json and, per format, the small files that tie the parts together."""
+    files = {"stats": output_file("stats.json")}
+    for fmt in FORMATS:
+        for name, path in formats.summary_files(fmt, SPLITS).items():
+            files[f"{fmt}_{name}"] = output_file(f"{formats.ROOTS[fmt]}/{path}")
+    return files
 
 
 def _size(path):
@@ -112,7 +132,7 @@ DERIVE_BATCHES = derive_batches(
     SHARDS,
     _mtime,
     inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
-    outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{part_path(s, x)}" for x in SPLITS)],
+    outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{p}" for p in part_paths(s))],
     nbytes=lambda s: _size(shard_path(s, TOKENS)),
 )
 
@@ -128,11 +148,7 @@ def rerun_targets():
             continue
         if _mtime(shard_path(s, TOKENS)) is None:
             targets.append(shard_file(s, TOKENS, retrieve=False))
-        targets += [
-            output_file(part_path(s, x), retrieve=False)
-            for x in SPLITS
-            if _mtime(f"{OUTPUT}/{part_path(s, x)}") is None
-        ]
+        targets += [output_file(p, retrieve=False) for p in part_paths(s) if _mtime(f"{OUTPUT}/{p}") is None]
     return targets
 
 

@@ -16,7 +16,7 @@ rule derive_shard:
         tokens=lambda wildcards: [shard_path(wildcards.shard, TOKENS)],
         local_tokens=lambda wildcards: [local_copy(shard_path(wildcards.shard, TOKENS))],
         metadata=lambda wildcards: [shard_path(wildcards.shard, METADATA)],
-        splits=SPLITS,
+        part_keys=PART_KEYS,
         columns=config["columns"],
         sft=config["sft"],
     script:
@@ -46,7 +46,7 @@ for i, batch in enumerate(DERIVE_BATCHES):
             tokens=[shard_path(s, TOKENS) for s in batch],
             local_tokens=[local_copy(shard_path(s, TOKENS)) for s in batch],
             metadata=[shard_path(s, METADATA) for s in batch],
-            splits=SPLITS,
+            part_keys=PART_KEYS,
             columns=config["columns"],
             sft=config["sft"],
         script:
@@ -54,14 +54,12 @@ for i, batch in enumerate(DERIVE_BATCHES):
 
 
 rule summarize:
-    """Corpus stats, the dataset card and the dataset's file index, from the shard reports alone (small files)."""
+    """Corpus stats and each format's small files (card, index), from the shard reports alone."""
     input:
         # read by the job itself: the local copy when this run made it, else one GET
         reports=[r for s in SHARDS for r in derived_files(s, retrieve=False)["reports"]],
     output:
-        stats=output_file("stats.json"),
-        card=output_file(f"{SFT}/README.md"),
-        index=output_file(f"{SFT}/index.json"),
+        **summary_files(),
     log:
         f"{LOCAL}/logs/summarize.log",
     localrule: True
@@ -70,6 +68,8 @@ rule summarize:
     params:
         reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
         local_reports=[local_copy(f"{OUTPUT}/{report_path(s)}") for s in SHARDS],
+        formats=FORMATS,
+        splits=SPLITS,
     script:
         "../scripts/summarize.py"
 
@@ -79,8 +79,8 @@ if config["sft"]["push_to_hub"]:
     rule push_to_hub:
         """Push the dataset to the Hugging Face Hub (sft.push_to_hub): changed parts only, batched commits."""
         input:
-            index=rules.summarize.output.index,
-            card=rules.summarize.output.card,
+            index=rules.summarize.output.hf_index,
+            card=rules.summarize.output.hf_card,
         output:
             receipt=output_file(f"hub/{config['sft']['push_to_hub']}.json"),
         log:

@@ -6,16 +6,14 @@ setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
 from neucodec_workflow.jobs import derive_job  # noqa: E402
 
-shards = list(snakemake.params.shards)  # noqa: F821
-splits = list(snakemake.params.splits)  # noqa: F821
-parts = list(snakemake.output.parts)  # noqa: F821 (shard by shard, split by split)
 derive_job(
-    shards=shards,
+    shards=list(snakemake.params.shards),  # noqa: F821
     tokens=list(snakemake.params.tokens),  # noqa: F821 (paths, or s3:// URLs read one at a time)
     local_tokens=list(snakemake.params.local_tokens),  # noqa: F821 (the local copy, when this run made the token file)
     metadata=list(snakemake.params.metadata),  # noqa: F821
     reports=list(snakemake.output.reports),  # noqa: F821
-    parts=[dict(zip(splits, parts[i * len(splits) : (i + 1) * len(splits)], strict=True)) for i in range(len(shards))],
+    parts=list(snakemake.output.parts),  # noqa: F821 (shard by shard, each in the order of part_keys)
+    part_keys=[tuple(k) for k in snakemake.params.part_keys],  # noqa: F821 ((format, split) of each part of a shard)
     columns=dict(snakemake.params.columns),  # noqa: F821
     sft=dict(snakemake.params.sft),  # noqa: F821
 )

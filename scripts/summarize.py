@@ -1,4 +1,4 @@
-"""Snakemake script for rule summarize: thin; the logic is neucodec_workflow.jobs.summarize_job (dataset.stats)."""
+"""Snakemake script for rule summarize: thin; the logic is neucodec_workflow.jobs.summarize_job (dataset.stats, dataset.formats)."""
 
 from neucodec_workflow.jobs import setup_logging
 
@@ -9,7 +9,7 @@ from neucodec_workflow.jobs import summarize_job  # noqa: E402
 summarize_job(
     local=list(snakemake.params.local_reports),  # noqa: F821 (a local copy, when this run made the report)
     reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)
-    stats=snakemake.output.stats,  # noqa: F821
-    card=snakemake.output.card,  # noqa: F821
-    index=snakemake.output.index,  # noqa: F821
+    outputs=dict(snakemake.output.items()),  # noqa: F821 (stats, and {format}_{name} per format)
+    formats=list(snakemake.params.formats),  # noqa: F821
+    splits=list(snakemake.params.splits),  # noqa: F821
 )

@@ -120,9 +120,10 @@ def run_snakemake(
     check: bool = True,
     timeout: float = 900,
     env: dict[str, str] | None = None,
+    configfiles: tuple[Path, ...] = (),
 ) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI on this repo's workflow with ``workdir`` as working directory."""
-    cmd = snakemake_command(workdir, *args, config=config)
+    cmd = snakemake_command(workdir, *args, config=config, configfiles=configfiles)
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
     if check and proc.returncode != 0:

@@ -111,7 +111,7 @@ def derive(root: Path, shard: str, out: Path, *, splits=("train",), validation_f
         root / shard / "metadata.parquet",
         MAPPING,
         report_path=out / "shards" / f"{shard}.json",
-        parts={split: out / "sft" / part_path(split, shard) for split in splits},
+        parts={"hf": {split: out / "sft" / part_path(split, shard) for split in splits}},
         validation_fraction=validation_fraction,
         rows_per_row_group=rows_per_row_group,
     )
@@ -510,7 +510,7 @@ def test_derive_reads_in_memory_sources_like_files(corpus, tmp_path):
         io.BytesIO((root / "b/s1/metadata.parquet").read_bytes()),
         MAPPING,
         report_path=tmp_path / "mem" / "report.json",
-        parts={"train": tmp_path / "mem" / "train.parquet"},
+        parts={"hf": {"train": tmp_path / "mem" / "train.parquet"}},
         validation_fraction=0.0,
         rows_per_row_group=500,
     )

@@ -13,7 +13,7 @@ STEPS = ["env", "gpu_tests", "variants", "bench_exact", "bench_fast", "shard_job
 STEPS += ["profile_exact", "profile_fast"]
 
 
-@pytest.mark.slow
+@pytest.mark.gpu_check
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     args = ["--device", "cpu", "--segments", "1", "--profile-segments", "1", "--shard-segments", "2"]
     args += ["--longest", "2", "--out", str(tmp_path), "--budget", "900"]

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neucodec_workflow.contract import write_json, write_text
+from neucodec_workflow.contract import write_json
 
 log = logging.getLogger("neucodec_workflow")
 
@@ -137,21 +137,32 @@ def derive_job(
     local_tokens: list[str],
     metadata: list[str],
     reports: list[str],
-    parts: list[dict[str, str]],
+    parts: list[str],
+    part_keys: list[tuple[str, str]],
     columns: dict[str, Any],
     sft: dict[str, Any],
 ) -> None:
     """Rules derive_shard / derive_batch_N: each shard's report and dataset parts from its token file and metadata.
     ``tokens``/``metadata``: paths or s3:// URLs (each read once, into memory, while the previous shard is derived);
     ``local_tokens``: where a token file made by this run is still on local disk (read instead of the object);
-    ``reports``/``parts``: the job's output paths, shard by shard."""
+    ``reports``/``parts``: the job's output paths, shard by shard (each shard's parts in the order of ``part_keys``,
+    its (format, split) pairs)."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from neucodec_workflow.dataset.derive import derive_shard
+    from neucodec_workflow.dataset.formats import FormatWriter, describe
     from neucodec_workflow.storage.streams import OneAtATime
 
     read = OneAtATime()
+    writer = FormatWriter(sft)
+
+    def parts_of(i: int) -> dict[str, dict[str, str]]:
+        """Shard i's parts: format -> split -> path."""
+        out: dict[str, dict[str, str]] = {}
+        for (fmt, split), path in zip(part_keys, parts[i * len(part_keys) : (i + 1) * len(part_keys)], strict=True):
+            out.setdefault(fmt, {})[split] = path
+        return out
 
     def fetch(i: int) -> tuple[int, Any, Any]:
         return i, read(local_tokens[i] if os.path.exists(local_tokens[i]) else tokens[i]), read(metadata[i])
@@ -174,9 +185,10 @@ def derive_job(
             metadata_in,
             columns,
             report_path=reports[i],
-            parts=parts[i],
+            parts=parts_of(i),
             validation_fraction=float(sft["validation_fraction"]),
             rows_per_row_group=int(sft["rows_per_row_group"]),
+            writer=writer,
         )
         log.info(
             "shard %s: %s record, %d rows, dataset rows %s, left out %s",
@@ -186,15 +198,21 @@ def derive_job(
             report["sft"]["rows_per_split"],
             report["sft"]["excluded_by_reason"] or "none",
         )
+        for fmt, by_split in report["sft"]["formats"].items():
+            log.info("shard %s: %s %s", shards[i], fmt, {split: describe(p) for split, p in by_split.items()})
 
 
-def summarize_job(*, local: list[str], reports: list[str], stats: str, card: str, index: str) -> None:
-    """Rule summarize: stats.json, the card and the index from every shard report (the local copy when there is one,
-    else the object, read by a few threads)."""
+def summarize_job(
+    *, local: list[str], reports: list[str], outputs: dict[str, str], formats: list[str], splits: list[str]
+) -> None:
+    """Rule summarize: stats.json and each format's small files (outputs: ``stats`` and ``{format}_{name}`` as in
+    formats.summary_files) from every shard report (the local copy when there is one, else the object, read by a
+    few threads)."""
     import json
     from concurrent.futures import ThreadPoolExecutor
 
-    from neucodec_workflow.dataset.stats import corpus_stats, dataset_card, dataset_index
+    from neucodec_workflow.dataset.formats import write_summary_files
+    from neucodec_workflow.dataset.stats import corpus_stats
     from neucodec_workflow.storage.streams import OneAtATime
 
     read = OneAtATime()
@@ -207,9 +225,11 @@ def summarize_job(*, local: list[str], reports: list[str], stats: str, card: str
     with ThreadPoolExecutor(8) as pool:  # boto3 keeps 10 connections per client
         loaded = list(pool.map(load, zip(local, reports, strict=True)))
     summary = corpus_stats(loaded)
-    write_json(stats, summary)
-    write_json(index, dataset_index(loaded))
-    write_text(card, dataset_card(loaded, summary))
+    write_json(outputs["stats"], summary)
+    for fmt in formats:
+        write_summary_files(
+            fmt, loaded, summary, splits, {k[len(fmt) + 1 :]: v for k, v in outputs.items() if k.startswith(f"{fmt}_")}
+        )
     if summary["random_weights"]:
         log.warning(RANDOM_BANNER)
     log.info(

@@ -71,6 +71,20 @@ class Reason(StrEnum):
     BAD_DURATION = "unparseable_duration"
     DUPLICATE_IN_TOKENS = "duplicate_in_tokens"
     TOKEN_COUNT_MISMATCH = "token_count_mismatch"
+    # NeuTTS format: rows that NeuTTS's own filters (examples/finetune.py) or espeak-ng leave out
+    NEUTTS_EMPTY_TEXT = "neutts_empty_text"
+    NEUTTS_DIGIT = "neutts_digit"
+    NEUTTS_ACRONYM = "neutts_acronym"
+    NEUTTS_NO_FINAL_PUNCTUATION = "neutts_no_final_punctuation"
+    NEUTTS_CURRENCY = "neutts_currency_symbol"
+    NEUTTS_TOO_LONG = "neutts_longer_than_max_seconds"
+    NEUTTS_NO_VOICE = "neutts_no_espeak_voice"
+    NEUTTS_EMPTY_PHONEMES = "neutts_empty_phonemes"
+    # Multilingual-TTS format: segments (or voice-cloning rows) that cannot be a training row; a segment longer than
+    # max_seconds is TOO_LONG (longer_than_max_seconds), as in the encode job
+    TEXT_TOO_SHORT = "text_too_short"
+    MORE_WORDS_THAN_TOKENS = "more_words_than_tokens"
+    LONGER_THAN_BLOCK = "longer_than_block"
 
 
 @dataclass(frozen=True)
@@ -181,3 +195,4 @@ class CorpusStats(TypedDict):
     per_dataset: dict[str, GroupTotals]
     sft_rows_per_split: dict[str, int]
     sft_excluded_by_reason: dict[str, int]
+    sft_formats: dict[str, dict[str, dict[str, Any]]]  # format -> split -> totals (rows, drops by reason, ...)

@@ -21,6 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from neucodec_workflow.contract import SCHEMA, SECONDS_PER_TOKEN, footer, records_of, write_json
+from neucodec_workflow.dataset.formats import HF, FormatWriter
 from neucodec_workflow.dataset.sft import SftError, metadata_fields, part_path, shard_rows, speaker_split, write_part
 from neucodec_workflow.records import Reason, Reject
 
@@ -110,13 +111,15 @@ def derive_shard(
     mapping: Mapping[str, Any],
     *,
     report_path: str | Path,
-    parts: Mapping[str, str | Path],
+    parts: Mapping[str, Mapping[str, str | Path]],
     validation_fraction: float,
     rows_per_row_group: int,
+    writer: FormatWriter | None = None,
 ) -> dict[str, Any]:
-    """Write the shard's report (``report_path``) and its part of each split (``parts``: split -> where to write it;
-    zero rows is a valid part) from its token file and metadata; return the report. In the dataset (and its index)
-    a part lives at ``data/{split}/{shard}.parquet``."""
+    """Write the shard's report (``report_path``) and its part of each format and split (``parts``: format -> split
+    -> where to write it; zero rows is a valid part) from its token file and metadata; return the report. Formats
+    other than ``hf`` are written by ``writer`` (formats.py). In the hf dataset (and its index) a part lives at
+    ``data/{split}/{shard}.parquet``."""
     tokens, provenance, encoded = read_token_file(shard, tokens_source)
     fields = read_metadata(shard, metadata_source, mapping)
     if encoded is not None:
@@ -134,12 +137,24 @@ def derive_shard(
         index=rows.index,
         dtype="string",
     )
-    unknown = set(split_of) - set(parts)
-    if unknown:
-        raise SftError(f"shard {shard}: rows fall in splits {sorted(unknown)} that have no part ({sorted(parts)})")
+    for fmt, paths in parts.items():
+        unknown = set(split_of) - set(paths)
+        if unknown:
+            raise SftError(f"shard {shard}: rows fall in splits {sorted(unknown)} that have no {fmt} part")
     written = {
         split: {"path": part_path(split, shard), **write_part(path, rows[split_of == split], rows_per_row_group)}
-        for split, path in parts.items()
+        for split, path in parts.get(HF, {}).items()
+    }
+    others = {fmt: paths for fmt, paths in parts.items() if fmt != HF}
+    if others and writer is None:
+        raise SftError(f"shard {shard}: formats {sorted(others)} need a FormatWriter")
+    in_formats = {
+        fmt: {
+            split: writer.write(fmt, shard, split, rows[split_of == split].reset_index(drop=True), path)
+            for split, path in paths.items()
+        }
+        for fmt, paths in others.items()
+        if writer is not None
     }
     by_reason = Counter(str(r.reason) for r in excluded)
     report.update(
@@ -153,8 +168,9 @@ def derive_shard(
             "token_count_mismatches": by_reason[str(Reason.TOKEN_COUNT_MISMATCH)],
         },
         sft={
-            "rows_per_split": {split: p["rows"] for split, p in written.items()},
+            "rows_per_split": {split: int((split_of == split).sum()) for split in sorted({*split_of, *written})},
             "parts": written,
+            "formats": in_formats,
             "excluded_by_reason": dict(sorted(by_reason.items())),
             "excluded": [r.as_dict() for r in excluded],
             "per_language": group_totals(rows, "language"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from neucodec_workflow.dataset.sft import card_text
@@ -56,7 +56,30 @@ def corpus_stats(reports: list[dict[str, Any]]) -> CorpusStats:
         "per_dataset": dict(sorted(groups["dataset"].items())),
         "sft_rows_per_split": dict(splits),
         "sft_excluded_by_reason": dict(sorted(excluded.items())),
+        "sft_formats": format_totals(reports),
     }
+
+
+def _add(into: dict[str, Any], part: Mapping[str, Any]) -> None:
+    """Add the numbers of ``part`` into ``into``, recursively; lists, strings and MDS entries are not totals."""
+    for key, value in part.items():
+        if key == "mds" or isinstance(value, (str, list, bool)) or value is None:
+            continue
+        if isinstance(value, Mapping):
+            _add(into.setdefault(key, {}), value)
+        else:
+            into[key] = into.get(key, 0) + value
+
+
+def format_totals(reports: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per format (other than hf) and split: the shards' part summaries added up (rows, blocks, tokens, rows left
+    out by reason, voice-cloning pairs, ...)."""
+    totals: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in reports:
+        for fmt, by_split in r["sft"].get("formats", {}).items():
+            for split, summary in by_split.items():
+                _add(totals.setdefault(fmt, {}).setdefault(split, {}), summary)
+    return totals
 
 
 def audit_totals(reports: list[dict[str, Any]]) -> AuditTotals:

@@ -1,6 +1,8 @@
-"""``make demo``: build the small local corpus, run the workflow on it, say where everything is.
+"""``make demo``: build the small local corpus, run the workflow on it (all three training-data formats), say where
+everything is.
 
-python -m neucodec_workflow.testing.demo [--weights random|neuphonic/neucodec|PATH] [--cores N]
+python -m neucodec_workflow.testing.demo [--weights random|neuphonic/neucodec|PATH] [--tokenizer test|HUB_ID|DIR]
+    [--cores N]
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+from neucodec_workflow.dataset.formats import FORMATS
 from neucodec_workflow.jobs import RANDOM_BANNER
 from neucodec_workflow.testing.synth import make_demo_corpus
+from neucodec_workflow.testing.tokenizer import build_test_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,12 +26,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", default="demo/corpus")
     ap.add_argument("--output", default="demo/output")
     ap.add_argument("--cores", default="all")
+    ap.add_argument(
+        "--tokenizer",
+        default="test",
+        help="sft.multilingual_tts.tokenizer (default: test, a small tokenizer of the real class with the model's "
+        "special tokens, built offline into demo/tokenizer; the model's own: Scicom-intl/Multilingual-TTS-1.7B-Base)",
+    )
     args = ap.parse_args(argv)
 
     corpus, output = Path(args.corpus), Path(args.output)
     if not corpus.exists():
         info = make_demo_corpus(corpus)
         print(f"demo corpus: {info['shards']} shards of {info['speech']} in {corpus}/", flush=True)
+    tokenizer = args.tokenizer
+    if tokenizer == "test":
+        tokenizer = str(corpus.parent / "tokenizer")
+        if not Path(tokenizer, "tokenizer.json").exists():
+            build_test_tokenizer(Path(tokenizer))
+        print(f"multilingual_tts: TEST tokenizer in {tokenizer} (not the model's: its ids are not Qwen3's)", flush=True)
+    formats = corpus.parent / "formats.json"  # a config file: nested values keep their types (not so in --config)
+    formats.write_text(json.dumps({"sft": {"formats": list(FORMATS), "multilingual_tts": {"tokenizer": tokenizer}}}))
     if args.weights == "random":
         print(RANDOM_BANNER, flush=True)
     start = time.time()
@@ -39,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         str(args.cores),
         "--resources",
         "gpu=1",
+        "--configfile",
+        "config/config.yaml",
+        str(formats),
         "--config",
         f"corpus={corpus}",
         f"output={output}",
@@ -54,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  tokens per shard : {corpus}/<shard>/neucodec_tokens.parquet ({stats['shards']} shards)")
     print(f"  shard reports    : {output}/shards/<shard>.json")
     print(f"  SFT dataset      : {output}/sft_dataset/  (datasets.load_dataset('{output}/sft_dataset'))")
+    print(f"  Multilingual-TTS : {output}/multilingual_tts/train/  (streaming.LocalDataset; README 'Training data')")
+    print(f"  NeuTTS           : {output}/neutts/  (datasets.load_dataset('{output}/neutts'))")
+    for fmt, by_split in stats["sft_formats"].items():
+        for split, t in by_split.items():
+            print(f"    {fmt} {split}: rows {t['rows']}, left out {t.get('dropped_by_reason') or 'none'}")
     print(f"  stats            : {output}/stats.json")
     print(
         f"  segments {stats['segments']}: {stats['encoded']} encoded, {stats['rejected']} rejected {stats['rejects_by_reason']}; "

@@ -1,0 +1,129 @@
+"""The training-data formats (``sft.formats``) and where each one's files live under ``{output}``.
+
+Every format is built the same way: each shard's rows (``sft.shard_rows``, split by speaker) become that shard's part
+of each split, written by the derive job; the summarize step ties the parts together with small files only.
+
+=================  ==========================================  ================================================
+format             a shard's part of a split                   written by summarize
+=================  ==========================================  ================================================
+hf                 sft_dataset/data/{split}/{shard}.parquet    sft_dataset/README.md (card), index.json
+multilingual_tts   multilingual_tts/{split}/{shard}.mds        multilingual_tts/{split}/index.json (MDS index)
+neutts             neutts/data/{split}/{shard}.parquet         neutts/README.md (card)
+=================  ==========================================  ================================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+HF, MULTILINGUAL_TTS, NEUTTS = "hf", "multilingual_tts", "neutts"
+FORMATS = (HF, MULTILINGUAL_TTS, NEUTTS)
+ROOTS = {HF: "sft_dataset", MULTILINGUAL_TTS: "multilingual_tts", NEUTTS: "neutts"}
+
+
+def part_path(fmt: str, split: str, shard: str) -> str:
+    """A shard's part of a split, relative to the format's root (nested shard names stay nested)."""
+    if fmt == MULTILINGUAL_TTS:
+        return f"{split}/{shard}.mds"
+    return f"data/{split}/{shard}.parquet"
+
+
+def summary_files(fmt: str, splits: list[str]) -> dict[str, str]:
+    """What summarize writes for a format, relative to its root: name -> path."""
+    if fmt == HF:
+        return {"card": "README.md", "index": "index.json"}
+    if fmt == MULTILINGUAL_TTS:
+        return {f"index_{split}": f"{split}/index.json" for split in splits}
+    return {"card": "README.md"}
+
+
+class FormatWriter:
+    """Writes one shard's part of one split in the formats other than ``hf`` (which derive.py writes itself), from
+    the ``sft`` config section. The tokenizer and the espeak backends load once per job, on first use."""
+
+    def __init__(self, sft: Mapping[str, Any]) -> None:
+        self.sft = sft
+
+    def write(self, fmt: str, shard: str, split: str, rows: pd.DataFrame, path: str | Path) -> dict[str, Any]:
+        """The part's summary for the shard report (rows, drops by reason, and what summarize needs)."""
+        if fmt == MULTILINGUAL_TTS:
+            from neucodec_workflow.dataset.mtts import load_tokenizer, mtts_part
+
+            settings = mtts_settings(self.sft)
+            tokenizer = load_tokenizer(str(self.sft[MULTILINGUAL_TTS]["tokenizer"]))
+            return mtts_part(
+                shard, rows, tokenizer, settings, Path(path), part_path(fmt, split, shard).split("/", 1)[1]
+            )
+        if fmt == NEUTTS:
+            from neucodec_workflow.dataset.neutts import neutts_part
+
+            return neutts_part(shard, rows, neutts_settings(self.sft), Path(path), int(self.sft["rows_per_row_group"]))
+        raise ValueError(f"unknown format {fmt!r} (known: {FORMATS})")
+
+
+def describe(summary: Mapping[str, Any]) -> str:
+    """One line for the job's log: rows (and blocks) written, rows left out by reason."""
+    blocks = f", {summary['blocks']} blocks" if "blocks" in summary else ""
+    return f"rows {summary['rows']}{blocks}, left out {dict(summary['dropped_by_reason']) or 'none'}"
+
+
+def mtts_settings(sft: Mapping[str, Any]):
+    from neucodec_workflow.dataset.mtts import MttsSettings
+
+    c = sft[MULTILINGUAL_TTS]
+    return MttsSettings(
+        block_tokens=int(c["block_tokens"]),
+        speaker_format=str(c["speaker_format"]),
+        pairs_per_speaker=int(c["pairs_per_speaker"]),
+        max_seconds=float(c["max_seconds"]),
+        seed=int(c["seed"]),
+    )
+
+
+def neutts_settings(sft: Mapping[str, Any]):
+    from neucodec_workflow.dataset.neutts import NeuttsSettings
+
+    c = sft[NEUTTS]
+    return NeuttsSettings(
+        default_language=str(c["default_language"]),
+        language_voices=dict(c["language_voices"]),
+        max_seconds=None if c["max_seconds"] is None else float(c["max_seconds"]),
+    )
+
+
+def write_summary_files(
+    fmt: str, reports: list[dict[str, Any]], stats: Mapping[str, Any], splits: list[str], paths: Mapping[str, str]
+) -> None:
+    """What ties a format's parts together, from the shard reports alone (``paths``: name -> where, as in
+    ``summary_files``)."""
+    from neucodec_workflow.contract import write_json, write_text
+
+    if fmt == HF:
+        from neucodec_workflow.dataset.stats import dataset_card, dataset_index
+
+        write_json(paths["index"], dataset_index(reports))
+        write_text(paths["card"], dataset_card(reports, stats))  # type: ignore[arg-type]
+    elif fmt == MULTILINGUAL_TTS:
+        from neucodec_workflow.dataset.mtts import merge_index
+
+        for split in splits:
+            entries = [r["sft"]["formats"][fmt][split]["mds"] for r in reports]
+            write_json(paths[f"index_{split}"], merge_index(entries))
+    elif fmt == NEUTTS:
+        from neucodec_workflow.dataset.neutts import card_text
+
+        totals = stats["sft_formats"].get(fmt, {})
+        dropped: dict[str, int] = {}
+        for t in totals.values():
+            for reason, n in t.get("dropped_by_reason", {}).items():
+                dropped[reason] = dropped.get(reason, 0) + n
+        write_text(paths["card"], card_text(totals, len(reports), dropped))
+    else:
+        raise ValueError(f"unknown format {fmt!r} (known: {FORMATS})")
