@@ -1,4 +1,4 @@
-# neucodec tokens for speech corpora: audio.tar + metadata.parquet per shard -> neucodec tokens -> SFT dataset.
+# neucodec tokens for speech corpora: audio.tar + metadata.parquet per shard -> neucodec tokens -> training data.
 #
 # The record: a shard is done when its token file exists. Everything in {output} is derived from the token files
 # (and the metadata), cheaply, and re-made when missing: deleting {output} never re-encodes.
@@ -8,6 +8,8 @@
 #   {output}/shards/{shard}.json                per-shard report (foreign token files: what can be known)
 #   {output}/sft_dataset/data/{split}/{shard}.parquet   the shard's rows of the Hugging Face dataset
 #   {output}/sft_dataset/README.md, index.json  dataset card (features, splits, stats) and the list of parts
+#   {output}/multilingual_tts/{split}/{shard}.mds, index.json   sft.formats multilingual_tts: packed MDS blocks
+#   {output}/neutts/data/{split}/{shard}.parquet, README.md     sft.formats neutts: rows with espeak-ng phonemes
 #   {output}/stats.json                         corpus totals, per language / dataset, rejects by reason
 #   {local_dir or output}/logs/, benchmarks/    one log and one benchmark TSV per job
 #

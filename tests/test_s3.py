@@ -397,10 +397,14 @@ def put_foreign_shard(client: Any, prefix: str, shard: str, rows: int, seed: int
 
 @pytest.mark.workflow
 def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
-    """output: s3://... over shards encoded elsewhere: no encode job; reports, per-shard parts, card, index and stats
-    are objects; at most 4 requests per shard plus a constant; nothing left on local disk; a deleted report is
-    re-derived (that shard only)."""
+    """output: s3://... over shards encoded elsewhere, all three training-data formats: no encode job; reports,
+    per-shard parts, cards, indexes and stats are objects; at most 6 requests per shard plus a constant; nothing left
+    on local disk; a deleted report is re-derived (that shard only)."""
     from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+    from neucodec_workflow.testing.tokenizer import build_test_tokenizer
+
+    tokenizer = build_test_tokenizer(tmp_path / "tokenizer")
+    formats = f"sft={{'formats': [hf, multilingual_tts, neutts], 'multilingual_tts': {{'tokenizer': '{tokenizer}'}}}}"
 
     prefix, shards = "adopt", ["a/shard-0", "a/shard-1", "b/shard-2"]
     for i, shard in enumerate(shards):
@@ -410,7 +414,7 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
 
     def cmd(*extra: str) -> list[str]:
         return snakemake_s3_command(
-            REPO, tmp_path, f"s3://{BUCKET}/{prefix}/corpus", str(checkpoint), *extra, output=out
+            REPO, tmp_path, f"s3://{BUCKET}/{prefix}/corpus", str(checkpoint), formats, *extra, output=out
         )
 
     server.reset()
@@ -420,17 +424,29 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     assert not re.search(r"^encode_shard\s+\d", r.stdout + r.stderr, re.M) and re.search(
         r"^derive_batch_0\s+1$", r.stdout + r.stderr, re.M
     )
-    assert counts["total"] <= 4 * len(shards) + 8, counts  # GET tokens, GET metadata, PUT report, PUT part
+    assert counts["total"] <= 6 * len(shards) + 12, counts  # GET tokens and metadata, PUT report and 3 parts
     present = set(keys(client, f"{prefix}/out"))
+
+    def get(name: str) -> bytes:
+        return client.get_object(Bucket=BUCKET, Key=f"{prefix}/out/{name}")["Body"].read()
+
     for shard in shards:
         assert f"{prefix}/out/shards/{shard}.json" in present
-        part = client.get_object(Bucket=BUCKET, Key=f"{prefix}/out/sft_dataset/data/train/{shard}.parquet")["Body"]
-        assert len(pd.read_parquet(io.BytesIO(part.read()))) == 3
-    for name in ("stats.json", "sft_dataset/README.md", "sft_dataset/index.json"):
+        assert len(pd.read_parquet(io.BytesIO(get(f"sft_dataset/data/train/{shard}.parquet")))) == 3
+        assert len(pd.read_parquet(io.BytesIO(get(f"neutts/data/train/{shard}.parquet")))) == 0  # "text 0": a digit
+    for name in ("stats.json", "sft_dataset/README.md", "sft_dataset/index.json", "neutts/README.md"):
         assert f"{prefix}/out/{name}" in present
-    stats = json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/out/stats.json")["Body"].read())
+    index = json.loads(get("multilingual_tts/train/index.json"))
+    assert [e["raw_data"]["basename"] for e in index["shards"]] == [f"{s}.mds" for s in shards]
+    for e in index["shards"]:
+        assert len(get(f"multilingual_tts/train/{e['raw_data']['basename']}")) == e["raw_data"]["bytes"]
+    stats = json.loads(get("stats.json"))
     assert stats["records"] == {"foreign": 3} and stats["sft_rows_per_split"] == {"train": 9}
+    mtts = stats["sft_formats"]["multilingual_tts"]["train"]
+    assert mtts["rows"] == {"tts": 9, "voice_cloning": 18}  # one speaker per shard, 3 texts: 6 ordered pairs each
+    assert stats["sft_formats"]["neutts"]["train"]["dropped_by_reason"] == {"neutts_digit": 9}
     assert not list((tmp_path / ".snakemake/storage").rglob("*.parquet")), "local copies of parts left behind"
+    assert not list((tmp_path / ".snakemake/storage").rglob("*.mds")), "local copies of parts left behind"
 
     client.delete_object(Bucket=BUCKET, Key=f"{prefix}/out/shards/a/shard-1.json")
     dry = run(cmd("-n"), env)
