@@ -154,6 +154,7 @@ def derive_job(
     from neucodec_workflow.dataset.formats import FormatWriter, describe
     from neucodec_workflow.storage.streams import OneAtATime
 
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizer's threads: the job has one core
     read = OneAtATime()
     writer = FormatWriter(sft)
 
