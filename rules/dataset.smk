@@ -69,7 +69,7 @@ rule summarize:
         reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
         local_reports=[local_copy(f"{OUTPUT}/{report_path(s)}") for s in SHARDS],
         formats=FORMATS,
-        splits=SPLITS,
+        sft=config["sft"],
     script:
         "../scripts/summarize.py"
 

@@ -11,5 +11,5 @@ summarize_job(
     reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)
     outputs=dict(snakemake.output.items()),  # noqa: F821 (stats, and {format}_{name} per format)
     formats=list(snakemake.params.formats),  # noqa: F821
-    splits=list(snakemake.params.splits),  # noqa: F821
+    sft=dict(snakemake.params.sft),  # noqa: F821
 )

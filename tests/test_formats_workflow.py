@@ -113,6 +113,7 @@ def test_nothing_is_encoded_and_every_format_is_there(built):
         "sft_dataset/README.md",
         "sft_dataset/index.json",
         "multilingual_tts/train/index.json",
+        "multilingual_tts/README.md",
         "multilingual_tts/train/en/s0.mds",
         "multilingual_tts/train/es/s0.mds",
         "neutts/README.md",
@@ -158,6 +159,8 @@ def test_multilingual_tts_blocks_open_with_the_trainers_reader(built):
     # every segment is a TTS row or left out with its reason
     assert mtts["rows"]["tts"] + sum(mtts["dropped_by_reason"].values()) == len(tokens)
     assert "x" not in {t for s in SENTENCES.values() for t in s if t in seen_tts}
+    card = (root / "out/multilingual_tts/README.md").read_text()
+    assert f"| train | {mtts['rows']['tts']} | {vc_rows} |" in card and "Codec provenance" in card
 
 
 def test_neutts_rows_load_with_datasets(built):

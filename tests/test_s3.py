@@ -436,6 +436,8 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
         assert len(pd.read_parquet(io.BytesIO(get(f"neutts/data/train/{shard}.parquet")))) == 0  # "text 0": a digit
     for name in ("stats.json", "sft_dataset/README.md", "sft_dataset/index.json", "neutts/README.md"):
         assert f"{prefix}/out/{name}" in present
+    for name in ("multilingual_tts/README.md", "multilingual_tts/train/index.json"):
+        assert f"{prefix}/out/{name}" in present
     index = json.loads(get("multilingual_tts/train/index.json"))
     assert [e["raw_data"]["basename"] for e in index["shards"]] == [f"{s}.mds" for s in shards]
     for e in index["shards"]:

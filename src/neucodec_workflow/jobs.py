@@ -204,7 +204,7 @@ def derive_job(
 
 
 def summarize_job(
-    *, local: list[str], reports: list[str], outputs: dict[str, str], formats: list[str], splits: list[str]
+    *, local: list[str], reports: list[str], outputs: dict[str, str], formats: list[str], sft: dict[str, Any]
 ) -> None:
     """Rule summarize: stats.json and each format's small files (outputs: ``stats`` and ``{format}_{name}`` as in
     formats.summary_files) from every shard report (the local copy when there is one, else the object, read by a
@@ -228,9 +228,8 @@ def summarize_job(
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)
     for fmt in formats:
-        write_summary_files(
-            fmt, loaded, summary, splits, {k[len(fmt) + 1 :]: v for k, v in outputs.items() if k.startswith(f"{fmt}_")}
-        )
+        paths = {name[len(fmt) + 1 :]: path for name, path in outputs.items() if name.startswith(f"{fmt}_")}
+        write_summary_files(fmt, loaded, summary, sft, paths)
     if summary["random_weights"]:
         log.warning(RANDOM_BANNER)
     log.info(
@@ -267,3 +266,11 @@ def push_job(*, repo_id: str, dataset: str, local_index: str, local_card: str, r
     summary = push_dataset(repo_id, files, read)
     write_json(receipt, summary)
     log.info("pushed to the Hub: %s", summary)
+
+
+def verify_job(*, shards: list[str], tokens: list[str], report: str, full: bool) -> None:
+    """Rule verify: every shard's token file checked from its footer (``full``: every row too), the report written to
+    ``report`` (a path or an s3:// URL), then ``VerifyError`` naming the bad shards, if any."""
+    from neucodec_workflow.verify import run
+
+    run(shards, tokens, report, full=full)

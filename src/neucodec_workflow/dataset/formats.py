@@ -7,7 +7,7 @@ of each split, written by the derive job; the summarize step ties the parts toge
 format             a shard's part of a split                   written by summarize
 =================  ==========================================  ================================================
 hf                 sft_dataset/data/{split}/{shard}.parquet    sft_dataset/README.md (card), index.json
-multilingual_tts   multilingual_tts/{split}/{shard}.mds        multilingual_tts/{split}/index.json (MDS index)
+multilingual_tts   multilingual_tts/{split}/{shard}.mds        multilingual_tts/{split}/index.json, README.md
 neutts             neutts/data/{split}/{shard}.parquet         neutts/README.md (card)
 =================  ==========================================  ================================================
 """
@@ -40,7 +40,7 @@ def summary_files(fmt: str, splits: list[str]) -> dict[str, str]:
     if fmt == HF:
         return {"card": "README.md", "index": "index.json"}
     if fmt == MULTILINGUAL_TTS:
-        return {f"index_{split}": f"{split}/index.json" for split in splits}
+        return {"card": "README.md", **{f"index_{split}": f"{split}/index.json" for split in splits}}
     return {"card": "README.md"}
 
 
@@ -99,11 +99,18 @@ def neutts_settings(sft: Mapping[str, Any]):
 
 
 def write_summary_files(
-    fmt: str, reports: list[dict[str, Any]], stats: Mapping[str, Any], splits: list[str], paths: Mapping[str, str]
+    fmt: str,
+    reports: list[dict[str, Any]],
+    stats: Mapping[str, Any],
+    sft: Mapping[str, Any],
+    paths: Mapping[str, str],
 ) -> None:
-    """What ties a format's parts together, from the shard reports alone (``paths``: name -> where, as in
-    ``summary_files``)."""
+    """What ties a format's parts together, from the shard reports alone (``sft``: the config section; ``paths``:
+    name -> where, as in ``summary_files``)."""
     from neucodec_workflow.contract import write_json, write_text
+    from neucodec_workflow.dataset.stats import codecs_of
+
+    splits = [name.removeprefix("index_") for name in paths if name.startswith("index_")]
 
     if fmt == HF:
         from neucodec_workflow.dataset.stats import dataset_card, dataset_index
@@ -111,11 +118,13 @@ def write_summary_files(
         write_json(paths["index"], dataset_index(reports))
         write_text(paths["card"], dataset_card(reports, stats))  # type: ignore[arg-type]
     elif fmt == MULTILINGUAL_TTS:
-        from neucodec_workflow.dataset.mtts import merge_index
+        from neucodec_workflow.dataset import mtts
 
         for split in splits:
             entries = [r["sft"]["formats"][fmt][split]["mds"] for r in reports]
-            write_json(paths[f"index_{split}"], merge_index(entries))
+            write_json(paths[f"index_{split}"], mtts.merge_index(entries))
+        totals = stats["sft_formats"].get(fmt, {})
+        write_text(paths["card"], mtts.card_text(totals, len(reports), dict(sft[fmt]), codecs_of(reports)))
     elif fmt == NEUTTS:
         from neucodec_workflow.dataset.neutts import card_text
 
@@ -124,6 +133,6 @@ def write_summary_files(
         for t in totals.values():
             for reason, n in t.get("dropped_by_reason", {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
-        write_text(paths["card"], card_text(totals, len(reports), dropped))
+        write_text(paths["card"], card_text(totals, len(reports), dropped, codecs_of(reports)))
     else:
         raise ValueError(f"unknown format {fmt!r} (known: {FORMATS})")

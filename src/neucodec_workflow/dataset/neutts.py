@@ -409,11 +409,17 @@ def neutts_train_dataset(path, tokenizer, max_len=2048, split="train"):
 '''
 
 
-def card_text(splits: dict[str, dict[str, Any]], n_shards: int, dropped_by_reason: dict[str, int]) -> str:
+def card_text(
+    splits: dict[str, dict[str, Any]],
+    n_shards: int,
+    dropped_by_reason: dict[str, int],
+    codecs: list[dict[str, Any]] | None = None,
+) -> str:
     """README.md of the neutts dataset: ``dataset_info`` (features, splits) and ``configs`` whose data files are the
     glob ``data/{split}/**/*.parquet`` (a new shard's part needs no other change), then how a NeuTTS trainer reads it.
     ``splits``: split -> the shards' part summaries added up (rows, bytes, hours, languages). A split without rows is
-    left out of ``configs``: ``load_dataset`` fails on a split with no data."""
+    left out of ``configs``: ``load_dataset`` fails on a split with no data. ``codecs``: what made the tokens
+    (``stats.codecs_of``), shown at the end, with a warning on top when random test weights did."""
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from huggingface_hub import DatasetCardData
@@ -437,6 +443,11 @@ def card_text(splits: dict[str, dict[str, Any]], n_shards: int, dropped_by_reaso
         "",
         "# neucodec tokens for NeuTTS",
         "",
+        *(
+            ["> **WARNING: encoded with RANDOM test weights: these are not real neucodec tokens.**", ""]
+            if any(c.get("random_weights") for c in codecs or [])
+            else []
+        ),
         f"The segments of {n_shards} shards that pass NeuTTS's own filters (neuphonic/neutts-air",
         "`examples/finetune.py`), one row each, with the phonemes its trainer would compute. Each shard's rows are",
         "its own file, `data/{split}/{shard}.parquet`.",
@@ -495,4 +506,6 @@ def card_text(splits: dict[str, dict[str, Any]], n_shards: int, dropped_by_reaso
         "```",
         "",
     ]
+    if codecs:
+        lines += ["Codec provenance:", "", "```json", json.dumps(codecs, indent=2), "```", ""]
     return "\n".join(lines)

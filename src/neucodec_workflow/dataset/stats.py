@@ -105,6 +105,14 @@ def dataset_index(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return {"parts": parts}
 
 
+def codecs_of(reports: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The distinct codecs (id, revision, weights, random or not) that made the shards' tokens: every card shows them
+    (which codec made a dataset is what its users ask first)."""
+    keys = ("codec_id", "revision", "weights_sha256", "random_weights", "seed")
+    found = {json.dumps({k: r["provenance"].get(k) for k in keys}, sort_keys=True) for r in reports}
+    return [json.loads(c) for c in sorted(found)]
+
+
 def dataset_card(reports: list[dict[str, Any]], stats: CorpusStats) -> str:
     """The card's text: features, splits (rows, bytes, hours summed over the parts), codecs, exclusions, stats."""
     splits: dict[str, dict[str, Any]] = {}
@@ -115,8 +123,7 @@ def dataset_card(reports: list[dict[str, Any]], stats: CorpusStats) -> str:
             s["num_bytes"] += part["bytes"]
             s["hours"] += part["hours"]
     splits = {n: s for n, s in splits.items() if s["num_examples"]}  # a split without rows would not load
-    keys = ("codec_id", "revision", "weights_sha256", "random_weights", "seed")
-    codecs = sorted({json.dumps({k: r["provenance"].get(k) for k in keys}, sort_keys=True) for r in reports})
+    codecs = codecs_of(reports)
     records = ", ".join(f"{n} {kind}" for kind, n in stats["records"].items())
     stats_lines = [
         f"Shards: {stats['shards']} ({records}). Segments: {stats['segments']} ({stats['encoded']} encoded, "
@@ -126,6 +133,4 @@ def dataset_card(reports: list[dict[str, Any]], stats: CorpusStats) -> str:
         "|---|---|---|",
         *(f"| {k} | {g['segments']} | {g['hours']:.3f} |" for k, g in stats["per_language"].items()),
     ]
-    return card_text(
-        splits, [json.loads(c) for c in codecs], len(reports), stats["sft_excluded_by_reason"], stats_lines
-    )
+    return card_text(splits, codecs, len(reports), stats["sft_excluded_by_reason"], stats_lines)
