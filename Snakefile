@@ -11,6 +11,7 @@
 #   {output}/multilingual_tts/{split}/{shard}.mds, index.json   sft.formats multilingual_tts: packed MDS blocks
 #   {output}/neutts/data/{split}/{shard}.parquet, README.md     sft.formats neutts: rows with espeak-ng phonemes
 #   {output}/stats.json                         corpus totals, per language / dataset, rejects by reason
+#   {output}/verify.json                        snakemake verify: each token file checked from its footer, bad shards
 #   {local_dir or output}/logs/, benchmarks/    one log and one benchmark TSV per job
 #
 # Run: snakemake (the default profile in profiles/default applies); see README.md.
@@ -33,6 +34,7 @@ onstart:
 include: "rules/common.smk"
 include: "rules/encode.smk"
 include: "rules/dataset.smk"
+include: "rules/verify.smk"
 
 
 rule all:

@@ -193,3 +193,15 @@ def test_a_new_shard_adds_only_its_own_parts(built):
     assert (out / "neutts/data/train/en/s1.parquet").is_file()
     dry = run_snakemake(root, "-n", config=config, configfiles=(settings,))
     assert "Nothing to be done" in dry.stdout + dry.stderr
+
+
+def test_a_deleted_format_folder_is_derived_again_without_encoding(built):
+    import shutil
+
+    root, _, config, settings, _, _ = built
+    out = root / "out"
+    index = (out / "multilingual_tts/train/index.json").read_text()
+    shutil.rmtree(out / "multilingual_tts")
+    run = run_snakemake(root, config=config, configfiles=(settings,))
+    assert "encode_shard" not in job_counts(run.stdout + run.stderr)
+    assert (out / "multilingual_tts/train/index.json").read_text() == index  # the same blocks, byte for byte
