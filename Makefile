@@ -16,7 +16,7 @@ WEIGHTS ?= random
 STAMP := $(VENV)/.installed
 
 PY_SOURCES := src tests scripts benchmarks
-FAST := not workflow and not slurm and not slow
+FAST := not workflow and not slurm and not slow and not gpu_check
 
 .PHONY: setup espeak demo test lint test-fast test-workflow test-kills test-gpu-check bench bench-sft gpu-wheels gpu-check clean-demo
 
