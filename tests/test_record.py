@@ -134,6 +134,41 @@ def test_push_to_a_loopback_hub_sends_only_what_changed(encoded):
         assert second["uploaded"] == 0 and second["commits"] == 0 and second["unchanged"] == first["uploaded"]
 
 
+HF_TOKEN_SENTINEL = "hf_SENTINELdoNotPrintLoopback7f3a9c2e"  # fake; allowlisted in tests/test_secret_scan.py
+
+
+def test_push_never_leaks_the_hf_token(encoded):
+    """HF_TOKEN is a sentinel: after a push the hub refuses (401), one whose commit fails (500, a traceback in the
+    job's log) and one that succeeds, and Snakemake's report, it is in no stdout/stderr and no file of the work
+    directory (logs, outputs, receipts, .snakemake metadata, report.html)."""
+    from neucodec_workflow.testing.loopback_hub import LoopbackHub
+
+    root, _, config, _ = encoded
+    pushed = {**config, "sft": json.dumps({"push_to_hub": "org/leak-check"})}
+    log = root / "out/logs/push_to_hub.log"
+    texts = []
+    refusing, failing = LoopbackHub(token="hf_another_token"), LoopbackHub(HF_TOKEN_SENTINEL, fail_commits={1})
+    with refusing, failing, LoopbackHub(HF_TOKEN_SENTINEL) as accepting:
+        for hub, expect in ((refusing, "401"), (failing, "500"), (accepting, None)):
+            env = {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": HF_TOKEN_SENTINEL, "HF_HUB_OFFLINE": "0"}
+            run = run_snakemake(root, config=pushed, env=env, check=expect is None)
+            texts += [run.stdout, run.stderr, log.read_text()]
+            if expect:
+                assert run.returncode != 0 and "job failed" in texts[-1] and expect in texts[-1], texts[-1]
+        assert refusing.unauthorized >= 1 and failing.commit_requests == 1 and accepting.unauthorized == 0
+        assert accepting.files("org/leak-check")["README.md"] == (root / "out/sft_dataset/README.md").read_bytes()
+    report = run_snakemake(root, "--report", str(root / "report.html"), config=pushed, env=env)
+    texts += [report.stdout, report.stderr]
+    for text in texts:
+        assert HF_TOKEN_SENTINEL not in text
+    files = [f for f in root.rglob("*") if f.is_file()]
+    assert any(".snakemake" in f.parts for f in files) and (root / "out/hub/org/leak-check.json").is_file()
+    assert (root / "report.html").is_file()
+    for f in files:
+        assert HF_TOKEN_SENTINEL.encode() not in f.read_bytes(), f"HF token leaked into {f}"
+    (root / "report.html").unlink()
+
+
 def test_one_new_shard_writes_only_its_own_files(encoded):
     root, corpus, config, _ = encoded
     out = root / "out"
