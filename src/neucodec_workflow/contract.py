@@ -8,9 +8,12 @@ either. A token file made by another tool has neither: it is *foreign*, and is a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-from collections.abc import Callable, Iterable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -34,6 +37,51 @@ REPORT_KEY = b"neucodec_workflow.report"
 def atomic_path(path: Path) -> Path:
     """A hidden temp name beside ``path``: a reader never sees a half-written file under the real name."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+class DiskFullError(OSError):
+    """A write that ran out of space (or quota): names the file, what was written, what is free, and what to do."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, also as pyarrow reports it (an OSError whose errno is not set)."""
+    text = str(exc)
+    return isinstance(exc, OSError) and (
+        exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "errno 28]" in text
+    )
+
+
+def _free_bytes(path: Path) -> int | None:
+    for d in (path, *path.parents):
+        if d.exists():
+            return shutil.disk_usage(d).free
+    return None
+
+
+@contextmanager
+def publishing(path: str | Path) -> Iterator[Path]:
+    """Write ``path`` atomically: the caller writes the yielded temp path (``atomic_path``), which becomes ``path``
+    by rename when the block ends without an error. On any error nothing is published and the temp file is removed;
+    a full disk becomes a ``DiskFullError`` naming the file, the bytes written before it, and the space left."""
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            os.replace(tmp, path)
+        except OSError as exc:
+            if not is_disk_full(exc) or isinstance(exc, DiskFullError):
+                raise
+            written = tmp.stat().st_size if tmp.exists() else 0
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on device writing {path} (it needed more than the {written} bytes written; "
+                f"{_free_bytes(path.parent)} bytes free there): nothing was published; free space (or move this "
+                "directory to a larger disk), then run the same command again",
+            ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def candidates(column: str | list[str]) -> list[str]:
@@ -65,11 +113,9 @@ def write_tokens(
     ``NoRowsError`` (publishing nothing) when there are none.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema = SCHEMA.with_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()})
-    tmp = atomic_path(path)
     written = 0
-    try:
+    with publishing(path) as tmp:
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             ids: list[str] = []
             blobs: list[bytes] = []
@@ -97,9 +143,6 @@ def write_tokens(
                 raise NoRowsError(f"no rows for {path.name}")
             if report is not None:
                 writer.add_key_value_metadata({REPORT_KEY: json.dumps(report(), sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return written
 
 
@@ -131,14 +174,8 @@ def tokens_of(blob: bytes) -> np.ndarray:
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` atomically (a reader sees the old file or the new one)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    with publishing(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, data: Any) -> None:

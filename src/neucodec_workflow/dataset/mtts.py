@@ -20,7 +20,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import numpy as np
 import pandas as pd
 import xxhash
 
-from neucodec_workflow.contract import atomic_path
+from neucodec_workflow.contract import publishing
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -494,9 +493,7 @@ def write_mds(path: Path, blocks: Packed, basename: str) -> dict[str, Any]:
     offsets = np.concatenate([[0], np.cumsum(sizes)]) + head
     header = np.uint32(len(sizes)).tobytes() + offsets.astype(np.uint32).tobytes() + config
     sha1, xxh64 = hashlib.sha1(), xxhash.xxh64()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    with publishing(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(header)
             sha1.update(header)
@@ -507,9 +504,6 @@ def write_mds(path: Path, blocks: Packed, basename: str) -> dict[str, Any]:
                 f.write(piece)
         if tmp.stat().st_size != total:
             raise MttsError(f"{basename}: wrote {tmp.stat().st_size} bytes, expected {total}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "samples": len(sizes),
         "raw_data": {

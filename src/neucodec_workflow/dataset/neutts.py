@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -30,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import SECONDS_PER_TOKEN, atomic_path
+from neucodec_workflow.contract import SECONDS_PER_TOKEN, publishing
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -325,10 +324,7 @@ def neutts_part(
     check_settings(settings)
     kept, dropped = neutts_rows(rows, settings)
     schema = SCHEMA.with_metadata({"neutts": json.dumps(provenance())})
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    with publishing(path) as tmp:
         if len(kept):
             table = _table(kept).replace_schema_metadata(schema.metadata)
             pq.write_table(table, tmp, row_group_size=rows_per_row_group, compression="zstd")
@@ -336,9 +332,6 @@ def neutts_part(
             pq.ParquetWriter(tmp, schema, compression="zstd").close()
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     by_reason = Counter(str(r.reason) for r in dropped)
     if dropped:
         log.info("shard %s: neutts left out %d of %d rows %s", shard, len(dropped), len(rows), dict(by_reason))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import SECONDS_PER_TOKEN, atomic_path, candidates, pick_column, tokens_of
+from neucodec_workflow.contract import SECONDS_PER_TOKEN, candidates, pick_column, publishing, tokens_of
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -157,10 +156,7 @@ def shard_rows(shard: str, tokens: pd.DataFrame, fields: pd.DataFrame) -> tuple[
 def write_part(path: str | Path, rows: pd.DataFrame, rows_per_row_group: int) -> dict[str, Any]:
     """One shard's rows of one split as a parquet file of the dataset (zero rows is a valid, empty part), written
     atomically; returns what the dataset's index records about it: rows, bytes, sha256, hours."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
+    with publishing(path) as tmp:
         if len(rows):
             table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
             pq.write_table(table, tmp, row_group_size=rows_per_row_group, compression="zstd")
@@ -168,9 +164,6 @@ def write_part(path: str | Path, rows: pd.DataFrame, rows_per_row_group: int) ->
             pq.ParquetWriter(tmp, SCHEMA, compression="zstd").close()
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "rows": len(rows),
         "bytes": size,
