@@ -133,7 +133,8 @@ DERIVE_BATCHES = derive_batches(
     _mtime,
     inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
     outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{p}" for p in part_paths(s))],
-    nbytes=lambda s: _size(shard_path(s, TOKENS)),
+    # the bytes of parts a shard's token file makes: what its batch holds on local disk until uploaded
+    nbytes=lambda s: _size(shard_path(s, TOKENS)) * formats.parts_per_token_byte(config["sft"]),
 )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 BATCH_SHARDS = 100
 # A batch's parts wait on local disk until the job ends and Snakemake uploads them (with an S3 output): at most about
-# this many bytes of token files per batch (a part is about the size of its token file plus the text).
+# this many bytes of parts per batch (estimated from the token files' sizes: formats.parts_per_token_byte).
 BATCH_BYTES = 256 << 20
 
 
@@ -31,21 +31,21 @@ def derive_batches(
     mtime: Callable[[str], float | None],
     inputs: Callable[[str], list[str]],
     outputs: Callable[[str], list[str]],
-    nbytes: Callable[[str], int],
+    nbytes: Callable[[str], float],
     size: int = BATCH_SHARDS,
     budget: int = BATCH_BYTES,
 ) -> list[list[str]]:
     """The stale shards (whose token file exists), in order, cut into batches of at most ``size`` shards and about
-    ``budget`` bytes of token files (``nbytes(shard)``; a shard larger than the budget is a batch of its own)."""
+    ``budget`` bytes of outputs (``nbytes(shard)``; a shard larger than the budget is a batch of its own)."""
     batches: list[list[str]] = []
-    held = 0
+    held = 0.0
     for s in shards:
         if not stale([mtime(p) for p in [*inputs(s), *outputs(s)]], len(inputs(s))):
             continue
         n = nbytes(s)
         if not batches or len(batches[-1]) >= size or (batches[-1] and held + n > budget):
             batches.append([])
-            held = 0
+            held = 0.0
         batches[-1].append(s)
         held += n
     return batches
