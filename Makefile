@@ -4,8 +4,10 @@
 # make lint       : ruff check, ruff format --check, snakefmt --check, snakemake --lint, mypy (about a minute)
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
 # make test-workflow : the tests that run Snakemake itself (local, S3, SLURM), and the slow unit tests
+# make ceph       : Ceph's radosgw, ceph-mon and ceph-osd from Debian's packages (tests/test_ceph.py; ~40 s, root + apt)
 # make test-kills : the SIGKILL loop (>= 20 kills of real runs and the reruns after them; minutes); CI runs it too
 # make test-gpu-check : the one-call GPU check dry-run on the CPU (~4 min); CI runs it too
+# make test-ceph  : the workflow against a real Ceph radosgw over HTTPS (~2.5 min; root + apt); CI runs it too
 # make bench      : setup + the encoder benchmark
 # make bench-sft  : setup + the multilingual_tts format benchmark (one core: speech tokens/s, voice-cloning pairs)
 # make gpu-wheels : the wheels a bare GPU machine lacks (CPython 3.12, manylinux x86_64) into .whl/
@@ -18,7 +20,7 @@ STAMP := $(VENV)/.installed
 PY_SOURCES := src tests scripts benchmarks
 FAST := not workflow and not slurm and not slow and not gpu_check
 
-.PHONY: setup espeak demo test lint test-fast test-workflow test-kills test-gpu-check bench bench-sft gpu-wheels gpu-check clean-demo
+.PHONY: setup espeak ceph demo test lint test-fast test-workflow test-kills test-gpu-check test-ceph bench bench-sft gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -37,6 +39,17 @@ espeak:
 	  (apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null 2>&1 || \
 	   (apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null)) ; } || \
 	  echo "espeak-ng not available: the demo uses a synthetic speech-like signal"
+
+# Ceph's radosgw on a one-node cluster on loopback is the real S3 server of tests/test_ceph.py (HTTPS); from
+# Debian's packages where apt is available (radosgw alone does not pull ceph-mon and ceph-osd without recommends).
+CEPH_PACKAGES := radosgw ceph-mon ceph-osd
+ceph:
+	@{ command -v radosgw && command -v ceph-mon && command -v ceph-osd; } >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CEPH_PACKAGES) >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CEPH_PACKAGES) >/dev/null)) ; } || \
+	  echo "Ceph ($(CEPH_PACKAGES)) not available (needs root and apt): tests/test_ceph.py is skipped"
 
 demo: setup espeak
 	$(PY) -m neucodec_workflow.testing.demo --weights $(WEIGHTS)
@@ -60,13 +73,16 @@ test-fast: setup espeak
 	$(VENV)/bin/pytest -m "$(FAST)" --durations=10
 
 test-workflow: setup espeak
-	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills and not gpu_check" --durations=10
+	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills and not gpu_check and not ceph" --durations=10
 
 test-kills: setup
 	$(VENV)/bin/pytest -m kills --durations=10
 
 test-gpu-check: setup
 	$(VENV)/bin/pytest -m gpu_check --durations=10
+
+test-ceph: setup ceph
+	$(VENV)/bin/pytest -m ceph --durations=10
 
 bench: setup
 	$(PY) benchmarks/encoder.py $(BENCH_ARGS)
