@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import simple_shard, snakemake_command
+from test_s3 import ACCESS_KEY, SECRET, s3_env  # the loopback S3 keys and the Snakemake environment for them
 
 from neucodec_workflow.contract import PROVENANCE_KEY, REPORT_KEY, SCHEMA, TOKENS, write_tokens
 from neucodec_workflow.verify import BAD, ERROR, MISSING, OK, TRUNCATED, failure, verify_file, verify_shards
@@ -292,7 +293,7 @@ def s3_server() -> Iterator[Any]:
         yield server
 
 
-ACCESS_KEY, SECRET, BUCKET = "AKIAVERIFYTEST", "verify-secret", "verify-bucket"
+BUCKET = "verify-bucket"
 
 
 @pytest.fixture(scope="module")
@@ -445,18 +446,7 @@ def test_snakemake_verify_in_s3_with_few_requests_per_shard(s3_server: Any, s3_c
     prefix = "wf"
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         s3_client.put_object(Bucket=BUCKET, Key=f"{prefix}/corpus/{path.relative_to(local)}", Body=path.read_bytes())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SNAKEMAKE_STORAGE_S3_"))}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        SNAKEMAKE_STORAGE_S3_ENDPOINT_URL=s3_server.endpoint,
-        SNAKEMAKE_STORAGE_S3_REGION="us-east-1",
-        SNAKEMAKE_STORAGE_S3_ACCESS_KEY=ACCESS_KEY,
-        SNAKEMAKE_STORAGE_S3_SECRET_KEY=SECRET,
-        NEUCODEC_S3_REQUIRE_ENDPOINT="1",
-        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
-        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
-        AWS_EC2_METADATA_DISABLED="true",
-    )
+    env = {**s3_env(s3_server.endpoint, tmp_path), "HF_HUB_OFFLINE": "1"}  # the keys come only from here
     config = {
         "corpus": f"s3://{BUCKET}/{prefix}/corpus",
         "output": f"s3://{BUCKET}/{prefix}/out",
