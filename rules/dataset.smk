@@ -68,7 +68,6 @@ rule summarize:
     params:
         reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
         local_reports=[local_copy(f"{OUTPUT}/{report_path(s)}") for s in SHARDS],
-        formats=FORMATS,
         sft=config["sft"],
     script:
         "../scripts/summarize.py"

@@ -10,6 +10,5 @@ summarize_job(
     local=list(snakemake.params.local_reports),  # noqa: F821 (a local copy, when this run made the report)
     reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)
     outputs=dict(snakemake.output.items()),  # noqa: F821 (stats, and {format}_{name} per format)
-    formats=list(snakemake.params.formats),  # noqa: F821
-    sft=dict(snakemake.params.sft),  # noqa: F821
+    sft=dict(snakemake.params.sft),  # noqa: F821 (sft.formats: which formats)
 )

@@ -203,9 +203,7 @@ def derive_job(
             log.info("shard %s: %s %s", shards[i], fmt, {split: describe(p) for split, p in by_split.items()})
 
 
-def summarize_job(
-    *, local: list[str], reports: list[str], outputs: dict[str, str], formats: list[str], sft: dict[str, Any]
-) -> None:
+def summarize_job(*, local: list[str], reports: list[str], outputs: dict[str, str], sft: dict[str, Any]) -> None:
     """Rule summarize: stats.json and each format's small files (outputs: ``stats`` and ``{format}_{name}`` as in
     formats.summary_files) from every shard report (the local copy when there is one, else the object, read by a
     few threads)."""
@@ -227,7 +225,7 @@ def summarize_job(
         loaded = list(pool.map(load, zip(local, reports, strict=True)))
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)
-    for fmt in formats:
+    for fmt in sft["formats"]:
         paths = {name[len(fmt) + 1 :]: path for name, path in outputs.items() if name.startswith(f"{fmt}_")}
         write_summary_files(fmt, loaded, summary, sft, paths)
     if summary["random_weights"]:
