@@ -3,11 +3,12 @@
 # make test       : setup + everything CI runs, in this order: lint, test-fast, test-workflow
 # make lint       : ruff check, ruff format --check, snakefmt --check, snakemake --lint, mypy (about a minute)
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
-# make test-workflow : the tests that run Snakemake itself (local, S3, SLURM), and the slow unit tests
+# make test-workflow : the tests that run Snakemake itself (local, S3), and the slow unit tests
 # make ceph       : Ceph's radosgw, ceph-mon and ceph-osd from Debian's packages (tests/test_ceph.py; ~40 s, root + apt)
 # make test-kills : the SIGKILL loop (>= 20 kills of real runs and the reruns after them; minutes); CI runs it too
 # make test-gpu-check : the one-call GPU check dry-run on the CPU (~4 min); CI runs it too
 # make test-ceph  : the workflow against a real Ceph radosgw over HTTPS (~2.5 min; root + apt); CI runs it too
+# make test-slurm : the gpu-cluster profile on a real single-node SLURM (~3 min; root on Debian); CI runs it too
 # make bench      : setup + the encoder benchmark
 # make bench-sft  : setup + the multilingual_tts format benchmark (one core: speech tokens/s, voice-cloning pairs)
 # make gpu-wheels : the wheels a bare GPU machine lacks (CPython 3.12, manylinux x86_64) into .whl/
@@ -20,7 +21,7 @@ STAMP := $(VENV)/.installed
 PY_SOURCES := src tests scripts benchmarks
 FAST := not workflow and not slurm and not slow and not gpu_check
 
-.PHONY: setup espeak ceph demo test lint test-fast test-workflow test-kills test-gpu-check test-ceph bench bench-sft gpu-wheels gpu-check clean-demo
+.PHONY: setup espeak ceph demo test lint test-fast test-workflow test-kills test-gpu-check test-ceph test-slurm bench bench-sft gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -73,7 +74,7 @@ test-fast: setup espeak
 	$(VENV)/bin/pytest -m "$(FAST)" --durations=10
 
 test-workflow: setup espeak
-	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills and not gpu_check and not ceph" --durations=10
+	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills and not gpu_check and not ceph and not slurm" --durations=10
 
 test-kills: setup
 	$(VENV)/bin/pytest -m kills --durations=10
@@ -83,6 +84,9 @@ test-gpu-check: setup
 
 test-ceph: setup ceph
 	$(VENV)/bin/pytest -m ceph --durations=10
+
+test-slurm: setup
+	$(VENV)/bin/pytest -m slurm --durations=10
 
 bench: setup
 	$(PY) benchmarks/encoder.py $(BENCH_ARGS)
