@@ -4,6 +4,7 @@
 # make lint       : ruff check, ruff format --check, snakefmt --check, snakemake --lint, mypy (about a minute)
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
 # make test-workflow : the tests that run Snakemake itself (local, S3), and the slow unit tests
+# make chromium   : headless Chromium + chromium-driver from Debian's packages (tests/test_report.py; root + apt)
 # make ceph       : Ceph's radosgw, ceph-mon and ceph-osd from Debian's packages (tests/test_ceph.py; ~40 s, root + apt)
 # make test-kills : the SIGKILL loop (>= 20 kills of real runs and the reruns after them; minutes); CI runs it too
 # make test-gpu-check : the one-call GPU check dry-run on the CPU (~4 min); CI runs it too
@@ -21,7 +22,7 @@ STAMP := $(VENV)/.installed
 PY_SOURCES := src tests scripts benchmarks
 FAST := not workflow and not slurm and not slow and not gpu_check
 
-.PHONY: setup espeak ceph demo test lint test-fast test-workflow test-kills test-gpu-check test-ceph test-slurm bench bench-sft gpu-wheels gpu-check clean-demo
+.PHONY: setup espeak chromium ceph demo test lint test-fast test-workflow test-kills test-gpu-check test-ceph test-slurm bench bench-sft gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -41,6 +42,17 @@ espeak:
 	   (apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null)) ; } || \
 	  echo "espeak-ng not available: the demo uses a synthetic speech-like signal"
 
+# Headless Chromium opens the HTML report in tests/test_report.py (Selenium drives it through chromium-driver); from
+# Debian's packages where apt is available, else that test is skipped and says why.
+CHROMIUM_PACKAGES := chromium chromium-driver
+chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CHROMIUM_PACKAGES) >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(CHROMIUM_PACKAGES) >/dev/null)) ; } || \
+	  echo "Chromium ($(CHROMIUM_PACKAGES)) not available (needs root and apt): the report's browser test is skipped"
+
 # Ceph's radosgw on a one-node cluster on loopback is the real S3 server of tests/test_ceph.py (HTTPS); from
 # Debian's packages where apt is available (radosgw alone does not pull ceph-mon and ceph-osd without recommends).
 CEPH_PACKAGES := radosgw ceph-mon ceph-osd
@@ -56,6 +68,7 @@ demo: setup espeak
 	$(PY) -m neucodec_workflow.testing.demo --weights $(WEIGHTS)
 	@echo "--- where the run stands (neucodec-workflow status; docs/watching.md):"
 	$(VENV)/bin/neucodec-workflow status --config corpus=demo/corpus output=demo/output
+	@echo "--- the HTML report (snakemake --report; docs/watching.md): open demo/report.html in a browser"
 
 test: lint test-fast test-workflow
 
@@ -73,7 +86,7 @@ lint: setup
 test-fast: setup espeak
 	$(VENV)/bin/pytest -m "$(FAST)" --durations=10
 
-test-workflow: setup espeak
+test-workflow: setup espeak chromium
 	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills and not gpu_check and not ceph and not slurm" --durations=10
 
 test-kills: setup

@@ -11,6 +11,8 @@
 #   {output}/multilingual_tts/{split}/{shard}.mds, index.json   sft.formats multilingual_tts: packed MDS blocks
 #   {output}/neutts/data/{split}/{shard}.parquet, README.md     sft.formats neutts: rows with espeak-ng phonemes
 #   {output}/stats.json                         corpus totals, per language / dataset, rejects by reason
+#   {output}/shards.parquet                     one row per shard: its report's numbers (audio, speed, device, audit)
+#   {output}/report/                            the HTML report's figures: snakemake --report report.html
 #   {output}/verify.json                        snakemake verify: each token file checked from its footer, bad shards
 #   {local_dir or output}/logs/, benchmarks/    one log and one benchmark TSV per job
 #
@@ -21,6 +23,10 @@ from neucodec_workflow import recovery
 
 
 configfile: "config/config.yaml"
+
+
+# snakemake --report report.html: this page on top, then the figures of rules/report.smk with their captions.
+report: "report/workflow.rst"
 
 
 # After a kill: locks of Snakemake processes that are gone, temporary files of killed jobs (docs/reliability.md).
@@ -35,12 +41,14 @@ include: "rules/common.smk"
 include: "rules/encode.smk"
 include: "rules/dataset.smk"
 include: "rules/verify.smk"
+include: "rules/report.smk"
 
 
 rule all:
-    """Every shard encoded, its report and dataset parts derived, the card, index and stats written."""
+    """Every shard encoded, its report and dataset parts derived, the card, index, stats and report figures written."""
     default_target: True
     input:
         rules.summarize.output,
+        rules.report_figures.output,
         rerun_targets(),
         rules.push_to_hub.output if config["sft"]["push_to_hub"] else [],

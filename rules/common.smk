@@ -95,8 +95,9 @@ def derived_files(shard, retrieve=True):
 
 
 def summary_files():
-    """What summarize writes: stats.json and, per format, the small files that tie the parts together."""
-    files = {"stats": output_file("stats.json")}
+    """What summarize writes: stats.json, shards.parquet (a row per shard) and, per format, the small files that tie
+    the parts together."""
+    files = {"stats": output_file("stats.json"), "shards": output_file("shards.parquet")}
     for fmt in FORMATS:
         for name, path in formats.summary_files(fmt, SPLITS).items():
             files[f"{fmt}_{name}"] = output_file(f"{formats.ROOTS[fmt]}/{path}")

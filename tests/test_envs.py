@@ -33,6 +33,7 @@ RULES = {
     "summarize": "dataset",
     "push_to_hub": "dataset",
     "verify": "dataset",
+    "report_figures": "dataset",
 }
 # Where the envs are built: markers of Requires-Dist are evaluated for this platform (that of requirements.txt).
 TARGET = {"python_version": "3.11", "platform_system": "Linux", "sys_platform": "linux", "platform_machine": "x86_64"}

@@ -204,14 +204,17 @@ def derive_job(
 
 
 def summarize_job(*, local: list[str], reports: list[str], outputs: dict[str, str], sft: dict[str, Any]) -> None:
-    """Rule summarize: stats.json and each format's small files (outputs: ``stats`` and ``{format}_{name}`` as in
+    """Rule summarize: stats.json, shards.parquet and each format's small files (outputs: ``stats``, ``shards`` and ``{format}_{name}`` as in
     formats.summary_files) from every shard report (the local copy when there is one, else the object, read by a
     few threads)."""
     import json
     from concurrent.futures import ThreadPoolExecutor
 
     from neucodec_workflow.dataset.formats import write_summary_files
-    from neucodec_workflow.dataset.stats import corpus_stats
+    import pyarrow.parquet as pq
+
+    from neucodec_workflow.contract import publishing
+    from neucodec_workflow.dataset.stats import corpus_stats, shard_table
     from neucodec_workflow.storage.streams import OneAtATime
 
     read = OneAtATime()
@@ -225,6 +228,8 @@ def summarize_job(*, local: list[str], reports: list[str], outputs: dict[str, st
         loaded = list(pool.map(load, zip(local, reports, strict=True)))
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)
+    with publishing(outputs["shards"]) as tmp:
+        pq.write_table(shard_table(loaded), tmp, compression="zstd")
     for fmt in sft["formats"]:
         paths = {name[len(fmt) + 1 :]: path for name, path in outputs.items() if name.startswith(f"{fmt}_")}
         write_summary_files(fmt, loaded, summary, sft, paths)

@@ -144,6 +144,11 @@ class ShardReport:
     codec: dict[str, Any] = field(default_factory=dict)
     encoder: str = ""
     device: str = ""
+    # Where and when (UTC, ISO 8601, seconds): the status view's throughput per node and over time, the report's plots.
+    # The host is the node's short name (no domain).
+    host: str = ""
+    started_at: str = ""
+    finished_at: str = ""
     audit: Audit | None = None
 
     @property
@@ -196,3 +201,5 @@ class CorpusStats(TypedDict):
     sft_rows_per_split: dict[str, int]
     sft_excluded_by_reason: dict[str, int]
     sft_formats: dict[str, dict[str, dict[str, Any]]]  # format -> split -> totals (rows, drops by reason, ...)
+    duration_histogram: dict[str, Any]  # bin_seconds, counts (segments per bin from 0 s), shards_without
+    provenance: list[dict[str, Any]]  # shards per (record, codec_id, revision, random_weights, mode)

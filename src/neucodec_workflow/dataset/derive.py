@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -104,6 +105,17 @@ def group_totals(rows: pd.DataFrame, column: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+# The segment-duration histogram of a shard's dataset rows (seconds from the token count): counts per bin of this
+# width from 0 s, trailing empty bins left out; summarize adds the shards' histograms up for the report.
+DURATION_BIN_SECONDS = 1.0
+
+
+def duration_histogram(token_counts: pd.Series) -> list[int]:
+    seconds = token_counts.to_numpy() * SECONDS_PER_TOKEN
+    bins = (seconds // DURATION_BIN_SECONDS).astype("int64")
+    return [int(n) for n in np.bincount(bins)] if len(bins) else []
+
+
 def derive_shard(
     shard: str,
     tokens_source: Source,
@@ -175,6 +187,10 @@ def derive_shard(
             "excluded": [r.as_dict() for r in excluded],
             "per_language": group_totals(rows, "language"),
             "per_dataset": group_totals(rows, "dataset"),
+            "duration_histogram": {
+                "bin_seconds": DURATION_BIN_SECONDS,
+                "counts": duration_histogram(rows["token_count"]),
+            },
         },
     )
     write_json(report_path, report)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
+
+import pyarrow as pa
 
 from neucodec_workflow.dataset.sft import card_text
 from neucodec_workflow.records import AuditTotals, CorpusStats, GroupTotals
@@ -57,7 +60,94 @@ def corpus_stats(reports: list[dict[str, Any]]) -> CorpusStats:
         "sft_rows_per_split": dict(splits),
         "sft_excluded_by_reason": dict(sorted(excluded.items())),
         "sft_formats": format_totals(reports),
+        "duration_histogram": duration_totals(reports),
+        "provenance": provenance_totals(reports),
     }
+
+
+def duration_totals(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' segment-duration histograms added up (shards derived before histograms existed: ``shards_without``)."""
+    counts: list[int] = []
+    without = 0
+    bin_seconds = None
+    for r in reports:
+        h = r["sft"].get("duration_histogram")
+        if h is None:
+            without += 1
+            continue
+        bin_seconds = h["bin_seconds"]
+        counts.extend([0] * (len(h["counts"]) - len(counts)))
+        for i, n in enumerate(h["counts"]):
+            counts[i] += n
+    return {"bin_seconds": bin_seconds, "counts": counts, "shards_without": without}
+
+
+def provenance_totals(reports: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Shards per provenance (codec, weights, mode, encoder; foreign token files have none), most shards first."""
+    kinds: Counter[tuple[Any, ...]] = Counter()
+    for r in reports:
+        p = r.get("provenance") or {}
+        kinds[(r["record"], p.get("codec_id"), p.get("revision"), bool(p.get("random_weights")), p.get("mode"))] += 1
+    keys = ("record", "codec_id", "revision", "random_weights", "mode")
+    return [{**dict(zip(keys, k, strict=True)), "shards": n} for k, n in kinds.most_common()]
+
+
+# One row per shard, from its report: the report's plots and anyone's own analysis (pandas.read_parquet).
+SHARD_COLUMNS = {
+    "shard": pa.string(),
+    "record": pa.string(),
+    "segments": pa.int64(),
+    "encoded": pa.int64(),
+    "rejected": pa.int64(),
+    "audio_seconds": pa.float64(),
+    "tokens": pa.int64(),
+    "token_file_bytes": pa.int64(),
+    "wall_seconds": pa.float64(),  # the encode job's (null: foreign)
+    "device": pa.string(),
+    "host": pa.string(),
+    "started_at": pa.timestamp("s", tz="UTC"),
+    "finished_at": pa.timestamp("s", tz="UTC"),
+    "codec_id": pa.string(),
+    "mode": pa.string(),
+    "random_weights": pa.bool_(),
+    "audit_segments": pa.int64(),
+    "audit_token_agreement": pa.float64(),
+    "dataset_rows": pa.int64(),
+}
+
+
+def shard_table(reports: Iterable[dict[str, Any]]) -> pa.Table:
+    def row(r: dict[str, Any]) -> dict[str, Any]:
+        p = r.get("provenance") or {}
+        audit = r.get("audit") or {}
+        return {
+            "shard": r["shard"],
+            "record": r["record"],
+            "segments": r["segments"],
+            "encoded": r["encoded"],
+            "rejected": r["rejected_count"],
+            "audio_seconds": r["audio_seconds"],
+            "tokens": r["tokens"],
+            "token_file_bytes": r["token_file"]["bytes"],
+            "wall_seconds": r.get("wall_seconds") or None,
+            "device": r.get("device") or None,
+            "host": r.get("host") or None,
+            "started_at": _timestamp(r.get("started_at")),
+            "finished_at": _timestamp(r.get("finished_at")),
+            "codec_id": p.get("codec_id"),
+            "mode": p.get("mode"),
+            "random_weights": bool(p.get("random_weights")),
+            "audit_segments": audit.get("segments"),
+            "audit_token_agreement": audit.get("token_agreement"),
+            "dataset_rows": sum(r["sft"]["rows_per_split"].values()),
+        }
+
+    rows = [row(r) for r in reports]
+    return pa.table({name: pa.array([r[name] for r in rows], type) for name, type in SHARD_COLUMNS.items()})
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def _add(into: dict[str, Any], part: Mapping[str, Any]) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -33,6 +35,10 @@ from neucodec_workflow.shard.audio import (
 from neucodec_workflow.shard.audit import audit_pick
 
 log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def read_metadata_ids(shard: str, metadata: str | Path | BinaryIO, id_column: str | list[str]) -> pd.Series:
@@ -73,7 +79,14 @@ def encode_shard(
     (``reference`` returns None for a clip it could not encode: that clip is not audited).
     """
     start = time.perf_counter()
-    report = ShardReport(shard=shard, codec=encoder.provenance, encoder=encoder.name, device=device)
+    report = ShardReport(
+        shard=shard,
+        codec=encoder.provenance,
+        encoder=encoder.name,
+        device=device,
+        host=platform.node().split(".")[0],
+        started_at=utc_now(),
+    )
     report.segments_in_metadata = int(ids.nunique())
     counts = ids.value_counts()
     duplicated_meta = set(counts[counts > 1].index)
@@ -150,6 +163,7 @@ def encode_shard(
             report.audit = audit
             log.info("shard %s: audit of %d segments: token agreement %s", shard, audit.segments, audit.token_agreement)
         report.wall_seconds = time.perf_counter() - start
+        report.finished_at = utc_now()
         return report.as_dict()
 
     def tick() -> Tick:

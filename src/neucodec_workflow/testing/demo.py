@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     if rc:
         print(f"demo failed (exit {rc}); see {output}/logs/", file=sys.stderr)
         return rc
+    report = output.parent / "report.html"
+    rc = subprocess.call([*cmd, "--report", str(report)], stdout=subprocess.DEVNULL)
+    if rc:
+        print(f"snakemake --report failed (exit {rc})", file=sys.stderr)
+        return rc
     stats = json.loads((output / "stats.json").read_text())
     print(f"\ndone in {time.time() - start:.0f} s")
     print(f"  tokens per shard : {corpus}/<shard>/neucodec_tokens.parquet ({stats['shards']} shards)")
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     for fmt, by_split in stats["sft_formats"].items():
         for split, t in by_split.items():
             print(f"    {fmt} {split}: rows {t['rows']}, left out {t.get('dropped_by_reason') or 'none'}")
-    print(f"  stats            : {output}/stats.json")
+    print(f"  stats            : {output}/stats.json, {output}/shards.parquet (a row per shard)")
+    print(f"  HTML report      : {report}  (snakemake --report {report}; figures in {output}/report/)")
     print(
         f"  segments {stats['segments']}: {stats['encoded']} encoded, {stats['rejected']} rejected {stats['rejects_by_reason']}; "
         f"{stats['hours'] * 3600:.1f} s audio, {stats['tokens']} tokens, "
