@@ -113,6 +113,11 @@ def test_a_run_makes_the_figures_and_the_report(reported):
     assert stats["duration_histogram"]["counts"] == [2, 1]  # 0.7 s and 0.6 s, then 1.6 s
     for name in FIGURES:
         assert (out / "report" / f"{name}.svg").stat().st_size > 1000
+    # the dataset steps' progress lines (the last one at the end of each step)
+    derive_log = (out / "logs" / "derive" / "de" / "shard-1.log").read_text()
+    assert "progress derive 1 shards: 1/1 shards, 0.6 s audio" in derive_log
+    summarize_log = (out / "logs" / "summarize.log").read_text()
+    assert "progress summarize: read 2 shard reports: 2/2 shards" in summarize_log
     html = (root / "report.html").read_text()
     for text in ("RANDOM WEIGHTS: 2 shards", "hours_per_language.svg", "throughput.svg", "audit.svg"):
         assert text in html, text

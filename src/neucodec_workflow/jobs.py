@@ -152,6 +152,7 @@ def derive_job(
 
     from neucodec_workflow.dataset.derive import derive_shard
     from neucodec_workflow.dataset.formats import FormatWriter, describe
+    from neucodec_workflow.progress import Progress, Tick
     from neucodec_workflow.storage.streams import OneAtATime
 
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizer's threads: the job has one core
@@ -179,28 +180,35 @@ def derive_job(
             while ahead:
                 yield ahead.popleft().result()
 
-    for i, tokens_in, metadata_in in fetched():
-        report = derive_shard(
-            shards[i],
-            tokens_in,
-            metadata_in,
-            columns,
-            report_path=reports[i],
-            parts=parts_of(i),
-            validation_fraction=float(sft["validation_fraction"]),
-            rows_per_row_group=int(sft["rows_per_row_group"]),
-            writer=writer,
-        )
-        log.info(
-            "shard %s: %s record, %d rows, dataset rows %s, left out %s",
-            shards[i],
-            report["record"],
-            report["token_file"]["rows"],
-            report["sft"]["rows_per_split"],
-            report["sft"]["excluded_by_reason"] or "none",
-        )
-        for fmt, by_split in report["sft"]["formats"].items():
-            log.info("shard %s: %s %s", shards[i], fmt, {split: describe(p) for split, p in by_split.items()})
+    derived: list[float] = []  # audio seconds of each shard derived so far
+
+    def tick() -> Tick:
+        return Tick(len(derived), len(shards), sum(derived), unit="shards")
+
+    with Progress(f"derive {len(shards)} shards", tick):
+        for i, tokens_in, metadata_in in fetched():
+            report = derive_shard(
+                shards[i],
+                tokens_in,
+                metadata_in,
+                columns,
+                report_path=reports[i],
+                parts=parts_of(i),
+                validation_fraction=float(sft["validation_fraction"]),
+                rows_per_row_group=int(sft["rows_per_row_group"]),
+                writer=writer,
+            )
+            log.info(
+                "shard %s: %s record, %d rows, dataset rows %s, left out %s",
+                shards[i],
+                report["record"],
+                report["token_file"]["rows"],
+                report["sft"]["rows_per_split"],
+                report["sft"]["excluded_by_reason"] or "none",
+            )
+            for fmt, by_split in report["sft"]["formats"].items():
+                log.info("shard %s: %s %s", shards[i], fmt, {split: describe(p) for split, p in by_split.items()})
+            derived.append(float(report["audio_seconds"]))
 
 
 def summarize_job(*, local: list[str], reports: list[str], outputs: dict[str, str], sft: dict[str, Any]) -> None:
@@ -210,21 +218,28 @@ def summarize_job(*, local: list[str], reports: list[str], outputs: dict[str, st
     import json
     from concurrent.futures import ThreadPoolExecutor
 
-    from neucodec_workflow.dataset.formats import write_summary_files
     import pyarrow.parquet as pq
 
     from neucodec_workflow.contract import publishing
+    from neucodec_workflow.dataset.formats import write_summary_files
     from neucodec_workflow.dataset.stats import corpus_stats, shard_table
+    from neucodec_workflow.progress import Progress, Tick
     from neucodec_workflow.storage.streams import OneAtATime
 
     read = OneAtATime()
+    done = [0]
 
     def load(pair: tuple[str, str]) -> dict[str, Any]:
         path, source = pair
         data = read(path if os.path.exists(path) else source)
-        return json.loads(Path(data).read_text() if isinstance(data, str) else data.read())
+        report = json.loads(Path(data).read_text() if isinstance(data, str) else data.read())
+        done[0] += 1
+        return report
 
-    with ThreadPoolExecutor(8) as pool:  # boto3 keeps 10 connections per client
+    with (
+        Progress(f"summarize: read {len(reports)} shard reports", lambda: Tick(done[0], len(reports), unit="shards")),
+        ThreadPoolExecutor(8) as pool,  # boto3 keeps 10 connections per client
+    ):
         loaded = list(pool.map(load, zip(local, reports, strict=True)))
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)

@@ -31,6 +31,7 @@ class Tick:
     done: int  # segments settled (encoded or rejected)
     total: int  # segments known so far (grows while a streamed tar is read)
     audio_seconds: float = 0.0  # audio encoded so far
+    unit: str = "segments"  # what done and total count (the dataset steps: shards)
 
 
 def cadence(seconds: float | None = None) -> float:
@@ -63,7 +64,7 @@ def line(label: str, tick: Tick, elapsed: float) -> str:
     rate = tick.audio_seconds / elapsed if elapsed > 0 else 0.0
     eta = (tick.total - tick.done) * elapsed / tick.done if tick.done and tick.total >= tick.done else None
     return (
-        f"{label}: {tick.done}/{tick.total} segments, {tick.audio_seconds:.1f} s audio, {rate:.1f}x real time, "
+        f"{label}: {tick.done}/{tick.total} {tick.unit}, {tick.audio_seconds:.1f} s audio, {rate:.1f}x real time, "
         f"{elapsed:.1f} s elapsed, ETA {duration(eta)}"
     )
 
