@@ -13,6 +13,7 @@
 #   {output}/stats.json                         corpus totals, per language / dataset, rejects by reason
 #   {output}/shards.parquet                     one row per shard: its report's numbers (audio, speed, device, audit)
 #   {output}/report/                            the HTML report's figures: snakemake --report report.html
+#   {output}/codec_fit/                         snakemake codec_fit: reconstruction per language (opt-in)
 #   {output}/verify.json                        snakemake verify: each token file checked from its footer, bad shards
 #   {local_dir or output}/logs/, benchmarks/    one log and one benchmark TSV per job
 #
@@ -42,6 +43,7 @@ include: "rules/encode.smk"
 include: "rules/dataset.smk"
 include: "rules/verify.smk"
 include: "rules/report.smk"
+include: "rules/codec_fit.smk"
 
 
 rule all:
@@ -52,3 +54,4 @@ rule all:
         rules.report_figures.output,
         rerun_targets(),
         rules.push_to_hub.output if config["sft"]["push_to_hub"] else [],
+        rules.codec_fit.output if str(config["codec_fit"]["enabled"]).lower() == "true" else [],

@@ -34,6 +34,7 @@ RULES = {
     "push_to_hub": "dataset",
     "verify": "dataset",
     "report_figures": "dataset",
+    "codec_fit": "encode",
 }
 # Where the envs are built: markers of Requires-Dist are evaluated for this platform (that of requirements.txt).
 TARGET = {"python_version": "3.11", "platform_system": "Linux", "sys_platform": "linux", "platform_machine": "x86_64"}

@@ -424,7 +424,8 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     assert not re.search(r"^encode_shard\s+\d", r.stdout + r.stderr, re.M) and re.search(
         r"^derive_batch_0\s+1$", r.stdout + r.stderr, re.M
     )
-    assert counts["total"] <= 6 * len(shards) + 12, counts  # GET tokens and metadata, PUT report and 3 parts
+    # per shard: GET tokens and metadata, PUT report and 3 parts; once: the summary's 7 files, the report's 7 figures
+    assert counts["total"] <= 6 * len(shards) + 20, counts
     present = set(keys(client, f"{prefix}/out"))
 
     def get(name: str) -> bytes:
@@ -434,8 +435,10 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
         assert f"{prefix}/out/shards/{shard}.json" in present
         assert len(pd.read_parquet(io.BytesIO(get(f"sft_dataset/data/train/{shard}.parquet")))) == 3
         assert len(pd.read_parquet(io.BytesIO(get(f"neutts/data/train/{shard}.parquet")))) == 0  # "text 0": a digit
-    for name in ("stats.json", "sft_dataset/README.md", "sft_dataset/index.json", "neutts/README.md"):
+    for name in ("stats.json", "shards.parquet", "sft_dataset/README.md", "sft_dataset/index.json", "neutts/README.md"):
         assert f"{prefix}/out/{name}" in present
+    for name in ("corpus.html", "hours_per_language.svg", "throughput.svg", "audit.svg"):
+        assert f"{prefix}/out/report/{name}" in present
     for name in ("multilingual_tts/README.md", "multilingual_tts/train/index.json"):
         assert f"{prefix}/out/{name}" in present
     index = json.loads(get("multilingual_tts/train/index.json"))
@@ -454,7 +457,12 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     dry = run(cmd("-n"), env)
     assert dry.returncode == 0 and not re.search(r"^encode_shard\s+\d", dry.stdout, re.M), dry.stdout[-3000:]
     assert re.search(r"^derive_batch_0\s+1$", dry.stdout, re.M), dry.stdout[-3000:]
-    assert_no_secret(tmp_path, r.stdout, r.stderr, client=client, prefix=prefix)
+    # the HTML report, with its figures in the bucket (Snakemake downloads them)
+    report = run(cmd("--report", str(tmp_path / "report.html")), env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    assert "hours_per_language.svg" in html and "3 foreign" in html and "RANDOM WEIGHTS" not in html
+    assert_no_secret(tmp_path, r.stdout, r.stderr, report.stderr, client=client, prefix=prefix)
 
 
 def test_read_ahead_resumes_after_a_broken_connection() -> None:

@@ -45,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             build_test_tokenizer(Path(tokenizer))
         print(f"multilingual_tts: TEST tokenizer in {tokenizer} (not the model's: its ids are not Qwen3's)", flush=True)
     formats = corpus.parent / "formats.json"  # a config file: nested values keep their types (not so in --config)
-    formats.write_text(json.dumps({"sft": {"formats": list(FORMATS), "multilingual_tts": {"tokenizer": tokenizer}}}))
+    settings = {
+        "sft": {"formats": list(FORMATS), "multilingual_tts": {"tokenizer": tokenizer}},
+        "codec_fit": {"enabled": True},
+    }
+    formats.write_text(json.dumps(settings))
     if args.weights == "random":
         print(RANDOM_BANNER, flush=True)
     start = time.time()
@@ -86,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         for split, t in by_split.items():
             print(f"    {fmt} {split}: rows {t['rows']}, left out {t.get('dropped_by_reason') or 'none'}")
     print(f"  stats            : {output}/stats.json, {output}/shards.parquet (a row per shard)")
+    print(f"  codec fit        : {output}/codec_fit/codec_fit.json (per language; random weights: meaningless)")
     print(f"  HTML report      : {report}  (snakemake --report {report}; figures in {output}/report/)")
     print(
         f"  segments {stats['segments']}: {stats['encoded']} encoded, {stats['rejected']} rejected {stats['rejects_by_reason']}; "
