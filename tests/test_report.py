@@ -4,16 +4,19 @@ opened in a real headless Chromium (screenshots not blank, no JavaScript errors)
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import pandas as pd
 import pytest
-from conftest import run_snakemake, simple_shard
+import yaml
+from conftest import run_snakemake
 
 from neucodec_workflow.dataset.derive import duration_histogram
 from neucodec_workflow.dataset.stats import corpus_stats, duration_totals, shard_table
 from neucodec_workflow.report import FIGURES, make_report
 from neucodec_workflow.testing import browser
+from neucodec_workflow.testing.synth import DEMO_SHARDS, make_demo_corpus
 
 
 def _report(shard: str, *, record: str = "workflow", language: str = "en", seconds: list[float]) -> dict:
@@ -88,16 +91,18 @@ def test_figures_are_svg_and_the_corpus_page_shows_random_weights(tmp_path):
 
 @pytest.fixture(scope="module")
 def reported(tmp_path_factory):
-    """A run on two shards in two languages with random weights, then `snakemake --report report.html`."""
+    """The demo corpus (5 shards, 4 languages, one corrupt member; the synthetic signal), random weights, codec fit
+    on: a run, then `snakemake --report report.html`."""
     root = tmp_path_factory.mktemp("report")
     corpus = root / "corpus"
-    simple_shard(corpus, "en/shard-0", [0.7, 1.6], seed=1, speaker="a")
-    de = simple_shard(corpus, "de/shard-1", [0.6], seed=7, speaker="b")
-    meta = pd.read_parquet(de / "metadata.parquet").assign(language="de")
-    meta.to_parquet(de / "metadata.parquet", index=False)
+    make_demo_corpus(corpus, use_espeak=False)
+    settings = root / "settings.yaml"  # numbers nested in --config would arrive as strings
+    settings.write_text(
+        yaml.safe_dump({"codec_fit": {"enabled": True, "segments_per_language": 1}, "encode": {"audit_segments": 1}})
+    )
     config = {"corpus": str(corpus), "output": str(root / "out"), "codec": json.dumps({"weights": "random"})}
-    run_snakemake(root, config=config)
-    run_snakemake(root, "--report", "report.html", config=config)
+    run_snakemake(root, config=config, configfiles=(settings,))
+    run_snakemake(root, "--report", "report.html", config=config, configfiles=(settings,))
     return root, root / "out"
 
 
@@ -105,21 +110,29 @@ def reported(tmp_path_factory):
 def test_a_run_makes_the_figures_and_the_report(reported):
     root, out = reported
     shards = pd.read_parquet(out / "shards.parquet").set_index("shard")
-    assert sorted(shards.index) == ["de/shard-1", "en/shard-0"]
+    assert sorted(shards.index) == sorted(s for s, *_ in DEMO_SHARDS)
     assert (shards["finished_at"] >= shards["started_at"]).all() and shards["host"].str.len().gt(0).all()
-    assert list(shards["device"]) == ["cpu", "cpu"] and shards["random_weights"].all()
+    assert (shards["device"] == "cpu").all() and shards["random_weights"].all()
+    assert shards["audit_token_agreement"].eq(1.0).all()  # exact mode on the CPU
     stats = json.loads((out / "stats.json").read_text())
-    assert sorted(stats["per_language"]) == ["de", "en"]
-    assert stats["duration_histogram"]["counts"] == [2, 1]  # 0.7 s and 0.6 s, then 1.6 s
+    assert sorted(stats["per_language"]) == ["de", "en", "es", "fr"]
+    assert stats["rejects_by_reason"] == {"decode_error": 1}
+    # every dataset row in one bin of the histogram; the synthetic clips are 1.5-3 s long
+    counts = stats["duration_histogram"]["counts"]
+    assert sum(counts) == stats["sft_rows_per_split"]["train"] and counts[0] == 0 and len(counts) in (2, 3)
     for name in FIGURES:
         assert (out / "report" / f"{name}.svg").stat().st_size > 1000
+    # codec fit ran on the demo corpus: one segment per language, its figure in the report
+    fit = json.loads((out / "codec_fit" / "codec_fit.json").read_text())
+    assert {lang: v["n"] for lang, v in fit["languages"].items()} == {"de": 1, "en": 1, "es": 1, "fr": 1}
+    assert "mean nothing" in fit["note"]
     # the dataset steps' progress lines (the last one at the end of each step)
-    derive_log = (out / "logs" / "derive" / "de" / "shard-1.log").read_text()
-    assert "progress derive 1 shards: 1/1 shards, 0.6 s audio" in derive_log
+    derive_log = (out / "logs" / "derive" / "de" / "shard-00000.log").read_text()
+    assert re.search(r"progress derive 1 shards: 1/1 shards, [0-9.]+ s audio", derive_log)
     summarize_log = (out / "logs" / "summarize.log").read_text()
-    assert "progress summarize: read 2 shard reports: 2/2 shards" in summarize_log
+    assert "progress summarize: read 5 shard reports: 5/5 shards" in summarize_log
     html = (root / "report.html").read_text()
-    for text in ("RANDOM WEIGHTS: 2 shards", "hours_per_language.svg", "throughput.svg", "audit.svg"):
+    for text in ("RANDOM WEIGHTS: 5 shards", "hours_per_language.svg", "throughput.svg", "audit.svg", "codec_fit.svg"):
         assert text in html, text
 
 
@@ -128,13 +141,13 @@ def test_the_report_opens_in_chromium_without_errors(reported, tmp_path):
     if browser.chromium() is None:
         pytest.skip("chromium and chromium-driver are not installed (make chromium: Debian's packages, root + apt)")
     root, _ = reported
-    views = {name: browser.show_result(f"{name}.svg") for name in FIGURES} | {
+    views = {name: browser.show_result(f"{name}.svg") for name in (*FIGURES, "codec_fit")} | {
         "corpus": browser.show_result("corpus.html")
     }
     look = browser.look_at_report(root / "report.html", views)
     assert look.errors == []
-    assert "RANDOM WEIGHTS: 2 shards" in look.texts["main"]
-    assert set(look.screenshots) == {"main", "corpus", *FIGURES}
+    assert "RANDOM WEIGHTS: 5 shards" in look.texts["main"]
+    assert set(look.screenshots) == {"main", "corpus", "codec_fit", *FIGURES}
     for name, png in look.screenshots.items():
         (tmp_path / f"{name}.png").write_bytes(png)
         # right of the menu: a blank page (or an empty frame) is one or two colours; a figure has hundreds

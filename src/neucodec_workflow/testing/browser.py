@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--result", default="", help="open the result whose path ends so (default: the first page)")
     args = parser.parse_args()
     look = look_at_report(args.report, {"view": show_result(args.result)} if args.result else None)
-    Path(args.png).write_bytes(look.screenshots["view" if args.view else "main"])
+    Path(args.png).write_bytes(look.screenshots["view" if args.result else "main"])
     for error in look.errors:
         print("JavaScript error:", error)
 
