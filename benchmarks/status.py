@@ -12,9 +12,16 @@ token file), one of them failed (its encode log ends with the job's failure line
 console command ``neucodec-workflow status --json`` in a new process (start-up, imports and config included), from a
 working directory of its own (its footer cache in ``.snakemake/``):
 
-1. cold: no footer cache (every token file's footer is read: one ranged GET each in S3);
+0. cold, before any summary: no footer cache, no ``{output}/shards.parquet`` (every token file's footer is read: one
+   ranged GET each in S3); ``--skip-footer-look`` leaves it out;
+then ``{output}/shards.parquet`` is made by the workflow's own jobs: ``jobs.derive_job`` (the entry point of rules
+derive_shard / derive_batch_N) over every token file in batches of 100, two processes, reading the token files and
+metadata from where the corpus is (S3: GETs, each token file's LastModified from its GET), then ``jobs.summarize_job``
+(rule summarize's); in S3 it is uploaded to ``s3://status-bench/out/shards.parquet`` (output beside the corpus, not
+inside its listing), locally it is written in the output directory (setup, not measured); then, in a new directory:
+1. cold: no footer cache (the done token files' rows of shards.parquet instead of their footers);
 2. refresh: nothing changed;
-3. refresh after ``--new`` pending shards got their token file.
+3. refresh after ``--new`` pending shards got their token file (not in shards.parquet: their footers).
 
 A markdown report on stdout.
 """
@@ -23,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import multiprocessing
 import os
 import platform
 import resource
@@ -30,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,9 @@ from s3_requests import env_for
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "status-bench"
+S3_OUTPUT = f"s3://{BUCKET}/out"
+LOCAL_OUTPUT = "local"  # a local output, relative to the look's working directory: logs and shards.parquet there
+DERIVE_BATCH = 100  # shards per derive job, as the workflow's derive_batch_N
 DEVICES = ["cuda:0 (NVIDIA H200)", "cuda:1 (NVIDIA H200)", "cuda:0 (NVIDIA A100-SXM4-80GB)"]
 
 
@@ -99,11 +111,11 @@ def failed_log(work: Path, shard: str) -> None:
     os.utime(path, (time.time() - 3600, time.time() - 3600))  # an hour ago: not running
 
 
-def look(work: Path, corpus: str, env: dict[str, str], server: Any = None) -> dict[str, Any]:
+def look(work: Path, corpus: str, output: str, env: dict[str, str], server: Any = None) -> dict[str, Any]:
     """One ``neucodec-workflow status --json`` in a new process; its wall time, its JSON and the requests it sent."""
     exe = Path(sys.executable).with_name("neucodec-workflow")
     cmd = [str(exe), "status", "--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config/config.yaml")]
-    cmd += ["--config", f"corpus={corpus}", "output=s3://status-bench/out", "local_dir=local", "--json"]
+    cmd += ["--config", f"corpus={corpus}", f"output={output}", "local_dir=local", "--json"]
     if server is not None:
         server.reset()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -130,26 +142,109 @@ def expected(n: int, new: int) -> dict[str, int]:
     }
 
 
+def make_summary(n: int, corpus: str, out: Path, env: dict[str, str]) -> tuple[Path, float]:
+    """``out/shards.parquet`` as the workflow makes it: ``jobs.derive_job`` (rules derive_shard / derive_batch_N) over
+    every shard with a token file, in batches of 100 in two processes, the token files and metadata read from
+    ``corpus`` (S3: one GET each; the token file's LastModified from its GET), then ``jobs.summarize_job`` (rule
+    summarize) over the reports. Returns the table's path and the seconds it took (setup, not measured)."""
+    from neucodec_workflow.dataset import formats
+    from neucodec_workflow.jobs import derive_job, summarize_job
+    from neucodec_workflow.status import SUMMARY, load_config
+
+    config = load_config(REPO, overrides=[f"corpus={corpus}", f"output={out}"], snakefile=REPO / "Snakefile")
+    sft, splits = config["sft"], ["train"]
+    part_keys = [(fmt, split) for fmt in sft["formats"] for split in splits]
+    shards = [shard_name(i) for i in range(n) if kind(i) != "pending"]
+    reports = [str(out / "shards" / f"{s}.json") for s in shards]
+
+    def job(batch: list[str]) -> dict[str, Any]:
+        tokens = [f"{corpus}/{s}/neucodec_tokens.parquet" for s in batch]
+        return {
+            "shards": batch,
+            "tokens": tokens,
+            "local_tokens": [str(out / "no-local-copy") for _ in batch],  # none: every token file read from corpus
+            "metadata": [f"{corpus}/{s}/metadata.parquet" for s in batch],
+            "reports": [str(out / "shards" / f"{s}.json") for s in batch],
+            "parts": [str(out / formats.ROOTS[f] / formats.part_path(f, x, s)) for s in batch for f, x in part_keys],
+            "part_keys": part_keys,
+            "columns": config["columns"],
+            "sft": sft,
+        }
+
+    t0 = time.perf_counter()
+    saved = dict(os.environ)
+    os.environ.update(env)  # the S3 endpoint and keys, for the derive processes (S3Settings.from_env)
+    try:
+        with ProcessPoolExecutor(
+            2, mp_context=multiprocessing.get_context("spawn"), initializer=logging.disable, initargs=(logging.WARNING,)
+        ) as pool:
+            batches = [shards[i : i + DERIVE_BATCH] for i in range(0, len(shards), DERIVE_BATCH)]
+            for f in [pool.submit(derive_job, **job(b)) for b in batches]:
+                f.result()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    outputs = {"stats": str(out / "stats.json"), "shards": str(out / SUMMARY)}
+    for fmt in sft["formats"]:
+        for name, path in formats.summary_files(fmt, splits).items():
+            outputs[f"{fmt}_{name}"] = str(out / formats.ROOTS[fmt] / path)
+    logging.disable(logging.WARNING)
+    summarize_job(local=reports, reports=reports, outputs=outputs, sft=sft)
+    logging.disable(logging.NOTSET)
+    return out / SUMMARY, time.perf_counter() - t0
+
+
 def scenario(
-    name: str, n: int, new: list[int], put: Any, corpus: str, env: dict[str, str], work: Path, server: Any = None
+    name: str,
+    n: int,
+    new: list[int],
+    put: Any,
+    corpus: str,
+    output: str,
+    summarize: Any,
+    env: dict[str, str],
+    work: Path,
+    server: Any = None,
+    footer_look: bool = True,
 ) -> list[dict[str, Any]]:
+    """The looks (see the module's doc); ``summarize()`` makes shards.parquet and puts it where ``output`` says."""
     pending = [i for i in range(n) if kind(i) == "pending"]
-    failed_log(work, shard_name(pending[0]))
     rows = []
-    for what, added in (("1. cold (no footer cache)", 0), ("2. refresh, nothing changed", 0), ("3. refresh", len(new))):
-        if added:
-            for i in new:
-                put(i, "neucodec_tokens.parquet", workflow_tokens(i))
-            what = f"3. refresh after {added} new token files"
-        r = look(work, corpus, env, server)
+
+    def measure(what: str, where: Path, added: int, cost: dict[str, int]) -> None:
+        """One look; its counts and ``cost`` (footers read, from shards.parquet) checked against what they must be."""
+        r = look(where, corpus, output, env, server)
         want = expected(n, added)
         got = {k: r["status"][k] for k in want}
-        rows.append({"where": name, "what": what, **r, "check": got == want, "got": got, "want": want})
+        check = got == want and all(r["status"]["cost"][k] == v for k, v in cost.items())
+        rows.append({"where": name, "what": what, **r, "check": check, "got": got, "want": want})
         print(f"[{name} {what}: {r['wall_s']:.1f} s]", file=sys.stderr)
+
+    if footer_look:
+        before = work.with_name(f"{work.name}-footers")
+        before.mkdir()
+        failed_log(before, shard_name(pending[0]))
+        measure("0. cold, no shards.parquet (footers)", before, 0, {"footers_from_summary": 0})
+    seconds, size = summarize()
+    print(
+        f"[{name}: shards.parquet ({size} bytes) made by derive_job + summarize_job in {seconds:.0f} s]",
+        file=sys.stderr,
+    )
+    failed_log(work, shard_name(pending[0]))
+    done = expected(n, 0)["done"]
+    looks = (
+        ("1. cold (no footer cache)", 0, {"footers_read": 0, "footers_from_summary": done}),
+        ("2. refresh, nothing changed", 0, {"footers_read": 0, "footers_cached": done}),
+        (f"3. refresh after {len(new)} new token files", len(new), {"footers_read": len(new), "footers_cached": done}),
+    )
+    for what, added, cost in looks:
+        for i in new if added else ():
+            put(i, "neucodec_tokens.parquet", workflow_tokens(i))
+        measure(what, work, added, cost)
     return rows
 
 
-def run_s3(n: int, new: int, tmp: Path) -> list[dict[str, Any]]:
+def run_s3(n: int, new: int, tmp: Path, footer_look: bool = True) -> list[dict[str, Any]]:
     from neucodec_workflow.storage.s3 import S3Settings
     from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
@@ -174,12 +269,19 @@ def run_s3(n: int, new: int, tmp: Path) -> list[dict[str, Any]]:
         pending = [i for i in range(n) if kind(i) == "pending"]
         work = tmp / "s3"
         work.mkdir()
+        corpus, env = f"s3://{BUCKET}/corpus", env_for(server.endpoint)
+
+        def summarize() -> tuple[float, int]:
+            path, seconds = make_summary(n, corpus, tmp / "s3-derived", env)
+            client.put_object(Bucket=BUCKET, Key=f"{S3_OUTPUT.split('/', 3)[3]}/shards.parquet", Body=path.read_bytes())
+            return seconds, path.stat().st_size
+
         return scenario(
-            "S3", n, pending[1 : 1 + new], put, f"s3://{BUCKET}/corpus", env_for(server.endpoint), work, server
+            "S3", n, pending[1 : 1 + new], put, corpus, S3_OUTPUT, summarize, env, work, server, footer_look
         )
 
 
-def run_local(n: int, new: int, tmp: Path) -> list[dict[str, Any]]:
+def run_local(n: int, new: int, tmp: Path, footer_look: bool = True) -> list[dict[str, Any]]:
     root = tmp / "local-corpus"
 
     def put(i: int, name: str, body: bytes) -> None:
@@ -195,7 +297,24 @@ def run_local(n: int, new: int, tmp: Path) -> list[dict[str, Any]]:
     pending = [i for i in range(n) if kind(i) == "pending"]
     work = tmp / "local"
     work.mkdir()
-    return scenario("local", n, pending[1 : 1 + new], put, str(root), dict(os.environ), work)
+
+    def summarize() -> tuple[float, int]:
+        path, seconds = make_summary(n, str(root), work / LOCAL_OUTPUT, {})
+        return seconds, path.stat().st_size
+
+    return scenario(
+        "local",
+        n,
+        pending[1 : 1 + new],
+        put,
+        str(root),
+        LOCAL_OUTPUT,
+        summarize,
+        dict(os.environ),
+        work,
+        None,
+        footer_look,
+    )
 
 
 def report(rows: list[dict[str, Any]], argv: list[str]) -> None:
@@ -207,15 +326,17 @@ def report(rows: list[dict[str, Any]], argv: list[str]) -> None:
     print(f"`.venv/bin/python {' '.join(['benchmarks/status.py', *argv])}`\n")
     print(
         "| corpus | look | wall s (whole command) | of it in status() | CPU s of the command | requests | LIST "
-        "| footer GETs | footers read | cached | counts as expected |\n|---|---|---|---|---|---|---|---|---|---|---|"
+        "| shards.parquet GET | footer GETs | footers read | from shards.parquet | cached | counts as expected |"
+        "\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         c, req = r["status"]["cost"], r["requests"]
         total = req["total"] if req else "-"
         print(
             f"| {r['where']} | {r['what']} | {r['wall_s']:.1f} | {c['seconds']:.1f} | {r['cpu_s']:.1f} | {total} "
-            f"| {c['list_requests']} "
-            f"| {c['footer_requests']} | {c['footers_read']} | {c['footers_cached']} | {r['check']} {r['got']} |"
+            f"| {c['list_requests']} | {c['summary_requests']} ({c['summary']}) "
+            f"| {c['footer_requests']} | {c['footers_read']} | {c['footers_from_summary']} | {c['footers_cached']} "
+            f"| {r['check']} {r['got']} |"
         )
     noise = {f"{r['where']} {r['what'][:2]}": len(r["stderr"]) for r in rows}
     print(f"\nLines the command wrote on stderr: {noise}")
@@ -234,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=5000)
     ap.add_argument("--new", type=int, default=10, help="pending shards that get a token file before look 3")
     ap.add_argument("--only", choices=["s3", "local"], nargs="*", default=["s3", "local"])
+    ap.add_argument("--skip-footer-look", action="store_true", help="no look before shards.parquet is made")
     opts = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     if not Path(sys.executable).with_name("neucodec-workflow").exists():
@@ -242,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="status-bench-") as tmp_s:
         tmp = Path(tmp_s)
         if "s3" in opts.only:
-            rows += run_s3(opts.shards, opts.new, tmp)
+            rows += run_s3(opts.shards, opts.new, tmp, not opts.skip_footer_look)
         if "local" in opts.only:
-            rows += run_local(opts.shards, opts.new, tmp)
+            rows += run_local(opts.shards, opts.new, tmp, not opts.skip_footer_look)
     report(rows, argv)
     return 0 if all(r["check"] for r in rows) else 1
 

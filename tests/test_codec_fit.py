@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
-from conftest import clip, run_snakemake
+from conftest import clip
 
-from neucodec_workflow.codec_fit import RANDOM_NOTE, log_mel_distance, sample_fits, si_sdr
+from neucodec_workflow.codec_fit import log_mel_distance, sample_fits, si_sdr
 from neucodec_workflow.contract import HOP, METADATA, SAMPLE_RATE, TAR, TOKENS, write_tokens
 from neucodec_workflow.testing.synth import Member, flac_bytes, write_shard
 
@@ -171,56 +168,4 @@ def test_unmeasurable_segments_and_unreadable_shards_are_reported_not_fatal(tmp_
     assert "decoder exploded" in seg["reason"] and seg["tokens"] == 20
 
 
-# --- the workflow ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.workflow
-def test_snakemake_codec_fit(tmp_path, random_ckpt):
-    """`snakemake codec_fit` on a fresh tiny corpus of three languages (one of them null) over two shards, seeded
-    random weights: the encode jobs run first (the token files are its inputs), then every language has its sample,
-    finite measures, the random-weights note and the plot; `codec_fit.enabled` puts it into the default target."""
-    corpus = tmp_path / "corpus"
-    lang_shard(corpus, "a/shard-0", ["en", "de", None], seconds=0.5, seed=1, tokens=False)
-    lang_shard(corpus, "b/shard-1", ["de", "en", "en"], seconds=0.4, seed=11, tokens=False)
-    settings = tmp_path / "fit.yaml"  # numbers nested in --config would arrive as strings
-    settings.write_text(
-        yaml.safe_dump({"codec_fit": {"segments_per_language": 2, "seed": 3}, "encode": {"audit_segments": 0}})
-    )
-    config = {
-        "corpus": str(corpus),
-        "output": str(tmp_path / "out"),
-        "codec": json.dumps({"weights": str(random_ckpt)}),
-    }
-    started = time.monotonic()
-    proc = run_snakemake(tmp_path, "codec_fit", config=config, configfiles=(settings,))
-    print(f"snakemake codec_fit (2 encode jobs, then codec_fit): {time.monotonic() - started:.1f} s")
-    log = proc.stdout + proc.stderr
-    assert re.search(r"^encode_shard\s+2$", log, re.M) and re.search(r"^codec_fit\s+1$", log, re.M), log[-3000:]
-    assert all((corpus / s / TOKENS).exists() for s in ("a/shard-0", "b/shard-1"))
-    out = tmp_path / "out" / "codec_fit"
-    result = json.loads((out / "codec_fit.json").read_text())
-    print(
-        json.dumps(
-            {
-                k: {m: v[m] for m in ("n", "mean_log_mel_distance", "mean_si_sdr_db")}
-                for k, v in result["languages"].items()
-            }
-        )
-    )
-    assert result["note"] == RANDOM_NOTE and result["provenance"]["random_weights"] is True
-    assert {k: v["segments"] for k, v in result["languages"].items()} == {"de": 2, "en": 2, "unknown": 1}
-    for lang in result["languages"].values():
-        assert lang["n"] == lang["segments"] and lang["failed"] == 0, lang
-        assert math.isfinite(lang["mean_log_mel_distance"]) and math.isfinite(lang["mean_si_sdr_db"])
-        for seg in lang["per_segment"]:
-            assert math.isfinite(seg["log_mel_distance"]) and math.isfinite(seg["si_sdr_db"]) and seg["seconds"] > 0
-    assert result["parameters"]["mel"]["n_mels"] == 80 and result["parameters"]["segments_per_language"] == 2
-    assert result["shard_errors"] == [] and set(result["token_files"]) == set(result["shards_read"])
-    svg = (out / "codec_fit.svg").read_text()
-    assert svg.lstrip().startswith("<?xml") and "RANDOM WEIGHTS" in svg
-    assert "RANDOM" in (tmp_path / "out" / "logs" / "codec_fit.log").read_text()
-    # done: nothing to do again; `enabled: true` (a string from --config) puts it into the default target
-    assert "Nothing to be done" in run_snakemake(tmp_path, "-n", "codec_fit", config=config).stdout
-    (out / "codec_fit.json").unlink()
-    dry = run_snakemake(tmp_path, "-n", config={**config, "codec_fit": json.dumps({"enabled": True})}).stdout
-    assert re.search(r"^codec_fit\s+1$", dry, re.M) and not re.search(r"^encode_shard\s", dry, re.M), dry[-3000:]
+# The rule itself runs in tests/test_report.py: the demo corpus with codec_fit.enabled, then the HTML report.

@@ -417,6 +417,7 @@ def test_foreign_token_file_is_adopted_as_it_is(tmp_path):
         "rows": len(rows),
         "tokens": sum(c for _, _, c in rows),
         "bytes": token_file.stat().st_size,
+        "mtime": token_file.stat().st_mtime,
         "token_count_mismatches": 1,
     }
     assert [(r["segment_id"], r["reason"]) for r in report["sft"]["excluded"]] == [
@@ -513,6 +514,7 @@ def test_derive_reads_in_memory_sources_like_files(corpus, tmp_path):
         parts={"hf": {"train": tmp_path / "mem" / "train.parquet"}},
         validation_fraction=0.0,
         rows_per_row_group=500,
+        tokens_mtime=(root / "b/s1/neucodec_tokens.parquet").stat().st_mtime,  # the job gives an object's LastModified
     )
     assert from_memory == from_paths
     assert from_memory["token_file"]["bytes"] == len(token_bytes)

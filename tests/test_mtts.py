@@ -426,3 +426,220 @@ def test_a_part_over_what_one_mds_file_can_address_is_refused(
     with pytest.raises(MttsError, match=r"train/s1.mds: \d+ bytes, over the 10000 an MDS file can address"):
         write_mds(tmp_path / "s1.mds", packed, "train/s1.mds")
     assert not list(tmp_path.iterdir())  # nothing written, no temp file left
+
+
+# --- text parts through tiktoken (mtts.FastBPE): ids identical to the tokenizers library's ---
+
+
+def rendered_ids(tokenizer: SpeechTokenizer, texts: list[str]) -> list[list[int]]:
+    """``<|im_start|>{text}<|speech_start|>`` through the transformers tokenizer itself (not our backend copy)."""
+    return tokenizer.tokenizer([f"{IM_START}{t}{SPEECH_START}" for t in texts], add_special_tokens=False).input_ids
+
+
+def per_text(ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
+    return [a.tolist() for a in np.split(ids, np.cumsum(lengths)[:-1])] if len(lengths) else []
+
+
+def varied_texts(rng: np.random.Generator, n: int) -> list[str]:
+    """Sample text in every language, with speaker prefixes, random Unicode from all planes (combining marks,
+    spaces of every kind, digits of other scripts, emoji, unassigned and private-use code points), ASCII noise,
+    contractions and whitespace runs."""
+    spaces = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u2009", "\u3000", "\u200b", "\u2028", "\x0b", "\x85"]
+    pools = [
+        range(0x20, 0x250),  # Latin, symbols
+        range(0x300, 0x370),  # combining diacritics
+        range(0x370, 0x2000),  # Greek .. Ethiopic, Indic, Thai, Georgian, Hangul jamo ...
+        range(0x2000, 0x2C00),  # punctuation, symbols, spaces, letterlike, number forms
+        range(0x3000, 0xA000),  # CJK, kana, Hangul compatibility jamo
+        range(0xAC00, 0xD7A4),  # Hangul syllables
+        range(0xE000, 0x10000),  # private use, compatibility, half/full width, specials
+        range(0x10000, 0x20000),  # SMP: historic scripts, emoji, math letters
+        range(0x20000, 0x110000),  # CJK extensions, unassigned planes, tags, private use planes
+    ]
+    words = ["'s", "'S", "'re", "'VE", "'ll", "'D", "'m", "'t", "don't", "ſ", "K", "123", "٣", "½", "😀", "👍🏽"]
+    out = []
+    for i in range(n):
+        kind = i % 4
+        if kind == 0:
+            out.append(f"spk{i}: " + sample_text(rng, int(rng.integers(1, 40))))
+        elif kind == 1:
+            k = int(rng.integers(1, 40))
+            chosen = [pools[int(j)] for j in rng.integers(0, len(pools), k)]
+            cps = [int(rng.integers(p.start, p.stop)) for p in chosen]
+            out.append("".join(chr(c) for c in cps if not 0xD800 <= c < 0xE000))
+        elif kind == 2:
+            parts = [str(rng.choice(words)) if rng.random() < 0.5 else str(rng.choice(spaces)) for _ in range(12)]
+            out.append("".join(parts) + sample_text(rng, 3))
+        else:
+            out.append("".join(chr(int(c)) for c in rng.integers(1, 128, int(rng.integers(0, 30)))))
+    return out
+
+
+def test_fast_path_is_on_and_its_ids_equal_the_tokenizer_on_varied_text(tokenizer: SpeechTokenizer) -> None:
+    assert tokenizer.fast is not None
+    texts = [*EDGE_TEXTS, *mtts._BATTERY, *varied_texts(np.random.default_rng(11), 4000)]
+    ids, lengths = tokenizer.heads(texts)
+    assert per_text(ids, lengths) == rendered_ids(tokenizer, texts)
+    inner, counts = tokenizer.fast.encode(texts)
+    assert (counts >= 0).mean() > 0.9  # most went through tiktoken (those with "<", NUL, ... did not)
+    assert all(c < 0 for t, c in zip(texts, counts.tolist(), strict=True) if "<" in t or "\0" in t)
+    assert not tokenizer.fast.split_differs
+
+
+def test_test_tokenizer_merges_in_id_order_one_per_token(tokenizer: SpeechTokenizer) -> None:
+    """tiktoken merges by the rank of the merged bytes, the backend by the merge's place in the merges list. The test
+    tokenizer (trained by tokenizers' BpeTrainer) makes each token by one merge, and a later merge makes a token of a
+    higher id, so its ids already rank the merges; FastBPE ranks by merge position anyway and maps ranks to ids."""
+    model = json.loads(tokenizer.backend.to_str())["model"]
+    vocab, merges = model["vocab"], model["merges"]
+    made = [vocab[a + b] for a, b in merges]
+    assert len(set(made)) == len(made) == len(vocab) - 256
+    assert made == sorted(made) and made[0] == 256
+
+
+def edited(tokenizer: SpeechTokenizer, edit) -> SpeechTokenizer:
+    """The test tokenizer with its tokenizer.json edited, as a SpeechTokenizer (its own FastBPE)."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tokenizer.backend.to_str())
+    edit(spec)
+    return SpeechTokenizer(SimpleNamespace(backend_tokenizer=Tokenizer.from_str(json.dumps(spec))), "edited")
+
+
+def backend_ids(tokenizer: SpeechTokenizer, texts: list[str]) -> list[list[int]]:
+    return per_text(*tokenizer.encode([f"{IM_START}{t}{SPEECH_START}" for t in texts]))
+
+
+def test_fast_path_with_ids_out_of_merge_order(tokenizer: SpeechTokenizer) -> None:
+    def permute(spec) -> None:  # the same merges; the non-byte tokens' ids shuffled among themselves
+        vocab = spec["model"]["vocab"]
+        tokens = sorted((t for t, i in vocab.items() if i >= 256), key=vocab.get)
+        ids = [vocab[t] for t in tokens]
+        for t, i in zip(tokens, np.random.default_rng(12).permutation(ids).tolist(), strict=True):
+            vocab[t] = i
+
+    permuted = edited(tokenizer, permute)
+    assert permuted.fast is not None
+    texts = varied_texts(np.random.default_rng(13), 1000)
+    assert per_text(*permuted.heads(texts)) == backend_ids(permuted, texts)
+    assert per_text(*permuted.heads(texts)) != per_text(*tokenizer.heads(texts))
+
+
+def test_tokens_no_merge_reaches_are_left_out_of_the_ranks(tokenizer: SpeechTokenizer) -> None:
+    """A merge (x, yz) after (x, y) and (y, z): BPE on "xyz" stops at [xy, z], so xyz is never produced; tiktoken,
+    which merges any adjacent pair whose concatenation is a token, would make it unless it is left out."""
+    model = json.loads(tokenizer.backend.to_str())["model"]
+    vocab, merges = model["vocab"], [tuple(m) for m in model["merges"]]
+    first = {a + b: i for i, (a, b) in enumerate(merges)}
+    x, y, z = next(
+        (a, b, d)
+        for a, b in merges
+        for c, d in merges
+        if b == c
+        and a.isalpha()
+        and b.isalpha()
+        and d.isalpha()
+        and a.isascii()
+        and b.isascii()
+        and d.isascii()
+        and first[a + b] < first[c + d]
+        and a + b + d not in vocab
+    )
+
+    def add(spec) -> None:
+        spec["model"]["vocab"][x + y + z] = max(a["id"] for a in spec["added_tokens"]) + 1
+        spec["model"]["merges"].append([x, y + z])
+
+    extra = edited(tokenizer, add)
+    assert extra.fast is not None and extra.fast.unreachable == 1
+    texts = [x + y + z, f"{x}{y}{z} {x}{y}{z}s", "a" + x + y + z, *varied_texts(np.random.default_rng(14), 200)]
+    got = per_text(*extra.heads(texts))
+    assert got == backend_ids(extra, texts)
+    assert all(extra.backend.token_to_id(x + y + z) not in ids for ids in got)
+
+
+def added(spec: dict, content: str) -> dict:
+    """One more added token."""
+    new = max(t["id"] for t in spec["added_tokens"]) + 1
+    return {
+        "id": new,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+
+
+def second_split(model: dict) -> list[str]:
+    """A merge that makes a token already made by another merge (tiktoken-converted tokenizers list every split)."""
+    vocab, merges = model["vocab"], {tuple(m) for m in model["merges"]}
+    return next(
+        [t[:k], t[k:]]
+        for t in vocab
+        for k in range(1, len(t))
+        if t[:k] in vocab and t[k:] in vocab and (t[:k], t[k:]) not in merges
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, why",
+    [
+        (lambda s: s.update(normalizer={"type": "NFKC"}), "normalizer"),
+        (lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\s+|\S+"), "pre-tokenizer"),
+        (lambda s: s["model"].update(ignore_merges=True), "ignore_merges"),
+        (lambda s: s["model"]["merges"].append(second_split(s["model"])), "made by more than one merge"),
+        (lambda s: s["added_tokens"].append(added(s, "<|im_start|>user")), "added token '<|im_start|>user'"),
+    ],
+)
+def test_tokenizers_tiktoken_cannot_reproduce_go_through_the_library(
+    tokenizer: SpeechTokenizer, caplog: pytest.LogCaptureFixture, edit, why: str
+) -> None:
+    with caplog.at_level("WARNING", logger="neucodec_workflow.dataset.mtts"):
+        other = edited(tokenizer, edit)
+    assert other.fast is None
+    assert "tokenizer edited: text through the tokenizers library (" in caplog.text
+    assert why in caplog.text
+    texts = varied_texts(np.random.default_rng(15), 100)
+    assert per_text(*other.heads(texts)) == backend_ids(other, texts)
+
+
+def test_characters_split_differently_go_through_the_library(
+    tokenizer: SpeechTokenizer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probes read each class of character correctly; a character whose split they find differing (faked here)
+    sends its texts to the tokenizers library."""
+    fast = tokenizer.fast
+    assert fast is not None
+    pieces = {c: [p for p, _ in fast._pre_tokenizer.pre_tokenize_str(f"!{c}a")] for c in "é١\u00a0¿"}
+    assert [len(p) for p in pieces.values()] == [1, 3, 2, 2]  # letter, digit, space ("!" | " a"), other ("!¿" | "a")
+    fresh = SpeechTokenizer(tokenizer.tokenizer, "fresh")
+    assert fresh.fast is not None
+    same_split = fresh.fast._same_split
+    monkeypatch.setattr(fresh.fast, "_same_split", lambda probe: "ß" not in probe and same_split(probe))
+    texts = ["Straße", "Strasse", "groß und klein", "ss"]
+    with caplog.at_level("WARNING", logger="neucodec_workflow.dataset.mtts"):
+        _, counts = fresh.fast.encode(texts)
+    assert (counts >= 0).tolist() == [False, True, False, True]
+    assert "1 characters are split differently by tiktoken and the tokenizers library (U+00DF)" in caplog.text
+    assert per_text(*fresh.heads(texts)) == backend_ids(fresh, texts)
+
+
+def test_nfc_inert_characters_are_left_as_they_are_by_the_tokenizer(tokenizer: SpeechTokenizer) -> None:
+    """Every code point ``_nfc_inert`` passes, in a sequence with every other such code point and after each kind
+    of character, comes out of the tokenizer's own normalizer unchanged (texts of them skip it)."""
+    inert = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000 and mtts._nfc_inert(chr(c))]
+    assert len(inert) > 250_000 and "é" in inert and "가" in inert and "\u0301" not in inert and "ா" not in inert
+    text = "".join(inert)
+    normalizer = tokenizer.backend.normalizer
+    assert normalizer.normalize_str(text) == text
+    rng = np.random.default_rng(16)
+    shuffled = "".join(rng.permutation(np.array(inert, dtype=object)).tolist())
+    assert normalizer.normalize_str(shuffled) == shuffled
+
+
+def test_pre_tokenizer_regex_is_qwen2s() -> None:
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    assert mtts.QWEN2_SPLIT == PRETOKENIZE_REGEX

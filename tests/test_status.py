@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -241,12 +242,17 @@ def test_status_local_counts(local_corpus: dict[str, Any], capsys: pytest.Captur
     assert s["throughput"]["per_device"]["cpu"]["shards"] == 1 and s["random_weights"] is True
     assert s["cost"]["footers_read"] == 3 and s["cost"]["list_requests"] == 0
 
+    assert s["cost"]["summary"] == "absent" and s["cost"]["footers_from_summary"] == 0  # no summarize ran here
+
     # a refresh reads no footer; a new token file is the only one read
     assert run_json(capsys, argv)["cost"] | {"seconds": 0} == {
         "list_requests": 0,
         "footer_requests": 0,
         "footers_read": 0,
         "footers_cached": 3,
+        "footers_from_summary": 0,
+        "summary_requests": 0,
+        "summary": "not needed",
         "seconds": 0,
     }
     encode(corpus / "de/d", "de/d", "cpu")
@@ -290,25 +296,11 @@ def test_status_s3_counts_and_requests(
     """The same corpus in a loopback S3 bucket: same counts; one listing plus one ranged GET per new footer, then a
     refresh is the listing alone."""
     pytest.importorskip("moto")
-    from neucodec_workflow.storage.s3 import S3Settings
     from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     corpus, out = local_corpus["corpus"], local_corpus["out"]
     with LoopbackS3() as server:
-        settings = S3Settings(endpoint_url=server.endpoint, access_key="AKIASTATUSTEST", secret_key="status-secret")
-        client = settings.client()
-        client.create_bucket(Bucket="status-bucket")
-        files = sorted(p for p in corpus.rglob("*") if p.is_file())
-        for path in sorted(files, key=lambda p: p.name == "neucodec_tokens.parquet"):  # token files last: newest
-            if path.parent.name == "g" and path.name == "audio.tar":
-                continue
-            client.put_object(Bucket="status-bucket", Key=f"c/{path.relative_to(corpus)}", Body=path.read_bytes())
-        time.sleep(1.1)  # S3 times have a resolution of 1 s: en/g's tar is newer than its token file
-        client.put_object(Bucket="status-bucket", Key="c/en/g/audio.tar", Body=(corpus / "en/g/audio.tar").read_bytes())
-        for name, value in (("ENDPOINT_URL", server.endpoint), ("ACCESS_KEY", "AKIASTATUSTEST")):
-            monkeypatch.setenv(f"SNAKEMAKE_STORAGE_S3_{name}", value)
-        monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "status-secret")
-        monkeypatch.setenv("NEUCODEC_S3_REQUIRE_ENDPOINT", "1")
+        s3_corpus(server, corpus, monkeypatch)
         # an S3 output: the job logs are in local_dir
         argv = status_cli(tmp_path, "corpus=s3://status-bucket/c", "output=s3://status-bucket/out", f"local_dir={out}")
         server.reset()
@@ -317,12 +309,36 @@ def test_status_s3_counts_and_requests(
         assert (s["shards"], s["done"], s["pending"], s["failed"], s["foreign"]) == (7, 3, 3, 1, 1)
         assert s["stale"] == 1 and s["records"]["workflow"] == 2 and s["audit"]["token_agreement"] == 1.0
         assert s["cost"]["list_requests"] <= 50 and s["cost"]["footer_requests"] == 3
-        assert sent["total"] == s["cost"]["list_requests"] + 3 == sent["by_method"].get("LIST", 0) + 3
+        # no summarize ran: asking for out/shards.parquet was one GET (a 404), then the 3 footers
+        assert s["cost"]["summary_requests"] == 1 and s["cost"]["summary"] == "absent"
+        assert sent["total"] == s["cost"]["list_requests"] + 1 + 3 == sent["by_method"].get("LIST", 0) + 4
 
         server.reset()
         s = run_json(capsys, argv)  # the refresh: footers from the cache
         assert server.counts()["total"] == s["cost"]["list_requests"] <= 50 and s["cost"]["footers_cached"] == 3
         assert (s["done"], s["pending"], s["failed"]) == (3, 3, 1)
+
+
+def s3_corpus(server: Any, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``corpus`` in ``s3://status-bucket/c`` of a loopback server (token files last: the newest objects; en/g's tar
+    a second later: older than its token file no more), and the environment the status command takes it from."""
+    from neucodec_workflow.storage.s3 import S3Settings
+
+    settings = S3Settings(endpoint_url=server.endpoint, access_key="AKIASTATUSTEST", secret_key="status-secret")
+    client = settings.client()
+    client.create_bucket(Bucket="status-bucket")
+    files = sorted(p for p in corpus.rglob("*") if p.is_file())
+    for path in sorted(files, key=lambda p: p.name == "neucodec_tokens.parquet"):  # token files last: newest
+        if path.parent.name == "g" and path.name == "audio.tar":
+            continue
+        client.put_object(Bucket="status-bucket", Key=f"c/{path.relative_to(corpus)}", Body=path.read_bytes())
+    time.sleep(1.1)  # S3 times have a resolution of 1 s: en/g's tar is newer than its token file
+    client.put_object(Bucket="status-bucket", Key="c/en/g/audio.tar", Body=(corpus / "en/g/audio.tar").read_bytes())
+    for name, value in (("ENDPOINT_URL", server.endpoint), ("ACCESS_KEY", "AKIASTATUSTEST")):
+        monkeypatch.setenv(f"SNAKEMAKE_STORAGE_S3_{name}", value)
+    monkeypatch.setenv("SNAKEMAKE_STORAGE_S3_SECRET_KEY", "status-secret")
+    monkeypatch.setenv("NEUCODEC_S3_REQUIRE_ENDPOINT", "1")
+    return client
 
 
 @pytest.mark.s3
@@ -348,6 +364,182 @@ def test_footer_longer_than_one_ranged_read() -> None:
         client.put_object(Bucket="footer-bucket", Key="t.parquet", Body=buf.getvalue())
         meta, requests = st.read_footer_s3(client, "s3://footer-bucket/t.parquet", len(buf.getvalue()))
     assert requests == 2 and st.summarize(meta)["rejects_by_reason"] == {"decode_error": 5000}
+
+
+# ----------------------------------------------------------------------------- a first look from shards.parquet
+DONE = ["en/a", "en/b", "fr/c"]  # local_corpus' done shards: two of the workflow, one foreign
+COUNTS = ("shards", "done", "pending", "failed", "running", "stale", "foreign", "records", "unreadable", "segments")
+COUNTS += ("rejects_by_reason", "audit", "random_weights", "failed_shards", "running_shards", "hours_left")
+
+
+def summarize_shards(config: dict[str, Any], corpus: str, out: Path, shards: list[str], local: dict[str, Path]) -> Path:
+    """What rules derive_shard and summarize run (``jobs.derive_job``, ``jobs.summarize_job``, as their scripts call
+    them) for ``shards`` of ``corpus`` (a directory or an s3:// URL; ``local``: shard -> the local copy of its token
+    file, as this run's encode job leaves it): the reports and dataset parts under ``out``, and ``out/shards.parquet``."""
+    from neucodec_workflow.dataset import formats
+    from neucodec_workflow.jobs import derive_job, summarize_job
+
+    sft, splits = config["sft"], ["train"]
+    part_keys = [(fmt, split) for fmt in sft["formats"] for split in splits]
+    reports = [str(out / "shards" / f"{s}.json") for s in shards]
+    tokens = [f"{corpus}/{s}/neucodec_tokens.parquet" for s in shards]
+    derive_job(
+        shards=shards,
+        tokens=tokens,
+        local_tokens=[str(local.get(s, t)) for s, t in zip(shards, tokens, strict=True)],
+        metadata=[f"{corpus}/{s}/metadata.parquet" for s in shards],
+        reports=reports,
+        parts=[str(out / formats.ROOTS[f] / formats.part_path(f, x, s)) for s in shards for f, x in part_keys],
+        part_keys=part_keys,
+        columns=config["columns"],
+        sft=sft,
+    )
+    outputs = {"stats": str(out / "stats.json"), "shards": str(out / st.SUMMARY)}
+    for fmt in sft["formats"]:
+        for name, path in formats.summary_files(fmt, splits).items():
+            outputs[f"{fmt}_{name}"] = str(out / formats.ROOTS[fmt] / path)
+    summarize_job(local=reports, reports=reports, outputs=outputs, sft=sft)
+    return out / st.SUMMARY
+
+
+def rewrite_token_files(corpus: Path, work: Path) -> dict[str, Path]:
+    """After the summary: en/a encoded again on another device (its token file's size changes), en/b's token file
+    written again with the same bytes (only its time changes); the new files, made in a copy under ``work``."""
+    shutil.copytree(corpus / "en/a", work / "en/a")
+    encode(work / "en/a", "en/a", "cpu")  # was cuda:0 (Test GPU)
+    assert (work / "en/a/neucodec_tokens.parquet").stat().st_size != (
+        corpus / "en/a/neucodec_tokens.parquet"
+    ).stat().st_size
+    (work / "en/b").mkdir(parents=True)
+    shutil.copy(corpus / "en/b/neucodec_tokens.parquet", work / "en/b/neucodec_tokens.parquet")  # a new mtime
+    return {s: work / s / "neucodec_tokens.parquet" for s in ("en/a", "en/b")}
+
+
+def test_status_first_look_from_shards_parquet_local(local_corpus: dict[str, Any], tmp_path: Path) -> None:
+    """After derive and summarize (the jobs' own code), a first look (no cache) reads no footer: the three done
+    token files take their rows of shards.parquet; the counts are the footers' own. A token file written again
+    (another size, or the same bytes at a later time) has its footer read."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    shutil.copytree(local_corpus["corpus"], corpus)  # copy2: times kept (en/g stays older than its tar)
+    shutil.copytree(local_corpus["out"], out)  # the job logs: de/e running, fr/f failed
+    config = st.load_config(REPO, overrides=[f"corpus={corpus}", f"output={out}"], snakefile=REPO / "Snakefile")
+    now = time.time()
+    by_footers = st.status(config, tmp_path, cache=st.FooterCache(None), now=now)
+    assert by_footers["cost"]["footers_read"] == 3 and by_footers["cost"]["summary"] == "absent"
+
+    table = pq.read_table(summarize_shards(config, str(corpus), out, DONE, {})).to_pandas().set_index("shard")
+    for s in DONE:
+        info = os.stat(corpus / s / "neucodec_tokens.parquet")
+        assert (table.loc[s, "token_file_bytes"], table.loc[s, "token_file_mtime"]) == (info.st_size, info.st_mtime)
+    cache = st.FooterCache(tmp_path / "cache.json")
+    cold = st.status(config, tmp_path, cache=cache, now=now)
+    assert cold["cost"] | {"seconds": 0} == {
+        "list_requests": 0,
+        "footer_requests": 0,
+        "footers_read": 0,
+        "footers_cached": 0,
+        "footers_from_summary": 3,
+        "summary_requests": 0,
+        "summary": "read",
+        "seconds": 0,
+    }
+    assert {k: cold[k] for k in COUNTS} == {k: by_footers[k] for k in COUNTS}
+    assert cold["throughput"] == by_footers["throughput"] and cold["eta_hours"] == by_footers["eta_hours"]
+    # the workflow's shards: the same hours; the foreign one's exact from its report, not estimated from its size
+    assert cold["hours_done_estimated"] == 0 and by_footers["hours_done_estimated"] > 0
+    workflow_hours = by_footers["hours_done"] - by_footers["hours_done_estimated"]
+    assert workflow_hours == pytest.approx(local_corpus["audio"] / 3600)
+    assert cold["hours_done"] == pytest.approx(workflow_hours + local_corpus["foreign_audio"] / 3600)
+    listing = st.list_corpus(config, tmp_path)
+    footers = st.read_footers(listing, DONE, st.FooterCache(None)).summaries
+    rows = st.read_footers(
+        listing, DONE, st.FooterCache(None), summary=lambda: st.read_summary(config, tmp_path, listing, cache)
+    )
+    assert rows.summary == "unchanged" and rows.read == 3  # the table's rows were taken by the look before
+    fresh = st.FooterCache(None)
+    rows = st.read_footers(listing, DONE, fresh, summary=lambda: st.read_summary(config, tmp_path, listing, fresh))
+    assert rows.from_summary == 3 and rows.read == 0
+    assert {s: rows.summaries[s] for s in DONE[:2]} == {s: footers[s] for s in DONE[:2]}  # field by field
+
+    refresh = st.status(config, tmp_path, cache=st.FooterCache(tmp_path / "cache.json"), now=now)
+    assert (refresh["cost"]["footers_cached"], refresh["cost"]["summary"]) == (3, "not needed")
+
+    for s, path in rewrite_token_files(corpus, tmp_path / "new").items():
+        os.replace(path, corpus / s / "neucodec_tokens.parquet")
+    later = time.time() + 3  # en/b: the same bytes, a later time
+    os.utime(corpus / "en/b/neucodec_tokens.parquet", (later, later))
+    for cache in (st.FooterCache(None), st.FooterCache(tmp_path / "cache.json")):  # a first look, a refresh
+        s = st.status(config, tmp_path, cache=cache, now=now)
+        assert (s["cost"]["footers_read"], s["cost"]["footers_from_summary"]) == (2, 1 if cache.path is None else 0)
+        assert s["cost"]["footers_cached"] == (0 if cache.path is None else 1)
+        assert s["cost"]["summary"] == ("read" if cache.path is None else "unchanged")
+        assert s["throughput"]["per_device"]["cpu"]["shards"] == 2  # en/a's new footer: encoded on the CPU
+        assert {k: s[k] for k in COUNTS} == {k: cold[k] for k in COUNTS}
+
+
+@pytest.mark.s3
+def test_status_first_look_from_shards_parquet_s3(
+    local_corpus: dict[str, Any], tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corpus in loopback S3, derived from its objects (each token file's LastModified from the GET that read
+    it; one HEAD for the token file read from this run's local copy) and summarized; out/shards.parquet in S3 beside
+    the corpus. A first look: the listing plus one GET of shards.parquet, no footer; a refresh: the listing alone.
+    Token files written again: their footers, and one conditional GET ('not modified') of the unchanged table."""
+    pytest.importorskip("moto")
+    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+
+    with LoopbackS3() as server:
+        client = s3_corpus(server, local_corpus["corpus"], monkeypatch)
+        config = ["corpus=s3://status-bucket/c", "output=s3://status-bucket/out", f"local_dir={local_corpus['out']}"]
+        derived = tmp_path / "derived"
+        local = {"en/b": local_corpus["corpus"] / "en/b/neucodec_tokens.parquet"}  # as if encoded by this run
+        validated = st.load_config(REPO, overrides=config, snakefile=REPO / "Snakefile")
+        server.reset()
+        summary = summarize_shards(validated, "s3://status-bucket/c", derived, DONE, local)
+        assert server.counts()["by_method"] == {"GET": 5, "HEAD": 1}  # 3 metadata, 2 token files; en/b's time
+        listed = {o["Key"]: o for o in client.list_objects_v2(Bucket="status-bucket", Prefix="c/")["Contents"]}
+        table = pq.read_table(summary).to_pandas().set_index("shard")
+        for s in DONE:
+            o = listed[f"c/{s}/neucodec_tokens.parquet"]
+            assert table.loc[s, "token_file_mtime"] == o["LastModified"].timestamp()  # to the second, as listed
+            assert table.loc[s, "token_file_bytes"] == o["Size"]
+
+        def look(work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+            server.reset()
+            s = run_json(capsys, status_cli(work, *config))
+            return s, server.counts()
+
+        by_footers, _ = look(tmp_path / "footers")  # shards.parquet not there yet
+        assert by_footers["cost"]["footers_read"] == 3 and by_footers["cost"]["summary"] == "absent"
+        client.put_object(Bucket="status-bucket", Key="out/shards.parquet", Body=summary.read_bytes())
+
+        cold, sent = look(tmp_path / "w")
+        listing = cold["cost"]["list_requests"]
+        assert sent == {"total": listing + 1, "by_method": {"LIST": listing, "GET": 1}} and listing <= 2
+        assert (cold["cost"]["footers_read"], cold["cost"]["footers_from_summary"]) == (0, 3)
+        assert (cold["cost"]["summary_requests"], cold["cost"]["summary"]) == (1, "read")
+        assert {k: cold[k] for k in COUNTS} == {k: by_footers[k] for k in COUNTS}
+        assert (cold["done"], cold["pending"], cold["failed"], cold["foreign"]) == (3, 3, 1, 1)
+
+        refresh, sent = look(tmp_path / "w")
+        assert sent["total"] == listing and refresh["cost"]["footers_cached"] == 3
+        assert refresh["cost"]["summary"] == "not needed" and refresh["cost"]["summary_requests"] == 0
+
+        time.sleep(1.1)  # en/b's same bytes get a later LastModified
+        for s, path in rewrite_token_files(local_corpus["corpus"], tmp_path / "new").items():
+            client.put_object(Bucket="status-bucket", Key=f"c/{s}/neucodec_tokens.parquet", Body=path.read_bytes())
+        refresh, sent = look(tmp_path / "w")
+        assert sent == {"total": listing + 1 + 2, "by_method": {"LIST": listing, "GET": 3}}
+        assert (refresh["cost"]["summary"], refresh["cost"]["footers_read"], refresh["cost"]["footers_cached"]) == (
+            "unchanged",  # a conditional GET: 'not modified'
+            2,
+            1,
+        )
+        cold, sent = look(tmp_path / "w2")
+        assert sent == {"total": listing + 1 + 2, "by_method": {"LIST": listing, "GET": 3}}
+        assert (cold["cost"]["footers_read"], cold["cost"]["footers_from_summary"]) == (2, 1)
+        assert cold["throughput"]["per_device"]["cpu"]["shards"] == 2  # en/a's new footer: encoded on the CPU
+        assert {k: cold[k] for k in COUNTS} == {k: by_footers[k] for k in COUNTS}
 
 
 # --------------------------------------------------------------------------------------------- a Snakemake run

@@ -197,6 +197,7 @@ def derive_job(
                 validation_fraction=float(sft["validation_fraction"]),
                 rows_per_row_group=int(sft["rows_per_row_group"]),
                 writer=writer,
+                tokens_mtime=read.mtime(tokens[i]),  # in S3: LastModified, from the GET that read it or one HEAD
             )
             log.info(
                 "shard %s: %s record, %d rows, dataset rows %s, left out %s",

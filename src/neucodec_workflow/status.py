@@ -10,9 +10,13 @@ of each token file (the record: provenance and the encode job's report, ``contra
   reports an error in its ``encode_shard`` job while its job log is quiet;
 * **pending**: neither (``running`` among them: its job log was written in the last 10 minutes).
 
-Footers are cached in ``.snakemake/neucodec_workflow/status_footers.json`` (key: the token file, checked against its
-size and modification time), so a refresh reads only the footers of token files that are new or changed: at 5,000
-S3 shards a refresh is the listing's ~15 LIST requests (benchmarks/results/status.md).
+A first look takes what it can from the workflow's ``{output}/shards.parquet`` (summarize's row per shard, from the
+derived reports, which carry each token file's encode report): a done shard whose token file still has the size and
+modification time its row records needs no footer; the others' footers are read. Footers and rows used are cached in
+``.snakemake/neucodec_workflow/status_footers.json`` (key: the token file, checked against its size and modification
+time), so a refresh reads only the footers of token files that are new or changed: at 5,000 S3 shards a first look is
+the listing's ~15 LIST requests plus one GET of shards.parquet, a refresh the listing alone
+(benchmarks/results/status.md).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -39,11 +44,33 @@ from neucodec_workflow.plan import stale
 from neucodec_workflow.storage.discovery import ShardListError, shard_list
 from neucodec_workflow.storage.inventory import Inventory, ObjectInfo
 from neucodec_workflow.storage.s3 import S3Error, S3Settings, is_s3, split_url
+from neucodec_workflow.storage.streams import describe
 
 CONFIG = "config/config.yaml"  # the Snakefile's configfile, relative to the working directory
 SCHEMA = "config/config.schema.yaml"  # beside the Snakefile
 CACHE = ".snakemake/neucodec_workflow/status_footers.json"
 CACHE_VERSION = 1
+SUMMARY = "shards.parquet"  # summarize's table in the output: one row per shard (dataset/stats.shard_table)
+# what a row must hold to stand for a token file's footer (stats.SHARD_COLUMNS; older tables lack some: not used)
+SUMMARY_COLUMNS = (
+    "shard",
+    "record",
+    "segments",
+    "encoded",
+    "rejects_by_reason",
+    "audio_seconds",
+    "token_file_rows",
+    "token_file_bytes",
+    "token_file_mtime",
+    "wall_seconds",
+    "device",
+    "host",
+    "random_weights",
+    "audit_segments",
+    "audit_tokens",
+    "audit_matching_tokens",
+    "audit_token_agreement",
+)
 FOOTER_TAIL = 64 << 10  # one ranged GET of the last 64 KiB holds a footer with a report of ~1,000 rejects
 FOOTER_THREADS = 10  # botocore's default connection pool: more threads would open and drop connections
 RUNNING_SECONDS = 600  # a pending shard whose job log was written this recently is running
@@ -227,20 +254,159 @@ def summarize(metadata: Any) -> dict[str, Any]:
     }
 
 
+def summary_of_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The footer summary (``summarize``) that a shard's row of shards.parquet stands for: its derived report's
+    numbers, which for a token file of this workflow are its encode report's. For a foreign token file (or one
+    without a report) the row's audio is exact (the report counts the tokens): not ``estimated``."""
+    rows = int(row["token_file_rows"])
+    audio = float(row["audio_seconds"] or 0.0)
+    random_weights = bool(row["random_weights"])
+    if row["record"] == WORKFLOW:
+        audit = None
+        if row["audit_segments"] is not None:
+            audit = {
+                "segments": row["audit_segments"],
+                "tokens": row["audit_tokens"],
+                "matching_tokens": row["audit_matching_tokens"],
+                "token_agreement": row["audit_token_agreement"],
+            }
+        return {
+            "record": WORKFLOW,
+            "rows": rows,
+            "audio_seconds": audio,
+            "wall_seconds": float(row["wall_seconds"] or 0.0),
+            "device": row["device"] or "unknown",
+            "host": row["host"] or "unknown",
+            "encoded": int(row["encoded"] or 0),
+            "segments": int(row["segments"] or 0),
+            "rejects_by_reason": dict(row["rejects_by_reason"] or ()),
+            "audit": audit,
+            "random_weights": random_weights,
+            "estimated": False,
+        }
+    return {
+        "record": row["record"],
+        "rows": rows,
+        "audio_seconds": audio,
+        "wall_seconds": 0.0,
+        "device": "",
+        "encoded": rows,
+        "segments": rows,
+        "rejects_by_reason": {},
+        "audit": None,
+        "random_weights": random_weights,
+        "estimated": False,
+    }
+
+
+def same_file(row: dict[str, Any], info: ObjectInfo, whole_seconds: bool) -> bool:
+    """Whether a shard's row of shards.parquet is about the token file listed now: same size and the modification
+    time its derive job saw (S3: to the second, the resolution of the ``LastModified`` a GET or HEAD answers)."""
+    mtime = row.get("token_file_mtime")
+    if mtime is None or row.get("token_file_rows") is None or row.get("token_file_bytes") != info.size:
+        return False
+    if row.get("record") not in RECORD_KINDS:
+        return False
+    return math.floor(mtime) == math.floor(info.mtime) if whole_seconds else mtime == info.mtime
+
+
+@dataclass
+class SummaryRows:
+    """What one look took from ``{output}/shards.parquet``: its rows by shard (None: none to take), the S3 requests
+    it cost, and why (``read``, ``unchanged``: its rows were taken by an earlier look, ``absent``, ``unusable: ...``)."""
+
+    rows: dict[str, dict[str, Any]] | None
+    requests: int
+    state: str
+
+
+def _table_rows(source: str | io.BytesIO) -> dict[str, dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(source, columns=list(SUMMARY_COLUMNS))
+    return {r["shard"]: r for r in table.to_pylist()}
+
+
+def read_summary(
+    config: dict[str, Any], directory: Path, listing: Listing, cache: FooterCache, settings: S3Settings | None = None
+) -> SummaryRows:
+    """The rows of ``{output}/shards.parquet`` by shard, unless it is missing or unchanged since a look took its rows
+    (``cache.table``: those that matched a token file are in the cache; the others match no better now). A local
+    output: ``os.stat`` and a read. In S3: inside the corpus listing, its size and time come from there and a GET
+    reads it when changed; elsewhere (a sibling prefix, another bucket), one GET, conditional on the ETag seen last
+    (unchanged: 'not modified', no body)."""
+    output = config["output"].rstrip("/")
+    output = output if is_s3(output) else os.path.abspath(directory / output)
+    url = f"{output}/{SUMMARY}"
+    seen = cache.table if cache.table is not None and cache.table.get("url") == url else None
+
+    def take(source: str | io.BytesIO, ident: dict[str, Any], requests: int) -> SummaryRows:
+        cache.seen_table(ident)  # also when unusable: an unchanged table is not fetched again
+        try:
+            return SummaryRows(_table_rows(source), requests, "read")
+        except Exception as exc:  # a table of an older workflow (no token_file_mtime) or a broken one: footers
+            return SummaryRows(None, requests, f"unusable: {type(exc).__name__}: {exc}")
+
+    if not is_s3(url):
+        try:
+            st = os.stat(url)
+        except OSError:
+            return SummaryRows(None, 0, "absent")
+        ident = {"url": url, "size": st.st_size, "mtime": st.st_mtime}
+        if seen is not None and {k: seen.get(k) for k in ident} == ident:
+            return SummaryRows(None, 0, "unchanged")
+        return take(url, ident, 0)
+
+    bucket, key = split_url(url)
+    inventory = listing.inventory
+    kwargs: dict[str, str] = {}
+    listed: ObjectInfo | None = None
+    if inventory is not None and inventory.covers(bucket, key):
+        listed = inventory.info(bucket, key)
+        if listed is None:
+            return SummaryRows(None, 0, "absent")
+        if seen is not None and (seen.get("size"), seen.get("mtime")) == (listed.size, listed.mtime):
+            return SummaryRows(None, 0, "unchanged")
+    elif seen is not None and seen.get("etag"):
+        kwargs["IfNoneMatch"] = seen["etag"]
+    try:  # a local corpus with an S3 output: the client from the environment, as for the listing
+        client = inventory.client if inventory is not None else (settings or S3Settings.from_env()).client()
+        answer = client.get_object(Bucket=bucket, Key=key, **kwargs)
+        body = answer["Body"].read()
+    except Exception as exc:
+        response = getattr(exc, "response", None) or {}
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if status == 304:
+            return SummaryRows(None, 1, "unchanged")
+        if status == 404:
+            return SummaryRows(None, 1, "absent")
+        return SummaryRows(None, 1, f"unusable: {describe(exc)}")
+    ident = {
+        "url": url,
+        "size": listed.size if listed is not None else int(answer.get("ContentLength") or len(body)),
+        "mtime": listed.mtime if listed is not None else answer["LastModified"].timestamp(),
+        "etag": answer.get("ETag"),
+    }
+    return take(io.BytesIO(body), ident, 1)
+
+
 class FooterCache:
-    """Footer summaries by token file, valid while the file's size and modification time are unchanged."""
+    """Footer summaries by token file, valid while the file's size and modification time are unchanged; and which
+    shards.parquet a look took rows from last (``table``: url, size, mtime, etag)."""
 
     def __init__(self, path: Path | None):
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
+        self.table: dict[str, Any] | None = None
         self.changed = False
         if path is not None and path.exists():
             try:
                 data = json.loads(path.read_text())
                 if data.get("version") == CACHE_VERSION:
                     self.entries = data["entries"]
+                    self.table = data.get("table")
             except (OSError, ValueError, KeyError):
-                self.entries = {}  # a broken cache is a cold one
+                self.entries, self.table = {}, None  # a broken cache is a cold one
 
     def get(self, key: str, info: ObjectInfo) -> dict[str, Any] | None:
         e = self.entries.get(key)
@@ -252,14 +418,17 @@ class FooterCache:
         self.entries[key] = {"size": info.size, "mtime": info.mtime, "summary": summary}
         self.changed = True
 
+    def seen_table(self, ident: dict[str, Any]) -> None:
+        self.table = ident
+        self.changed = True
+
     def save(self, keep: set[str]) -> None:
         gone = set(self.entries) - keep
         for k in gone:
             del self.entries[k]
         if self.path is not None and (self.changed or gone):
-            write_text(
-                self.path, json.dumps({"version": CACHE_VERSION, "entries": self.entries}, separators=(",", ":"))
-            )
+            data = {"version": CACHE_VERSION, "entries": self.entries, "table": self.table}
+            write_text(self.path, json.dumps(data, separators=(",", ":")))
         self.changed = False
 
 
@@ -270,6 +439,9 @@ class Footers:
     read: int = 0
     cached: int = 0
     requests: int = 0
+    from_summary: int = 0  # summaries taken from shards.parquet's rows instead of the footers
+    summary_requests: int = 0  # S3 requests for shards.parquet
+    summary: str = "not needed"  # SummaryRows.state, when the cache did not hold every summary
 
 
 def read_footers(
@@ -278,9 +450,11 @@ def read_footers(
     cache: FooterCache,
     threads: int = FOOTER_THREADS,
     note: Callable[[str], None] | None = None,
+    summary: Callable[[], SummaryRows] | None = None,
 ) -> Footers:
-    """The footer summary of each of ``shards``' token files: from the cache, else read (in ``threads`` threads);
-    ``note`` is told first when there are many to read."""
+    """The footer summary of each of ``shards``' token files: from the cache, else from the token file's row of
+    shards.parquet (``summary``, asked only when the cache misses some) when the row is about the same file, else
+    read (in ``threads`` threads); ``note`` is told first when there are many to read."""
     out = Footers()
     todo: list[tuple[str, str, ObjectInfo]] = []
     for s in shards:
@@ -293,6 +467,21 @@ def read_footers(
             out.cached += 1
         else:
             todo.append((s, key, info))
+    if todo and summary is not None:
+        table = summary()
+        out.summary_requests, out.summary = table.requests, table.state
+        if table.rows:
+            whole_seconds = listing.inventory is not None  # S3: GET and HEAD answer times to the second
+            left = []
+            for s, key, info in todo:
+                row = table.rows.get(s)
+                if row is not None and same_file(row, info, whole_seconds):
+                    out.summaries[s] = summary_of_row(row)
+                    out.from_summary += 1
+                    cache.put(key, info, out.summaries[s])
+                else:
+                    left.append((s, key, info))
+            todo = left
     if note is not None and len(todo) >= NOTE_FOOTERS:
         note(f"reading the footers of {len(todo)} token files (kept in {CACHE} for the next look)")
     client = listing.inventory.client if listing.inventory is not None and todo else None
@@ -308,14 +497,14 @@ def read_footers(
             return s, key, info, f"{type(exc).__name__}: {exc}", 1 if client is not None else 0
 
     with ThreadPoolExecutor(max(1, min(threads, len(todo)))) as pool:
-        for s, key, info, summary, n in pool.map(read, todo):
+        for s, key, info, got, n in pool.map(read, todo):
             out.requests += n
-            if isinstance(summary, str):
-                out.unreadable[s] = summary
+            if isinstance(got, str):
+                out.unreadable[s] = got
                 continue
-            out.summaries[s] = summary
+            out.summaries[s] = got
             out.read += 1
-            cache.put(key, info, summary)
+            cache.put(key, info, got)
     return out
 
 
@@ -396,7 +585,9 @@ def status(
             stale_shards.append(s)
         else:
             done.append(s)
-    footers = read_footers(listing, done, cache, threads, note)
+    footers = read_footers(
+        listing, done, cache, threads, note, summary=lambda: read_summary(config, directory, listing, cache, settings)
+    )
     cache.save({f"{listing.corpus}/{s}/{TOKENS}" for s in done if s in footers.summaries})
     done_set = set(done)
     not_done = [s for s in listing.shards if s not in done_set]
@@ -499,6 +690,9 @@ def status(
             "footer_requests": footers.requests,
             "footers_read": footers.read,
             "footers_cached": footers.cached,
+            "footers_from_summary": footers.from_summary,
+            "summary_requests": footers.summary_requests,
+            "summary": footers.summary,
             "seconds": time.perf_counter() - t0,
         },
     }
@@ -563,8 +757,9 @@ def render(st: dict[str, Any], limit: int = 10) -> str:
     for shard, error in list(st["unreadable"].items())[:limit]:
         lines.append(f"unreadable {shard}: {error}")
     lines.append(
-        f"cost     {cost['seconds']:.1f} s; S3 requests: {cost['list_requests']} LIST, {cost['footer_requests']} "
-        f"footer GETs; footers read {cost['footers_read']}, cached {cost['footers_cached']}"
+        f"cost     {cost['seconds']:.1f} s; S3 requests: {cost['list_requests']} LIST, {cost['summary_requests']} "
+        f"{SUMMARY} GET, {cost['footer_requests']} footer GETs; footers read {cost['footers_read']}, from {SUMMARY} "
+        f"{cost['footers_from_summary']} ({cost['summary']}), cached {cost['footers_cached']}"
     )
     return "\n".join(lines)
 

@@ -42,6 +42,11 @@ def _size(source: Source) -> int:
     return len(source.getbuffer()) if isinstance(source, io.BytesIO) else -1
 
 
+def _mtime(source: Source) -> float | None:
+    """A local token file's modification time (``os.stat``); None for bytes in memory (the caller knows it)."""
+    return Path(source).stat().st_mtime if isinstance(source, (str, Path)) else None
+
+
 def read_token_file(shard: str, source: Source) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any] | None]:
     """The rows, the provenance (empty when foreign) and the embedded encode report (None when there is none); a
     file that is not a token file of the contract is an error naming the shard."""
@@ -127,11 +132,17 @@ def derive_shard(
     validation_fraction: float,
     rows_per_row_group: int,
     writer: FormatWriter | None = None,
+    tokens_mtime: float | None = None,
 ) -> dict[str, Any]:
     """Write the shard's report (``report_path``) and its part of each format and split (``parts``: format -> split
     -> where to write it; zero rows is a valid part) from its token file and metadata; return the report. Formats
     other than ``hf`` are written by ``writer`` (formats.py). In the hf dataset (and its index) a part lives at
-    ``data/{split}/{shard}.parquet``."""
+    ``data/{split}/{shard}.parquet``. ``tokens_mtime``: the token file's modification time where the source does not
+    tell it (an S3 object's LastModified); a local path's is read from the file. The report keeps it
+    (``token_file.mtime``, with ``bytes``): the status command uses a shard's row of shards.parquet instead of the
+    token file's footer while both still match the file."""
+    if tokens_mtime is None:
+        tokens_mtime = _mtime(tokens_source)  # before reading: a file replaced meanwhile then matches no more
     tokens, provenance, encoded = read_token_file(shard, tokens_source)
     fields = read_metadata(shard, metadata_source, mapping)
     if encoded is not None:
@@ -176,6 +187,7 @@ def derive_shard(
             "rows": len(tokens),
             "tokens": int(tokens["token_count"].sum()),
             "bytes": _size(tokens_source),
+            "mtime": tokens_mtime,
             # shard_rows checks every row for this first: each mismatch is one exclusion with this reason
             "token_count_mismatches": by_reason[str(Reason.TOKEN_COUNT_MISMATCH)],
         },

@@ -4,9 +4,11 @@
 one speaker), tokenized, packed greedily into blocks of ``block_tokens`` and written as one MosaicML Streaming MDS
 shard file, byte for byte what ``streaming.MDSWriter`` writes (``streaming`` itself is not imported: it pulls torch).
 
-Only the text parts go through the tokenizer, with the special tokens around them in the string so that their ids
-are those of the fully rendered row; a speech code ``c`` is the id ``base + c`` (``base`` = the id of ``<|s_0|>``,
-read from the tokenizer, which is checked once to render every speech token that way). One id buffer holds the TTS
+Only the text parts are tokenized, as ``<|im_start|>{text}<|speech_start|>`` would be in the fully rendered row:
+through tiktoken where ``FastBPE`` reproduces the tokenizer's ids (checked; about 4x faster on one core), else
+through the tokenizer with the special tokens around them in the string. A speech code ``c`` is the id ``base + c``
+(``base`` = the id of ``<|s_0|>``, read from the tokenizer, which is checked once to render every speech token that
+way). One id buffer holds the TTS
 rows one after the other and each paired segment's utterance once; a row is a list of spans of it (a voice-cloning
 row: two utterances). The file is encoded about ``CHUNK_TOKENS`` at a time in one reused buffer while it is written
 and hashed, so a shard's many voice-cloning rows never sit in memory at once.
@@ -20,6 +22,7 @@ import functools
 import hashlib
 import json
 import logging
+import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,11 +61,302 @@ class MttsError(RuntimeError):
     pass
 
 
+# The split regex of Qwen2's pre-tokenizer (transformers' ``qwen2.tokenization_qwen2.PRETOKENIZE_REGEX``; Qwen3 uses
+# the same): the one pre-tokenizer ``FastBPE`` reproduces.
+QWEN2_SPLIT = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+_CHECKED, _REFUSED, _INERT = 1, 2, 4  # FastBPE's flags per code point (_INERT: NFC leaves it as it is)
+# Per character c, strings whose splitting shows how the split regex sees c: "!{c}a" whether it is a letter, a digit,
+# a space or other (whether "!" and "a" join it), the others whether it folds to a letter of 's 't 'm 'd, 're 've, 'll
+_PROBES = ("!{}a", "'{}a", "'{}ea", "'r{}a", "'{}la", "'l{}a")
+# Texts the fast path is checked on when it is built (any mismatch turns it off): scripts, digits, whitespace runs,
+# contractions, emoji, combining marks, compatibility characters, rare planes, control characters
+_BATTERY = (
+    "",
+    "a",
+    " ",
+    "  leading and trailing  ",
+    "Hello, World! It's 'quoted' - don't, WE'LL see; they're I'M 'Ve 'D 'ſ x's",
+    "tabs\tand\nnewlines\r\n and  runs   of    spaces \n\n\t end \r",
+    "digits 0123456789 ١٢٣٤ ৩৪ ௧௨ 3.14 1,000,000 ²³ ½ Ⅻ",
+    "emoji 😀👍🏽 👨‍👩‍👧 ❤️ 🇲🇾 🫠",
+    "Привет, мир! Ёжик съел 5 яблок.",
+    "مرحبا بالعالم؟ كيف حالك اليوم",
+    "नमस्ते दुनिया, क़िला",
+    "வணக்கம் உலகம் கொ",
+    "สวัสดีชาวโลก วันนี้อากาศดีมาก",
+    "我们今天去公园散步。天气很好！",
+    "こんにちは世界、カタカナ ｶﾀｶﾅ が か\u3099",
+    "안녕하세요 세계 \u1100\u1161\u11a8",
+    "Xin chào các bạn, tiếng Việt rất hay",
+    "e\u0301cole in NFD, ca\u0300 va, A\u030a\u0323, \u0b47\u0b3e",
+    "\u0301 starts and ends with a mark a\u0301",
+    "ﬁ ligature, ＦＵＬＬ width, ℌ, Ω, K, Å",
+    "\u00a0nbsp\u2009thin\u3000ideographic\u200bzero-width\u2028line\u2029para\u0085nel\u180e",
+    'symbols ~!@#$%^&*()_+-=[]{}|;:",./?` \\ «» „“ ‹› ¿¡ — …',
+    "rare planes \U00020000\U00031350\U0001e5d0 private \ue000\U000f0000 unassigned \U000e0080\u0378 \U0010fffd",
+    "control \x01\x08\x0b\x0c\x0e\x1c\x1f\x7f\x80\x9f end",
+    "".join(chr(c) for c in range(1, 128) if chr(c) != "<"),
+    "a literal <|s_5|> and <|im_end|> and <|speech_start|> in the text",
+)
+
+
+class Unsupported(Exception):
+    """The tokenizer is not one ``FastBPE`` reproduces (the reason)."""
+
+
+def _byte_chars() -> list[str]:
+    """The byte-level alphabet: the character that stands for each byte (GPT-2's ``bytes_to_unicode``)."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+def _bpe(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """tiktoken's byte pair encoding of one piece, in Python (for the probes' few short pieces)."""
+    if piece in ranks:
+        return [ranks[piece]]
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+        pair = [ranks.get(parts[i] + parts[i + 1]) for i in range(len(parts) - 1)]
+        known = [(r, i) for i, r in enumerate(pair) if r is not None]
+        if not known:
+            break
+        _, i = min(known)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return [ranks[p] for p in parts]
+
+
+@functools.lru_cache(maxsize=1)
+def _compose_second() -> frozenset[str]:
+    """Characters canonical composition may join to what precedes them (Python's Unicode data): the second character
+    of every two-character canonical decomposition, and Hangul's medial and final jamo."""
+    second = {chr(c) for c in [*range(0x1161, 0x1176), *range(0x11A8, 0x11C3)]}
+    for cp in range(0x110000):
+        d = unicodedata.decomposition(chr(cp))
+        if d and not d.startswith("<") and len(parts := d.split()) == 2:
+            second.add(chr(int(parts[1], 16)))
+    return frozenset(second)
+
+
+def _nfc_inert(c: str) -> bool:
+    """Whether NFC leaves ``c`` as it is whatever surrounds it, by Python's Unicode data: assigned, a starter, NFC of
+    itself, and neither it nor the start of its decomposition joins what precedes it. Unicode's normalization
+    stability (an assigned character's decomposition and class never change, no composition is added between assigned
+    characters) makes that hold under any other Unicode version too, the tokenizers library's included."""
+    second = _compose_second()
+    if unicodedata.category(c) == "Cn" or unicodedata.combining(c) or c in second:
+        return False
+    head = unicodedata.normalize("NFD", c)[0]
+    return unicodedata.normalize("NFC", c) == c and not unicodedata.combining(head) and head not in second
+
+
+def _pipeline_unsupported(spec: dict[str, Any]) -> str | None:
+    """Why the tokenizer's pipeline is not normalizer NFC (or none), Qwen2's split, byte level, plain BPE; None if it
+    is."""
+    normalizer = spec.get("normalizer")
+    if normalizer is not None and normalizer != {"type": "NFC"}:
+        return f"normalizer {json.dumps(normalizer)[:200]} (only NFC or none)"
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
+    if (
+        len(steps) != 2
+        or steps[0].get("type") != "Split"
+        or steps[0].get("pattern") != {"Regex": QWEN2_SPLIT}
+        or steps[0].get("behavior") != "Isolated"
+        or steps[0].get("invert")
+        or steps[1].get("type") != "ByteLevel"
+        or steps[1].get("add_prefix_space")
+        or steps[1].get("use_regex")
+    ):
+        return f"pre-tokenizer {json.dumps(pre)[:300]} (only Qwen2's split regex, then byte level)"
+    model = spec.get("model") or {}
+    plain = model.get("type") == "BPE" and not any(
+        model.get(k)
+        for k in ("dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback", "ignore_merges")
+    )
+    if not plain:
+        return "model: not a plain BPE (dropout, subword prefix or suffix, byte fallback or ignore_merges)"
+    return None
+
+
+class FastBPE:
+    """Texts tokenized as the tokenizer's ``tokenizers`` backend tokenizes them (``add_special_tokens=False``), by
+    tiktoken: about 4x faster on one core (benchmarks/results/sft.md), since the backend spends most of its time in
+    Qwen2's split regex.
+
+    Why the ids are the same; each premise is checked when it is built (else ``Unsupported``) or per character:
+    - Pipeline: normalizer NFC or none (the backend's own normalizer is applied, to the texts whose characters NFC
+      might change: ``_nfc_inert``), Qwen2's split regex, byte level without prefix space, a BPE without dropout,
+      affixes, byte fallback or ignore_merges; every byte in the vocabulary.
+    - Added tokens: texts holding the first character of any added token (``<`` for Qwen's), NUL or a lone surrogate
+      go through the backend instead, so no added token can be matched inside a text tiktoken encodes.
+    - Split: tiktoken applies the same regex with fancy-regex, the backend with Oniguruma, both backtracking and
+      leftmost-first; a match depends only on whether each character is a letter, a digit, a space or other, and
+      which characters fold to the contraction letters, i.e. on the engines' Unicode tables. The first time a
+      character is seen it is probed through both (``_PROBES``, read through small probe vocabularies); a character
+      they split differently sends its texts to the backend (logged). With tokenizers 0.23.3 and tiktoken 0.14.0
+      every code point agrees (all 1,112,062 probed: all but the surrogates, NUL and ``<``).
+    - BPE: the backend merges the adjacent pair whose merge comes first in the merges list, leftmost first; tiktoken
+      the pair whose concatenation has the lowest rank, leftmost first, for any pair whose concatenation is a token.
+      Ranks here are merge positions (bytes 0-255, the token of merge i 256 + i), each token is made by one merge,
+      and the backend's BPE of every token's own bytes ends at that token (a token for which it does not is left out
+      of the ranks: the backend never produces it). Then both pick the same pair at every step: when the backend
+      holds adjacent tokens a, b whose bytes make a token T, the merges made inside those bytes are the ones the
+      backend makes on them alone (no merge crossed their ends, and merges go in the same order), which ends at T;
+      from [a, b] it gets there only by merging (a, b), so (a, b) is T's merge. Ids come from a rank -> id table, so
+      merge order and id order need not agree (a trained tokenizer's do: the test one's).
+    """
+
+    def __init__(self, backend: Any, name: str) -> None:
+        import tiktoken
+
+        spec = json.loads(backend.to_str())
+        why = _pipeline_unsupported(spec)
+        if why:
+            raise Unsupported(why)
+        model = spec["model"]
+        vocab: dict[str, int] = model["vocab"]
+        chars = _byte_chars()
+        if any(c not in vocab for c in chars):
+            raise Unsupported("not every byte is in the vocabulary (not byte-level BPE)")
+        byte_of = {c: b for b, c in enumerate(chars)}
+        ranks: dict[bytes, int] = {bytes([b]): b for b in range(256)}
+        ids = [vocab[c] for c in chars]
+        results: list[str] = []
+        for merge in model["merges"]:
+            a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+            token = a + b
+            if token not in vocab or any(c not in byte_of for c in token):
+                raise Unsupported(f"merge {a!r} {b!r}: its result is not a byte-level token of the vocabulary")
+            key = bytes(byte_of[c] for c in token)
+            if key in ranks:
+                raise Unsupported(f"token {token!r} is made by more than one merge")
+            ranks[key] = len(ids)
+            ids.append(vocab[token])
+            results.append(token)
+        bpe = backend.model
+        unreachable = [t for t in results if [x.id for x in bpe.tokenize(t)] != [vocab[t]]]
+        for t in unreachable:
+            del ranks[bytes(byte_of[c] for c in t)]
+        self.unreachable = len(unreachable)
+        self._encoding = tiktoken.Encoding(
+            f"mtts:{name}", pat_str=QWEN2_SPLIT, mergeable_ranks=ranks, special_tokens={}
+        )
+        self._ids = np.array(ids, np.uint32)
+        self._normalizer = backend.normalizer if spec.get("normalizer") else None
+        self._pre_tokenizer = backend.pre_tokenizer
+        # the probes' vocabularies: a token for "!" + any byte (does "!" join what follows?) and for any byte + "a"
+        # (does "a" join what precedes? "aa" first, so that "aa" in a probe reads one way); tiktoken encodes a probe
+        # with them, which must equal the same BPE applied to the backend's pieces
+        single = {bytes([b]): b for b in range(256)}
+        left = {**single, **{b"!" + bytes([x]): 256 + x for x in range(256)}}
+        right = {**single, **{bytes([x]) + b"a": 256 + (0 if x == ord("a") else 1 + x) for x in range(256)}}
+        self._probes = [
+            (tiktoken.Encoding(f"mtts-probe-{i}", pat_str=QWEN2_SPLIT, mergeable_ranks=r, special_tokens={}), r)
+            for i, r in enumerate((left, right))
+        ]
+        self._flags = np.zeros(0x110000, np.uint8)
+        first = {t["content"][0] for t in spec.get("added_tokens", []) if t.get("content")}
+        refused = [0, *range(0xD800, 0xE000), *map(ord, first)]
+        self._flags[refused] = _CHECKED | _REFUSED
+        self.split_differs: set[str] = set()
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids of each text one after the other (uint32), and each text's count (int64; -1: not encoded here,
+        tokenize it with the backend)."""
+        counts = np.full(len(texts), -1, np.int64)
+        ok, inert = self._acceptable(texts)
+        take = np.flatnonzero(ok)
+        chosen = [texts[i] for i in take.tolist()]
+        normalize = np.flatnonzero(~inert[take])  # texts NFC may change go through the backend's normalizer
+        if len(normalize) and self._normalizer is not None:
+            joined = "\0".join(chosen[k] for k in normalize.tolist())  # no text has a NUL; NFC neither makes one
+            parts = self._normalizer.normalize_str(joined).split("\0")  # nor joins anything to it
+            if len(parts) != len(normalize):
+                raise MttsError(f"NFC changed the number of texts ({len(normalize)} -> {len(parts)})")
+            for k, part in zip(normalize.tolist(), parts, strict=True):
+                chosen[k] = part
+            again = self._acceptable(parts)[0]
+            if not again.all():
+                keep = np.ones(len(take), bool)
+                keep[normalize[~again]] = False
+                take, chosen = take[keep], [t for t, k in zip(chosen, keep.tolist(), strict=True) if k]
+        encode = self._encoding.encode_ordinary
+        lists = [encode(t) for t in chosen]
+        n = np.fromiter(map(len, lists), np.int64, len(lists))
+        ranks = np.fromiter(chain.from_iterable(lists), np.int64, int(n.sum()))
+        counts[take] = n
+        return self._ids[ranks], counts
+
+    def _acceptable(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Whether each text has only characters the fast path takes, and whether NFC leaves it as it is (probing
+        characters not seen before)."""
+        chars = np.fromiter(map(len, texts), np.int64, len(texts))
+        if not len(texts):
+            return np.zeros(0, bool), np.zeros(0, bool)
+        points = np.frombuffer(("\0".join(texts) + "\0").encode("utf-32-le", "surrogatepass"), np.uint32)
+        flags = self._flags[points]
+        new = (flags & _CHECKED) == 0
+        if new.any():
+            self._probe(np.unique(points[new]))
+            flags = self._flags[points]
+        ends = np.cumsum(chars + 1) - 1  # the NUL after each text
+        flags[ends] = _CHECKED | _INERT
+        starts = ends - chars
+        refused = (flags & _REFUSED) != 0
+        ok = ~np.logical_or.reduceat(refused, starts) if refused.any() else np.ones(len(texts), bool)
+        changing = (flags & _INERT) == 0
+        inert = ~np.logical_or.reduceat(changing, starts) if changing.any() else np.ones(len(texts), bool)
+        return ok, inert
+
+    def _probe(self, points: np.ndarray) -> None:
+        """Probe characters not seen before: one that tiktoken and the backend split differently is refused; one
+        that NFC leaves as it is (``_nfc_inert``, confirmed by the backend's normalizer) needs no normalizing."""
+        chars = [chr(p) for p in points.tolist()]
+        differ = [c for c in chars if not all(self._same_split(f.format(c)) for f in _PROBES)]
+        self._flags[points] |= _CHECKED
+        if self._normalizer is None:
+            self._flags[points] |= _INERT
+        else:
+            # alone, after a mark of class 240 (a mark of class 1-239 moves before it), before one of class 1
+            inert = [c for c in chars if _nfc_inert(c) and self._is_nfc(f"{c}\0\u0345{c}\0{c}\u0334")]
+            self._flags[[ord(c) for c in inert]] |= _INERT
+        if differ:
+            self._flags[[ord(c) for c in differ]] |= _REFUSED
+            self.split_differs.update(differ)
+            log.warning(
+                "%d characters are split differently by tiktoken and the tokenizers library (%s); texts with them "
+                "are tokenized by the latter",
+                len(differ),
+                " ".join(f"U+{ord(c):04X}" for c in differ[:20]),
+            )
+
+    def _is_nfc(self, text: str) -> bool:
+        return self._normalizer is None or self._normalizer.normalize_str(text) == text
+
+    def _same_split(self, probe: str) -> bool:
+        pieces = [probe[a:b].encode() for _, (a, b) in self._pre_tokenizer.pre_tokenize_str(probe)]
+        if b"".join(pieces) != probe.encode():
+            return False
+        return all(
+            encoding.encode_ordinary(probe) == [t for p in pieces for t in _bpe(p, ranks)]
+            for encoding, ranks in self._probes
+        )
+
+
 class SpeechTokenizer:
     """The model's tokenizer, checked: the ids of ``<|im_start|>``, ``<|im_end|>``, ``<|speech_start|>`` and the
-    contiguous ``<|s_N|>`` (``speech_base + N``). Text goes through the fast backend in batches."""
+    contiguous ``<|s_N|>`` (``speech_base + N``). Text goes through the fast backend in batches; the text parts of
+    rows (``heads``) through tiktoken where ``FastBPE`` reproduces the tokenizer (``fast``; None: it does not, or
+    ``fast=False``), checked on ``_BATTERY`` against the backend when built."""
 
-    def __init__(self, tokenizer: Any, name: str) -> None:
+    def __init__(self, tokenizer: Any, name: str, fast: bool = True) -> None:
         self.name = name
         self.tokenizer = tokenizer
         backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -103,6 +397,45 @@ class SpeechTokenizer:
         expected = [self.im_start, self.speech_start, *range(self.speech_base, self.speech_base + SPEECH_TOKENS)]
         if backend.encode(rendered, add_special_tokens=False).ids != [*expected, self.im_end]:
             raise MttsError(f"tokenizer {name}: rendered speech tokens do not tokenize to their own ids")
+        self.fast: FastBPE | None = None
+        if fast:
+            self.fast = self._fast_bpe()
+
+    def _fast_bpe(self) -> FastBPE | None:
+        """``FastBPE`` for this tokenizer if it reproduces it (premises, then ``_BATTERY``), else None (logged)."""
+        name = self.name
+        try:
+            fast = FastBPE(self.backend, name)
+        except ImportError as exc:
+            log.warning("tokenizer %s: text through the tokenizers library (tiktoken: %s)", name, exc)
+            return None
+        except Unsupported as exc:
+            log.warning(
+                "tokenizer %s: text through the tokenizers library (tiktoken cannot reproduce it: %s)", name, exc
+            )
+            return None
+        contents = [t.content for t in self.backend.get_added_tokens_decoder().values()]
+        longer = [c for c in contents if c != IM_START and c.startswith(IM_START)]
+        if longer:  # would be matched instead of <|im_start|> before a text starting with the rest
+            log.warning("tokenizer %s: text through the tokenizers library (added token %r)", name, longer[0])
+            return None
+        self.fast = fast
+        differ = [
+            t
+            for t in _BATTERY
+            if not np.array_equal(self.heads([t])[0], self.encode([f"{IM_START}{t}{SPEECH_START}"])[0])
+        ]
+        self.fast = None
+        if differ:
+            log.warning("tokenizer %s: text through the tokenizers library (tiktoken differs on %r)", name, differ[0])
+            return None
+        log.info(
+            "tokenizer %s: text parts through tiktoken (%d tokens no merge reaches left out; checked on %d texts)",
+            name,
+            fast.unreachable,
+            len(_BATTERY),
+        )
+        return fast
 
     def encode(self, texts: Sequence[str], batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """All ``texts`` tokenized (``add_special_tokens=False``): the ids one after the other (uint32) and the number
@@ -118,9 +451,37 @@ class SpeechTokenizer:
             return np.zeros(0, np.uint32), np.zeros(0, np.int64)
         return np.concatenate(ids), np.concatenate(lengths)
 
+    def heads(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``<|im_start|>{text}<|speech_start|>`` for each of ``texts``, tokenized: the ids one after the other (uint32)
+        and the number of ids of each (int64), equal to ``encode`` of those strings. Through ``fast`` where it takes
+        the text, the rest through ``encode``."""
+        if self.fast is None:
+            return self.encode([f"{IM_START}{t}{SPEECH_START}" for t in texts])
+        inner, inner_len = self.fast.encode(texts)
+        slow = np.flatnonzero(inner_len < 0)
+        lengths = inner_len + 2
+        if len(slow):
+            slow_ids, lengths[slow] = self.encode([f"{IM_START}{texts[i]}{SPEECH_START}" for i in slow.tolist()])
+        out = np.empty(int(lengths.sum()), np.uint32)
+        starts = np.cumsum(lengths) - lengths
+        fast = inner_len >= 0
+        start, n = starts[fast], inner_len[fast]
+        out[start] = self.im_start
+        out[start + n + 1] = self.speech_start
+        out[_spans(start + 1, n)] = inner
+        if len(slow):
+            out[_spans(starts[slow], lengths[slow])] = slow_ids
+        return out, lengths
+
     def speech_ids(self, codes: np.ndarray) -> np.ndarray:
         """Speech codes (0..65535) as token ids."""
         return np.uint32(self.speech_base) + np.asarray(codes).astype(np.uint32)
+
+
+def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The positions ``starts[k] .. starts[k] + lengths[k] - 1`` of every span, one after the other."""
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + within
 
 
 @functools.lru_cache(maxsize=4)
@@ -365,7 +726,7 @@ def build_rows(shard: str, rows: pd.DataFrame, tokenizer: SpeechTokenizer, setti
     names, has_speaker = speaker_names(rows, settings.speaker_format)
 
     # TTS rows: <|im_start|>{speaker}: {text}<|speech_start|>{speech}<|im_end|>
-    prefix, prefix_len = tokenizer.encode([f"{IM_START}{names[i]}: {texts[i]}{SPEECH_START}" for i in ok.tolist()])
+    prefix, prefix_len = tokenizer.heads([f"{names[i]}: {texts[i]}" for i in ok.tolist()])
     prefix_start = np.cumsum(prefix_len) - prefix_len
     tts_len = prefix_len + n_codes[ok] + 1
     fits = tts_len <= block
@@ -403,7 +764,7 @@ def build_rows(shard: str, rows: pd.DataFrame, tokenizer: SpeechTokenizer, setti
 
     # voice-cloning rows: two utterances <|im_start|>{text}<|speech_start|>{speech}<|im_end|>
     in_pairs = np.unique(np.concatenate([ref, target]))
-    part, part_len = tokenizer.encode([f"{IM_START}{texts[i]}{SPEECH_START}" for i in in_pairs.tolist()])
+    part, part_len = tokenizer.heads([texts[i] for i in in_pairs.tolist()])
     utterance_len = np.zeros(n, np.int64)
     utterance_len[in_pairs] = part_len + n_codes[in_pairs] + 1
     vc_len = utterance_len[ref] + utterance_len[target]

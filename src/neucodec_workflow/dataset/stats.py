@@ -92,16 +92,23 @@ def provenance_totals(reports: Iterable[dict[str, Any]]) -> list[dict[str, Any]]
     return [{**dict(zip(keys, k, strict=True)), "shards": n} for k, n in kinds.most_common()]
 
 
-# One row per shard, from its report: the report's plots and anyone's own analysis (pandas.read_parquet).
+# One row per shard, from its report: the report's plots, anyone's own analysis (pandas.read_parquet), and the status
+# command's first look (status.py: a done shard whose token file still has the size and modification time of its row
+# takes its numbers from here instead of its footer).
 SHARD_COLUMNS = {
     "shard": pa.string(),
     "record": pa.string(),
     "segments": pa.int64(),
     "encoded": pa.int64(),
     "rejected": pa.int64(),
+    "rejects_by_reason": pa.map_(pa.string(), pa.int64()),  # the encode report's (foreign: metadata ids without a row)
     "audio_seconds": pa.float64(),
     "tokens": pa.int64(),
+    "token_file_rows": pa.int64(),
     "token_file_bytes": pa.int64(),
+    # the token file's modification time (seconds since the epoch) as its derive job saw it: os.stat, or the S3
+    # object's LastModified; null for reports derived before it was recorded
+    "token_file_mtime": pa.float64(),
     "wall_seconds": pa.float64(),  # the encode job's (null: foreign)
     "device": pa.string(),
     "host": pa.string(),
@@ -110,7 +117,9 @@ SHARD_COLUMNS = {
     "codec_id": pa.string(),
     "mode": pa.string(),
     "random_weights": pa.bool_(),
-    "audit_segments": pa.int64(),
+    "audit_segments": pa.int64(),  # the encode job's inline audit (null: none)
+    "audit_tokens": pa.int64(),
+    "audit_matching_tokens": pa.int64(),
     "audit_token_agreement": pa.float64(),
     "dataset_rows": pa.int64(),
 }
@@ -120,15 +129,19 @@ def shard_table(reports: Iterable[dict[str, Any]]) -> pa.Table:
     def row(r: dict[str, Any]) -> dict[str, Any]:
         p = r.get("provenance") or {}
         audit = r.get("audit") or {}
+        token_file = r["token_file"]
         return {
             "shard": r["shard"],
             "record": r["record"],
             "segments": r["segments"],
             "encoded": r["encoded"],
             "rejected": r["rejected_count"],
+            "rejects_by_reason": sorted((r.get("rejects_by_reason") or {}).items()),
             "audio_seconds": r["audio_seconds"],
             "tokens": r["tokens"],
-            "token_file_bytes": r["token_file"]["bytes"],
+            "token_file_rows": token_file.get("rows"),
+            "token_file_bytes": token_file["bytes"],
+            "token_file_mtime": token_file.get("mtime"),
             "wall_seconds": r.get("wall_seconds") or None,
             "device": r.get("device") or None,
             "host": r.get("host") or None,
@@ -138,6 +151,8 @@ def shard_table(reports: Iterable[dict[str, Any]]) -> pa.Table:
             "mode": p.get("mode"),
             "random_weights": bool(p.get("random_weights")),
             "audit_segments": audit.get("segments"),
+            "audit_tokens": audit.get("tokens"),
+            "audit_matching_tokens": audit.get("matching_tokens"),
             "audit_token_agreement": audit.get("token_agreement"),
             "dataset_rows": sum(r["sft"]["rows_per_split"].values()),
         }

@@ -86,11 +86,13 @@ def iter_object(
     chunk_size: int = 8 << 20,
     attempts: int | None = None,
     stop: threading.Event | None = None,
+    seen: dict[str, Any] | None = None,
 ) -> Iterator[bytes]:
     """The object's bytes in order, in chunks of at most ``chunk_size``; a broken body is resumed by byte range.
 
     ``attempts``: tries while no byte arrives (default ``NEUCODEC_S3_READ_ATTEMPTS``, 6), on top of botocore's own
-    retries of each GET. Raises ``S3Error`` naming ``s3://bucket/key`` when a read cannot be completed."""
+    retries of each GET. Raises ``S3Error`` naming ``s3://bucket/key`` when a read cannot be completed. ``seen``:
+    given the first answer's ``LastModified`` (a datetime)."""
     attempts = attempts or read_attempts()
     url = f"s3://{bucket}/{key}"
     offset, failures, etag, total = 0, 0, None, None
@@ -104,6 +106,8 @@ def iter_object(
                     kwargs["IfMatch"] = etag
             response = client.get_object(Bucket=bucket, Key=key, **kwargs)
             etag = etag or response.get("ETag")
+            if seen is not None:
+                seen.setdefault("LastModified", response.get("LastModified"))
             if response.get("ContentLength") is not None:
                 total = offset + int(response["ContentLength"])
             body = response["Body"]
@@ -218,12 +222,12 @@ class ReadAhead(io.RawIOBase):
         super().close()
 
 
-def read_bytes(url: str, client: Any = None) -> bytes:
+def read_bytes(url: str, client: Any = None, seen: dict[str, Any] | None = None) -> bytes:
     """The whole object (metadata and tokens parquet files: small, random access needed), resumed by byte range
-    when its body breaks (``iter_object``)."""
+    when its body breaks (``iter_object``; ``seen``: given its ``LastModified``)."""
     bucket, key = split_url(url)
     client = client or S3Settings.from_env().client()
-    return b"".join(iter_object(client, bucket, key))
+    return b"".join(iter_object(client, bucket, key, seen=seen))
 
 
 @contextmanager
@@ -265,10 +269,32 @@ class OneAtATime:
 
     def __init__(self) -> None:
         self._client: Any = None
+        self._modified: dict[str, float] = {}  # s3:// URL read -> its LastModified, until mtime() asks for it
+
+    def _s3(self) -> Any:
+        if self._client is None:
+            self._client = S3Settings.from_env().client()
+        return self._client
 
     def __call__(self, path: str) -> str | BinaryIO:
         if not is_s3(path):
             return path
-        if self._client is None:
-            self._client = S3Settings.from_env().client()
-        return io.BytesIO(read_bytes(path, self._client))
+        seen: dict[str, Any] = {}
+        data = read_bytes(path, self._s3(), seen)
+        if seen.get("LastModified") is not None:
+            self._modified[path] = seen["LastModified"].timestamp()
+        return io.BytesIO(data)
+
+    def mtime(self, path: str) -> float:
+        """A local file's modification time, or an S3 object's LastModified (seconds since the epoch): the one its
+        read here answered (no request), else one HEAD (an object read from its local copy)."""
+        if not is_s3(path):
+            return os.stat(path).st_mtime
+        if path in self._modified:
+            return self._modified.pop(path)
+        bucket, key = split_url(path)
+        try:
+            modified = self._s3().head_object(Bucket=bucket, Key=key)["LastModified"]
+        except Exception as exc:
+            raise S3Error(f"{path}: {describe(exc)}") from exc
+        return float(modified.timestamp())
