@@ -18,12 +18,11 @@ from neucodec_workflow.contract import DiskFullError, publishing, write_json, wr
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 256 KiB tmpfs; skipped (with the reason) only where this process may not mount one."""
+    """A 2 MiB tmpfs (a whole run's outputs fit once the filler is gone: the report's figures are ~250 KiB); skipped
+    (with the reason) only where this process may not mount one."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here (needs root): {proc.stderr.strip()}")
     try:
