@@ -176,9 +176,10 @@ def test_one_new_shard_writes_only_its_own_files(encoded):
     simple_shard(corpus, "en/shard-new", [0.4], seed=9, speaker="d")
     run = run_snakemake(root, config=config)
     counts = job_counts(run.stdout + run.stderr)
-    assert counts == {"encode_shard": 1, "derive_shard": 1, "summarize": 1, "all": 1}, counts
+    assert counts == {"encode_shard": 1, "derive_shard": 1, "summarize": 1, "report_figures": 1, "all": 1}, counts
     changed = {p.relative_to(root).as_posix() for p, t in before.items() if p.stat().st_mtime_ns != t}
-    assert changed == {"out/stats.json", "out/sft_dataset/index.json"}, changed
+    # the small files of the final steps (the figures are .svg and .html, not counted here)
+    assert changed == {"out/stats.json", "out/shards.parquet", "out/sft_dataset/index.json"}, changed
     assert (out / "shards/en/shard-new.json").exists() and (
         out / "sft_dataset/data/train/en/shard-new.parquet"
     ).exists()
