@@ -1,11 +1,13 @@
 # make setup      : .venv with the pinned dependencies (PyPI only) and this package
 # make demo       : setup + build the small demo corpus + run the whole workflow on the CPU
-# make test       : setup + everything CI runs, in this order: lint, test-fast, test-workflow
+# make test       : setup + lint, test-fast, test-workflow (the README's test command; CI runs it, then the suites below)
 # make lint       : ruff check, ruff format --check, snakefmt --check, snakemake --lint, mypy (about a minute)
 # make test-fast  : unit tests, no Snakemake runs (a few minutes)
 # make test-workflow : the tests that run Snakemake itself (local, S3), and the slow unit tests
 # make chromium   : headless Chromium + chromium-driver from Debian's packages (tests/test_report.py; root + apt)
 # make ceph       : Ceph's radosgw, ceph-mon and ceph-osd from Debian's packages (tests/test_ceph.py; ~40 s, root + apt)
+# make test-faults : the workflow through the S3 fault-injecting proxy (5 % and 20 % faults; ~2.5 min); CI runs it too
+# make test-watching : status after a real run, the HTML report of a demo run opened in headless Chromium (~4 min); CI too
 # make test-kills : the SIGKILL loop (>= 20 kills of real runs and the reruns after them; minutes); CI runs it too
 # make test-gpu-check : the one-call GPU check dry-run on the CPU (~4 min); CI runs it too
 # make test-ceph  : the workflow against a real Ceph radosgw over HTTPS (~2.5 min; root + apt); CI runs it too
@@ -21,8 +23,10 @@ STAMP := $(VENV)/.installed
 
 PY_SOURCES := src tests scripts benchmarks
 FAST := not workflow and not slurm and not slow and not gpu_check
+# Suites of their own, after `make test` in CI (.ci/run): they hold `make test` under 30 minutes on 2 cores.
+OWN_STEPS := kills or gpu_check or ceph or slurm or faults or watching
 
-.PHONY: setup espeak chromium ceph demo test lint test-fast test-workflow test-kills test-gpu-check test-ceph test-slurm bench bench-sft gpu-wheels gpu-check clean-demo
+.PHONY: setup espeak chromium ceph demo test lint test-fast test-workflow test-faults test-watching test-kills test-gpu-check test-ceph test-slurm bench bench-sft gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -86,8 +90,14 @@ lint: setup
 test-fast: setup espeak
 	$(VENV)/bin/pytest -m "$(FAST)" --durations=10
 
-test-workflow: setup espeak chromium
-	$(VENV)/bin/pytest -m "not ($(FAST)) and not kills and not gpu_check and not ceph and not slurm" --durations=10
+test-workflow: setup espeak
+	$(VENV)/bin/pytest -m "not ($(FAST)) and not ($(OWN_STEPS))" --durations=10
+
+test-faults: setup
+	$(VENV)/bin/pytest -m faults --durations=10
+
+test-watching: setup espeak chromium
+	$(VENV)/bin/pytest -m watching --durations=10
 
 test-kills: setup
 	$(VENV)/bin/pytest -m kills --durations=10

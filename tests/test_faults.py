@@ -189,6 +189,7 @@ def our_retries(workdir: Path) -> int:
 
 
 @pytest.mark.workflow
+@pytest.mark.faults
 @pytest.mark.s3
 @pytest.mark.parametrize("rate,seed", [(0.05, 5), (0.20, 20)], ids=["5pct", "20pct"])
 def test_workflow_through_faults(

@@ -115,6 +115,7 @@ def reported(tmp_path_factory):
 
 
 @pytest.mark.workflow
+@pytest.mark.watching
 def test_a_run_makes_the_figures_and_the_report(reported):
     root, out = reported
     shards = pd.read_parquet(out / "shards.parquet").set_index("shard")
@@ -157,6 +158,7 @@ def test_a_run_makes_the_figures_and_the_report(reported):
 
 
 @pytest.mark.workflow
+@pytest.mark.watching
 def test_the_report_opens_in_chromium_without_errors(reported, tmp_path):
     if browser.chromium() is None:
         pytest.skip("chromium and chromium-driver are not installed (make chromium: Debian's packages, root + apt)")

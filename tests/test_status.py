@@ -544,6 +544,7 @@ def test_status_first_look_from_shards_parquet_s3(
 
 # --------------------------------------------------------------------------------------------- a Snakemake run
 @pytest.mark.workflow
+@pytest.mark.watching
 def test_progress_in_job_log_and_status_after_a_run(tmp_path: Path) -> None:
     """A real run (encode with seeded random weights on the CPU, --keep-going): the encode job's log has progress
     lines; the status command then counts the done, foreign and failed shards, and finds the failure in both logs."""
