@@ -239,18 +239,30 @@ def summarize(metadata: Any) -> dict[str, Any]:
                 blob += column.total_uncompressed_size
     # plain byte arrays: a 4-byte length and 2 bytes per token (page headers and dictionary indices: noise)
     tokens = max(0, blob - 4 * rows) // 2
+    return _without_report(
+        WITHOUT_REPORT if provenance else FOREIGN,
+        rows,
+        tokens * SECONDS_PER_TOKEN,
+        bool(provenance.get("random_weights")),
+        estimated=True,
+    )
+
+
+def _without_report(record: str, rows: int, audio: float, random_weights: bool, estimated: bool) -> dict[str, Any]:
+    """The summary of a token file without an encode report (foreign, or written before reports travelled inside):
+    every row counts as an encoded segment; no speed, device, rejects or audit."""
     return {
-        "record": WITHOUT_REPORT if provenance else FOREIGN,
+        "record": record,
         "rows": rows,
-        "audio_seconds": tokens * SECONDS_PER_TOKEN,
+        "audio_seconds": audio,
         "wall_seconds": 0.0,
         "device": "",
         "encoded": rows,
         "segments": rows,
         "rejects_by_reason": {},
         "audit": None,
-        "random_weights": bool(provenance.get("random_weights")),
-        "estimated": True,
+        "random_weights": random_weights,
+        "estimated": estimated,
     }
 
 
@@ -284,19 +296,7 @@ def summary_of_row(row: dict[str, Any]) -> dict[str, Any]:
             "random_weights": random_weights,
             "estimated": False,
         }
-    return {
-        "record": row["record"],
-        "rows": rows,
-        "audio_seconds": audio,
-        "wall_seconds": 0.0,
-        "device": "",
-        "encoded": rows,
-        "segments": rows,
-        "rejects_by_reason": {},
-        "audit": None,
-        "random_weights": random_weights,
-        "estimated": False,
-    }
+    return _without_report(row["record"], rows, audio, random_weights, estimated=False)
 
 
 def same_file(row: dict[str, Any], info: ObjectInfo, whole_seconds: bool) -> bool:
