@@ -83,7 +83,7 @@ def duration_totals(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def provenance_totals(reports: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Shards per provenance (codec, weights, mode, encoder; foreign token files have none), most shards first."""
+    """Shards per (record kind, codec, revision, random weights, mode); foreign token files have no provenance."""
     kinds: Counter[tuple[Any, ...]] = Counter()
     for r in reports:
         p = r.get("provenance") or {}
