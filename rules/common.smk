@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, shard discovery, paths (local or S3 through the storage plugin).
 import os
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.io import get_flag_value
@@ -8,7 +9,7 @@ from snakemake.utils import min_version, validate
 from neucodec_workflow.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.dataset import formats
 from neucodec_workflow.plan import derive_batches
-from neucodec_workflow.storage import plugin, s3
+from neucodec_workflow.storage import plugin, s3, uploads
 from neucodec_workflow.storage.discovery import shard_list
 
 min_version("9.0")
@@ -33,8 +34,15 @@ SFT = formats.ROOTS[formats.HF]  # the hf format (and the Hub push): data/{split
 # S3 corpus/output: one listing of these prefixes per run answers every exists/mtime/size question of the storage
 # plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.
 S3_ROOTS = [p for p in (CORPUS, OUTPUT) if s3.is_s3(p)]
+# The derive jobs upload their dataset parts themselves (one at a time) and record each upload here, where the
+# inventory finds it when Snakemake checks the outputs after the job (storage/uploads.py).
+UPLOAD_RECEIPTS = str(uploads.receipts_dir(Path(".snakemake").resolve())) if s3.is_s3(OUTPUT) else None
 S3_INVENTORY = (
-    plugin.activate(get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider.settings, S3_ROOTS)
+    plugin.activate(
+        get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider.settings,
+        S3_ROOTS,
+        receipts=UPLOAD_RECEIPTS and Path(UPLOAD_RECEIPTS),
+    )
     if S3_ROOTS
     else None
 )
@@ -87,10 +95,12 @@ def part_paths(shard):
 
 
 def derived_files(shard, retrieve=True):
-    """What is derived from a shard's token file: its report and its dataset parts (one per format and split)."""
+    """What is derived from a shard's token file: its report and its dataset parts (one per format and split). In
+    S3 the parts are never downloaded nor uploaded by Snakemake: the derive job sends each one as soon as it is
+    written (so a batch holds one part on local disk, not all of them until it ends)."""
     return {
         "reports": [output_file(report_path(shard), retrieve)],
-        "parts": [output_file(p, retrieve) for p in part_paths(shard)],
+        "parts": [output_file(p, retrieve=False) for p in part_paths(shard)],
     }
 
 
@@ -102,13 +112,6 @@ def summary_files():
         for name, path in formats.summary_files(fmt, SPLITS).items():
             files[f"{fmt}_{name}"] = output_file(f"{formats.ROOTS[fmt]}/{path}")
     return files
-
-
-def _size(path):
-    if s3.is_s3(path):
-        info = S3_INVENTORY.info(*s3.split_url(path))
-        return info.size if info else 0
-    return os.stat(path).st_size if os.path.exists(path) else 0
 
 
 def local_copy(path):
@@ -134,8 +137,6 @@ DERIVE_BATCHES = derive_batches(
     _mtime,
     inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
     outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{p}" for p in part_paths(s))],
-    # the bytes of parts a shard's token file makes: what its batch holds on local disk until uploaded
-    nbytes=lambda s: _size(shard_path(s, TOKENS)) * formats.parts_per_token_byte(config["sft"]),
 )
 
 

@@ -12,7 +12,9 @@ derive_job(
     local_tokens=list(snakemake.params.local_tokens),  # noqa: F821 (the local copy, when this run made the token file)
     metadata=list(snakemake.params.metadata),  # noqa: F821
     reports=list(snakemake.output.reports),  # noqa: F821
-    parts=list(snakemake.output.parts),  # noqa: F821 (shard by shard, each in the order of part_keys)
+    parts=list(snakemake.params.parts),  # noqa: F821 (paths or s3:// URLs, shard by shard, in the order of part_keys)
+    staging=list(snakemake.params.staging),  # noqa: F821 (where a part bound for S3 is written before its upload)
+    receipts=snakemake.params.receipts,  # noqa: F821
     part_keys=[tuple(k) for k in snakemake.params.part_keys],  # noqa: F821 ((format, split) of each part of a shard)
     columns=dict(snakemake.params.columns),  # noqa: F821
     sft=dict(snakemake.params.sft),  # noqa: F821

@@ -184,6 +184,31 @@ def assert_local_storage_bounded(probe: Path, client: Any, uploaded: list[str], 
     return ops
 
 
+def part_keys(shard: str) -> list[str]:
+    """A shard's parts in the three formats (one split: the tests' shards have one speaker)."""
+    return [
+        f"sft_dataset/data/train/{shard}.parquet",
+        f"multilingual_tts/train/{shard}.mds",
+        f"neutts/data/train/{shard}.parquet",
+    ]
+
+
+def assert_parts_sent_one_at_a_time(probe: Path, parts: list[str]) -> None:
+    """The derive job uploaded every part itself (never Snakemake), each from a staging file in the local storage
+    prefix that was gone before the next part was written: at no record were two parts on local disk."""
+    from neucodec_workflow.testing.storage_probe import read
+
+    ops = read(probe)
+    sent = [o for o in ops if o["op"] == "job_store"]
+    assert sorted(o["query"] for o in sent) == sorted(parts), [o["query"] for o in sent]
+    assert all(o["bytes"] > 0 for o in sent), sent
+    assert not [o["query"] for o in ops if o["op"] == "store" and o["query"] in parts], "Snakemake uploaded a part"
+    part_names = (".parquet", ".mds", ".parquet.tmp-", ".mds.tmp-")
+    for o in ops:
+        staged = [f for f in o["storage_files"] if any(n in f.rsplit("/", 1)[-1] for n in part_names)]
+        assert len(staged) <= 1, (o["op"], o["query"], staged)
+
+
 # ------------------------------------------------------------------------------------------------------------------
 
 
@@ -398,8 +423,9 @@ def put_foreign_shard(client: Any, prefix: str, shard: str, rows: int, seed: int
 @pytest.mark.workflow
 def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
     """output: s3://... over shards encoded elsewhere, all three training-data formats: no encode job; reports,
-    per-shard parts, cards, indexes and stats are objects; at most 6 requests per shard plus a constant; nothing left
-    on local disk; a deleted report is re-derived (that shard only)."""
+    per-shard parts, cards, indexes and stats are objects; at most 6 requests per shard plus a constant (no HEAD:
+    the parts the job uploads itself are known from its receipt); one part on local disk at a time; nothing left on
+    local disk; a deleted report is re-derived (that shard only)."""
     from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
     from neucodec_workflow.testing.tokenizer import build_test_tokenizer
 
@@ -412,13 +438,14 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     env = s3_env(server.endpoint, tmp_path)
     out = f"s3://{BUCKET}/{prefix}/out"
 
-    def cmd(*extra: str) -> list[str]:
+    def cmd(*extra: str, probe: Path | None = None) -> list[str]:
         return snakemake_s3_command(
-            REPO, tmp_path, f"s3://{BUCKET}/{prefix}/corpus", str(checkpoint), formats, *extra, output=out
+            REPO, tmp_path, f"s3://{BUCKET}/{prefix}/corpus", str(checkpoint), formats, *extra, output=out, probe=probe
         )
 
     server.reset()
-    r = run(cmd(), env)
+    probe = tmp_path / "storage-probe.jsonl"
+    r = run(cmd(probe=probe), env)
     assert r.returncode == 0, r.stderr[-3000:]
     counts = server.counts()
     assert not re.search(r"^encode_shard\s+\d", r.stdout + r.stderr, re.M) and re.search(
@@ -426,6 +453,8 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     )
     # per shard: GET tokens and metadata, PUT report and 3 parts; once: the summary's 7 files, the report's 7 figures
     assert counts["total"] <= 6 * len(shards) + 20, counts
+    assert "HEAD" not in counts["by_method"], counts
+    assert_parts_sent_one_at_a_time(probe, [f"{out}/{p}" for s in shards for p in part_keys(s)])
     present = set(keys(client, f"{prefix}/out"))
 
     def get(name: str) -> bytes:

@@ -141,30 +141,47 @@ def derive_job(
     part_keys: list[tuple[str, str]],
     columns: dict[str, Any],
     sft: dict[str, Any],
+    staging: list[str] | None = None,
+    receipts: str | None = None,
 ) -> None:
     """Rules derive_shard / derive_batch_N: each shard's report and dataset parts from its token file and metadata.
     ``tokens``/``metadata``: paths or s3:// URLs (each read once, into memory, while the previous shard is derived);
     ``local_tokens``: where a token file made by this run is still on local disk (read instead of the object);
-    ``reports``/``parts``: the job's output paths, shard by shard (each shard's parts in the order of ``part_keys``,
-    its (format, split) pairs)."""
+    ``reports``: the job's report outputs, one per shard; ``parts``: where each shard's parts go (in the order of
+    ``part_keys``, its (format, split) pairs), paths or s3:// URLs. A part bound for S3 is written at its
+    ``staging`` path, uploaded as soon as it is complete and removed (one part on local disk at a time; the upload
+    is recorded in ``receipts``: storage/uploads.py)."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from neucodec_workflow.dataset.derive import derive_shard
     from neucodec_workflow.dataset.formats import FormatWriter, describe
     from neucodec_workflow.progress import Progress, Tick
+    from neucodec_workflow.storage.s3 import is_s3
     from neucodec_workflow.storage.streams import OneAtATime
+    from neucodec_workflow.storage.uploads import Uploader
 
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizer's threads: the job has one core
     read = OneAtATime()
     writer = FormatWriter(sft)
 
+    # a part bound for S3: written at its staging path, then sent
+    staging = staging or parts
+    destination = {local: url for local, url in zip(staging, parts, strict=True) if is_s3(url)}
+    if any(is_s3(local) for local in destination):
+        raise ValueError("parts bound for S3 need local staging paths")
+
     def parts_of(i: int) -> dict[str, dict[str, str]]:
-        """Shard i's parts: format -> split -> path."""
+        """Shard i's parts: format -> split -> where the writer writes it."""
         out: dict[str, dict[str, str]] = {}
-        for (fmt, split), path in zip(part_keys, parts[i * len(part_keys) : (i + 1) * len(part_keys)], strict=True):
-            out.setdefault(fmt, {})[split] = path
+        mine = slice(i * len(part_keys), (i + 1) * len(part_keys))
+        for (fmt, split), url, local in zip(part_keys, parts[mine], staging[mine], strict=True):
+            out.setdefault(fmt, {})[split] = local if is_s3(url) else url
         return out
+
+    def written(path: str | Path) -> None:
+        if str(path) in destination:
+            uploader.send(path, destination[str(path)])
 
     def fetch(i: int) -> tuple[int, Any, Any]:
         return i, read(local_tokens[i] if os.path.exists(local_tokens[i]) else tokens[i]), read(metadata[i])
@@ -185,7 +202,7 @@ def derive_job(
     def tick() -> Tick:
         return Tick(len(derived), len(shards), sum(derived), unit="shards")
 
-    with Progress(f"derive {len(shards)} shards", tick):
+    with Uploader(receipts) as uploader, Progress(f"derive {len(shards)} shards", tick):
         for i, tokens_in, metadata_in in fetched():
             report = derive_shard(
                 shards[i],
@@ -198,6 +215,7 @@ def derive_job(
                 rows_per_row_group=int(sft["rows_per_row_group"]),
                 writer=writer,
                 tokens_mtime=read.mtime(tokens[i]),  # in S3: LastModified, from the GET that read it or one HEAD
+                on_part=written,
             )
             log.info(
                 "shard %s: %s record, %d rows, dataset rows %s, left out %s",

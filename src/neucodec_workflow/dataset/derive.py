@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -133,6 +133,7 @@ def derive_shard(
     rows_per_row_group: int,
     writer: FormatWriter | None = None,
     tokens_mtime: float | None = None,
+    on_part: Callable[[str | Path], None] | None = None,
 ) -> dict[str, Any]:
     """Write the shard's report (``report_path``) and its part of each format and split (``parts``: format -> split
     -> where to write it; zero rows is a valid part) from its token file and metadata; return the report. Formats
@@ -140,7 +141,8 @@ def derive_shard(
     ``data/{split}/{shard}.parquet``. ``tokens_mtime``: the token file's modification time where the source does not
     tell it (an S3 object's LastModified); a local path's is read from the file. The report keeps it
     (``token_file.mtime``, with ``bytes``): the status command uses a shard's row of shards.parquet instead of the
-    token file's footer while both still match the file."""
+    token file's footer while both still match the file. ``on_part(path)``: called as soon as a part is written
+    (the derive job uploads it from there)."""
     if tokens_mtime is None:
         tokens_mtime = _mtime(tokens_source)  # before reading: a file replaced meanwhile then matches no more
     tokens, provenance, encoded = read_token_file(shard, tokens_source)
@@ -164,21 +166,27 @@ def derive_shard(
         unknown = set(split_of) - set(paths)
         if unknown:
             raise SftError(f"shard {shard}: rows fall in splits {sorted(unknown)} that have no {fmt} part")
-    written = {
-        split: {"path": part_path(split, shard), **write_part(path, rows[split_of == split], rows_per_row_group)}
-        for split, path in parts.get(HF, {}).items()
-    }
     others = {fmt: paths for fmt, paths in parts.items() if fmt != HF}
     if others and writer is None:
         raise SftError(f"shard {shard}: formats {sorted(others)} need a FormatWriter")
-    in_formats = {
-        fmt: {
-            split: writer.write(fmt, shard, split, rows[split_of == split].reset_index(drop=True), path)
-            for split, path in paths.items()
+    written: dict[str, dict[str, Any]] = {}
+    for split, path in parts.get(HF, {}).items():
+        written[split] = {
+            "path": part_path(split, shard),
+            **write_part(path, rows[split_of == split], rows_per_row_group),
         }
-        for fmt, paths in others.items()
-        if writer is not None
-    }
+        if on_part is not None:
+            on_part(path)
+    in_formats: dict[str, dict[str, Any]] = {}
+    for fmt, paths in others.items():
+        assert writer is not None
+        in_formats[fmt] = {}
+        for split, path in paths.items():
+            in_formats[fmt][split] = writer.write(
+                fmt, shard, split, rows[split_of == split].reset_index(drop=True), path
+            )
+            if on_part is not None:
+                on_part(path)
     by_reason = Counter(str(r.reason) for r in excluded)
     report.update(
         record=record,

@@ -28,18 +28,6 @@ FORMATS = (HF, MULTILINGUAL_TTS, NEUTTS)
 ROOTS = {HF: "sft_dataset", MULTILINGUAL_TTS: "multilingual_tts", NEUTTS: "neutts"}
 
 
-def parts_per_token_byte(sft: Mapping[str, Any]) -> float:
-    """About how many bytes of dataset parts a shard's token file makes, per byte of it, with these formats: what a
-    derive batch holds on local disk until Snakemake uploads its outputs (plan.derive_batches' byte budget). Measured
-    (benchmarks/results/sft.md, 6.1 h shard, 40 speakers): hf ~1, neutts ~2.5 (int32 codes, phones), multilingual_tts
-    ~4.5 (uint32 ids and positions) for TTS rows, ~125 with voice-cloning rows at 1,000 pairs per speaker."""
-    factor = {HF: 1.0, NEUTTS: 2.5, MULTILINGUAL_TTS: 4.5}
-    total = sum(factor[f] for f in sft["formats"])
-    if MULTILINGUAL_TTS in sft["formats"] and int(sft[MULTILINGUAL_TTS]["pairs_per_speaker"]) > 0:
-        total += 120.0
-    return total
-
-
 def part_path(fmt: str, split: str, shard: str) -> str:
     """A shard's part of a split, relative to the format's root (nested shard names stay nested)."""
     if fmt == MULTILINGUAL_TTS:

@@ -11,9 +11,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from neucodec_workflow.storage.s3 import S3Error, S3Settings, split_url
+from neucodec_workflow.storage.uploads import read_receipts
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,9 @@ class Inventory:
         self._buckets: set[str] = set()
         self._client: Any = None
         self.requests = 0  # requests this inventory sent (listing pages, HEADs)
+        # uploads.Uploader receipts: objects this run's jobs sent themselves, read when a key is not known
+        self.receipts: Path | None = None
+        self._receipts_read: set[str] = set()
 
     @property
     def client(self) -> Any:
@@ -113,7 +118,21 @@ class Inventory:
 
     def info(self, bucket: str, key: str) -> ObjectInfo | None:
         with self._lock:
-            return self._objs().get((bucket, key))
+            found = self._objs().get((bucket, key))
+            if found is None and self._read_receipts():
+                found = self._objs().get((bucket, key))
+            return found
+
+    def _read_receipts(self) -> bool:
+        """Add the uploads of receipts not read yet (a receipt appears whole, by rename); True when something was
+        added. A scan of the folder per unknown key: it does not exist until a job sends something."""
+        if self.receipts is None:
+            return False
+        uploads = read_receipts(self.receipts, self._receipts_read)
+        for u in uploads:
+            if self.covers(u["bucket"], u["key"]):
+                self._add(u["bucket"], u["key"], ObjectInfo(int(u["size"]), float(u["mtime"])))
+        return bool(uploads)
 
     def subobjects(self, bucket: str, key: str) -> list[ObjectInfo]:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from neucodec_workflow import upstream
@@ -144,8 +145,9 @@ def install_plugin_patches(inventory: Inventory) -> None:
     _ACTIVE = inventory
 
 
-def activate(plugin_settings: Any, roots: list[str]) -> Inventory:
-    """For the Snakefile: one inventory over ``roots`` (the S3 corpus/output), patches on, settings exported."""
+def activate(plugin_settings: Any, roots: list[str], receipts: Path | None = None) -> Inventory:
+    """For the Snakefile: one inventory over ``roots`` (the S3 corpus/output), patches on, settings exported;
+    ``receipts``: where jobs record what they upload themselves (``uploads.Uploader``)."""
     settings = S3Settings.from_plugin(plugin_settings)
     settings.export_to_env()
     inv = (
@@ -153,6 +155,7 @@ def activate(plugin_settings: Any, roots: list[str]) -> Inventory:
         if _ACTIVE is not None and sorted({split_url(r) for r in roots}) == _ACTIVE.roots
         else Inventory(settings, roots)
     )
+    inv.receipts = receipts
     if os.environ.get(STOCK_ENV) == "1":
         log.warning("%s=1: the S3 storage plugin runs unpatched (one request per question; benchmarks only)", STOCK_ENV)
         return inv

@@ -10,6 +10,10 @@ local storage prefix), ``bytes`` (the size of the local copy: after a
 download, before an upload or a removal) and ``storage_bytes`` / ``storage_files`` (everything under the local storage
 prefix at that moment). Every byte that lands in the local storage prefix arrives by a download or is an output a
 job wrote, so these records bound local disk use exactly, which a directory poll cannot (it can miss a peak).
+
+A derive job uploads its dataset parts itself (storage/uploads.py) from staging files in the same prefix. The probe
+passes its record file to job processes in ``NEUCODEC_STORAGE_PROBE``, and ``uploads.Uploader`` calls ``job_upload``
+before each upload: one ``job_store`` line, with the staging file at its full size.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from neucodec_workflow.storage.uploads import PROBE_ENV
 
 _LOCK = threading.Lock()
 
@@ -53,23 +59,11 @@ def install(record: str | Path) -> None:
     from snakemake_storage_plugin_s3 import StorageObject
 
     record = Path(record).resolve()  # Snakemake changes into --directory later
+    os.environ[PROBE_ENV] = str(record)  # for job processes (job_upload)
     prefixes: list[Path] = []
 
     def write(op: str, query: str, local: Path, prefix: Path | None) -> None:
-        total, files = _tree(prefix)
-        line = {
-            "op": op,
-            "query": query,
-            "local": local.resolve().relative_to(prefix).as_posix()
-            if prefix and local.resolve().is_relative_to(prefix)
-            else str(local),
-            "bytes": _size(local),
-            "storage_bytes": total,
-            "storage_files": files,
-            "t": time.time(),
-        }
-        with _LOCK, open(record, "a") as f:
-            f.write(json.dumps(line) + "\n")
+        _write(record, op, query, local, prefix)
 
     def prefix_of(obj: Any) -> Path:
         prefix = Path(obj.provider.local_prefix).resolve()
@@ -97,6 +91,33 @@ def install(record: str | Path) -> None:
     StorageObject.retrieve_object = retrieve_object
     StorageObject.store_object = store_object
     _IOFile.remove = remove_file
+
+
+def _write(record: Path, op: str, query: str, local: Path, prefix: Path | None) -> None:
+    total, files = _tree(prefix)
+    line = {
+        "op": op,
+        "query": query,
+        "local": local.resolve().relative_to(prefix).as_posix()
+        if prefix and local.resolve().is_relative_to(prefix)
+        else str(local),
+        "bytes": _size(local),
+        "storage_bytes": total,
+        "storage_files": files,
+        "t": time.time(),
+    }
+    with _LOCK, open(record, "a") as f:  # one append per line: lines of several processes do not mix
+        f.write(json.dumps(line) + "\n")
+
+
+def job_upload(staging: Path, url: str) -> None:
+    """In a job process under the probe: record the staging file ``staging`` about to be uploaded to ``url``."""
+    record = os.environ.get(PROBE_ENV)
+    if not record:
+        return
+    staging = staging.resolve()
+    prefix = next((p for p in staging.parents if p.name == "storage" and p.parent.name == ".snakemake"), None)
+    _write(Path(record), "job_store", url, staging, prefix)
 
 
 def read(record: str | Path) -> list[dict[str, Any]]:

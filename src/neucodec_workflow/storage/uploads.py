@@ -1,0 +1,107 @@
+"""Outputs a job sends to S3 itself, one at a time: the dataset parts of the derive jobs.
+
+Snakemake uploads a job's outputs when the job ends, so a job that writes many files would hold them all on local
+disk until then (a derive batch of 100 shards: 100 shards' parts). The parts are declared ``retrieve=False`` outputs
+instead: Snakemake neither uploads nor downloads them, and checks after the job that they exist in the store. The
+job writes each part to a staging file (the plugin's local path, under a hidden temporary name), uploads it and
+removes it, so one part at a time is on local disk.
+
+Snakemake's check after the job asks the plugin, whose answers come from the run's ``Inventory`` (one listing per
+run). So the job leaves a receipt, ``{receipts}/{uuid}.json`` (bucket, key, size and time of each upload), written
+also when the job fails (what it did send), and the inventory reads the receipts when asked about a key it has not
+seen: the check costs no request (a HEAD per part would be one request per part more).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import uuid
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from neucodec_workflow.storage.s3 import S3Error, S3Settings, split_url
+from neucodec_workflow.storage.streams import describe
+
+log = logging.getLogger(__name__)
+
+PROBE_ENV = "NEUCODEC_STORAGE_PROBE"  # testing/storage_probe.py
+RECEIPTS = "neucodec_uploads"  # under .snakemake/: one folder per Snakemake process, one file per job
+
+
+def receipts_dir(persistence: Path) -> Path:
+    """Where this Snakemake process's jobs leave their receipts (``persistence``: the ``.snakemake`` folder). The
+    folder is removed when this process exits; those of processes of this host that are gone (killed) now."""
+    from neucodec_workflow.recovery import pid_alive
+
+    host = socket.gethostname().split(".")[0]
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(persistence / RECEIPTS):
+            name, _, pid = entry.name.rpartition(".")
+            if name == host and pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    mine = persistence / RECEIPTS / f"{host}.{os.getpid()}"
+    atexit.register(shutil.rmtree, mine, ignore_errors=True)
+    return mine
+
+
+class Uploader:
+    """``send(staging, url)``: upload a finished local file to ``url`` and remove it. Used as a context manager;
+    the receipt is written on exit (``receipts``: the folder; None: no receipt)."""
+
+    def __init__(self, receipts: str | Path | None) -> None:
+        self.receipts = Path(receipts) if receipts else None
+        self.sent: list[dict[str, Any]] = []
+        self._client: Any = None
+
+    def send(self, staging: str | Path, url: str) -> None:
+        staging = Path(staging)
+        bucket, key = split_url(url)
+        size = staging.stat().st_size
+        if self._client is None:
+            self._client = S3Settings.from_env().client()
+        if os.environ.get(PROBE_ENV):  # tests: the storage probe records local disk at each upload
+            from neucodec_workflow.testing.storage_probe import job_upload
+
+            job_upload(staging, url)
+        try:  # one PUT (multipart above 8 MiB); botocore retries throttling and 5xx
+            self._client.upload_file(str(staging), bucket, key)
+        except Exception as exc:
+            raise S3Error(f"cannot upload {url}: {describe(exc)}") from exc
+        self.sent.append({"bucket": bucket, "key": key, "size": size, "mtime": time.time()})
+        staging.unlink()
+
+    def __enter__(self) -> Uploader:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self.receipts is None or not self.sent:
+            return
+        from neucodec_workflow.contract import write_json
+
+        try:
+            write_json(self.receipts / f"{uuid.uuid4().hex}.json", {"uploads": self.sent})
+        except OSError as err:  # the parts are in the store; Snakemake's check after the job will say which it misses
+            log.error("could not write the upload receipt in %s: %s", self.receipts, err)
+
+
+def read_receipts(directory: Path, seen: set[str]) -> list[dict[str, Any]]:
+    """The uploads recorded in receipts of ``directory`` not in ``seen`` (file names, updated)."""
+    found: list[dict[str, Any]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if entry.name in seen or not entry.name.endswith(".json"):
+                continue
+            try:
+                found += json.loads(Path(entry.path).read_text())["uploads"]
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring the unreadable upload receipt %s: %s", entry.path, exc)
+            seen.add(entry.name)
+    return found
