@@ -216,7 +216,7 @@ def test_pinned_versions_and_plugin_internals() -> None:
     """Fails loudly when an upgrade changes what storage/plugin.py patches or relies on (docs/upstream.md)."""
     import snakemake.api  # noqa: F401 (the import order snakemake itself uses; avoids a circular import)
     from snakemake.dag import DAG
-    from snakemake.io import _IOFile, get_flag_value
+    from snakemake.io import _IOFile, get_flag_value, wait_for_files
     from snakemake_storage_plugin_s3 import StorageObject
 
     from neucodec_workflow import upstream
@@ -245,6 +245,11 @@ def test_pinned_versions_and_plugin_internals() -> None:
         assert call in src, call
     # local copies of outputs that no pending job needs are removed right after upload (bounded disk)
     assert "Removing local copy of storage file" in inspect.getsource(DAG.handle_storage)
+    # a retrieve=False output (a dataset part the derive job uploads itself, storage/uploads.py) is not uploaded by
+    # Snakemake, and is checked in storage, not on local disk, after its job
+    assert "not f.should_not_be_retrieved_from_storage" in inspect.getsource(DAG.handle_storage)
+    waits = inspect.getsource(wait_for_files)
+    assert "f.should_not_be_retrieved_from_storage" in waits and "exists_in_storage()" in waits
 
 
 def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -523,3 +528,45 @@ def test_read_ahead_resumes_after_a_broken_connection() -> None:
     stream = io.BufferedReader(ReadAhead(client, "b", "k", chunk_size=50_000, depth=2))
     assert stream.read() == data
     assert client.calls == ["bytes=0-", "bytes=300000-"]
+
+
+@pytest.mark.workflow
+@pytest.mark.faults
+def test_failed_derive_job_takes_back_the_parts_it_sent(
+    server: Any, client: Any, checkpoint: Path, tmp_path: Path
+) -> None:
+    """A derive batch whose second shard's token file is unreadable: the job has sent the first shard's part by
+    then; the run fails naming the shard, Snakemake removes the part the job sent (it knows it from the job's
+    receipt) and nothing else of the batch is in the bucket; once the file is fixed the plain rerun completes."""
+    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+
+    prefix, shards = "failed-derive", ["a/shard-0", "a/shard-1", "a/shard-2"]
+    for i, shard in enumerate(shards):
+        put_foreign_shard(client, f"{prefix}/corpus", shard, rows=3, seed=i)
+    good = client.get_object(Bucket=BUCKET, Key=f"{prefix}/corpus/a/shard-1/neucodec_tokens.parquet")["Body"].read()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/corpus/a/shard-1/neucodec_tokens.parquet", Body=b"not parquet")
+    env = s3_env(server.endpoint, tmp_path)
+    out = f"s3://{BUCKET}/{prefix}/out"
+    probe = tmp_path / "storage-probe.jsonl"
+
+    def cmd() -> list[str]:
+        return snakemake_s3_command(
+            REPO, tmp_path, f"s3://{BUCKET}/{prefix}/corpus", str(checkpoint), output=out, probe=probe
+        )
+
+    r = run(cmd(), env)
+    assert r.returncode != 0, "an unreadable token file must fail its derive job"
+    assert "a/shard-1" in r.stdout + r.stderr
+    from neucodec_workflow.testing.storage_probe import read
+
+    sent = [o["query"] for o in read(probe) if o["op"] == "job_store"]
+    assert sent == [f"{out}/sft_dataset/data/train/a/shard-0.parquet"], sent  # shard-0's part went out first
+    assert keys(client, f"{prefix}/out") == [], "the failed job's part stayed in the bucket"
+
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}/corpus/a/shard-1/neucodec_tokens.parquet", Body=good)
+    again = run(cmd(), env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    present = set(keys(client, f"{prefix}/out"))
+    for shard in shards:
+        assert f"{prefix}/out/shards/{shard}.json" in present
+        assert f"{prefix}/out/sft_dataset/data/train/{shard}.parquet" in present

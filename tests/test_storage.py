@@ -6,6 +6,7 @@ The S3 tests use the counting moto server on 127.0.0.1 (testing/loopback_s3.py) 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from neucodec_workflow import upstream
 from neucodec_workflow.storage.discovery import ShardListError, discover_local, shard_list
 from neucodec_workflow.storage.inventory import Inventory
-from neucodec_workflow.storage.s3 import S3Error, S3Settings
+from neucodec_workflow.storage.s3 import ENV_PREFIX, SETTING_NAMES, S3Error, S3Settings
 
 BUCKET, OTHER = "inventory-bucket", "other-bucket"
 
@@ -166,6 +167,46 @@ def test_inventory_refresh_after_upload_and_forget_after_delete(server: Any, cli
     assert not inv.exists(BUCKET, "fresh/dir") and not inv.exists(BUCKET, "fresh/dir/x/1")
     assert not inv.is_dir(BUCKET, "fresh/dir/x")
     assert server.counts()["total"] == 0, "forgetting sends nothing"
+
+
+def test_uploader_sends_removes_and_leaves_a_receipt_the_inventory_reads(
+    server: Any, client: Any, settings: S3Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job's own uploads (uploads.Uploader): each staging file is sent with one PUT and removed; the receipt,
+    written when the job ends (also when it fails), lets the run's inventory answer for the new objects without a
+    request; uploads outside the inventory's roots and unreadable receipts are ignored."""
+    from neucodec_workflow.storage.uploads import Uploader, receipts_dir
+
+    for name in SETTING_NAMES:  # a job process gets the plugin's settings from the environment
+        monkeypatch.setenv(ENV_PREFIX + name.upper(), getattr(settings, name) or "")
+    inv = Inventory(settings, [f"s3://{BUCKET}/sent"])
+    inv.receipts = receipts = receipts_dir(tmp_path / ".snakemake")
+    inv.load()
+    staged = [tmp_path / "stage" / f"part-{i}.parquet" for i in range(3)]
+    for i, path in enumerate(staged):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"p" * (10 + i))
+    server.reset()
+    with pytest.raises(RuntimeError, match="the job failed"), Uploader(receipts) as up:
+        up.send(staged[0], f"s3://{BUCKET}/sent/data/train/a.parquet")
+        up.send(staged[1], f"s3://{OTHER}/elsewhere/b.parquet")
+        raise RuntimeError("the job failed after two uploads")
+    assert server.counts()["by_method"] == {"PUT": 2}
+    assert not staged[0].exists() and not staged[1].exists(), "a sent staging file is removed"
+    got = client.get_object(Bucket=BUCKET, Key="sent/data/train/a.parquet")["Body"].read()
+    assert got == b"p" * 10
+    (receipts / "broken.json").write_text("{not json")
+
+    server.reset()
+    info = inv.info(BUCKET, "sent/data/train/a.parquet")
+    assert info is not None and info.size == 10, "the failed job's receipt still names what it sent"
+    assert inv.exists(BUCKET, "sent/data/train") and not inv.exists(BUCKET, "sent/data/train/c.parquet")
+    assert inv.info(OTHER, "elsewhere/b.parquet") is None  # not under the inventory's roots
+    with Uploader(receipts) as up:
+        up.send(staged[2], f"s3://{BUCKET}/sent/data/train/c.parquet")
+    assert inv.exists(BUCKET, "sent/data/train/c.parquet"), "a later receipt is read too"
+    assert server.counts()["by_method"] == {"PUT": 1}, "the inventory sent no request"
+    assert receipts.name.endswith(f".{os.getpid()}")
 
 
 def test_inventory_missing_bucket_names_the_url(server: Any, settings: S3Settings) -> None:

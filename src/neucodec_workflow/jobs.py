@@ -165,18 +165,17 @@ def derive_job(
     read = OneAtATime()
     writer = FormatWriter(sft)
 
-    # a part bound for S3: written at its staging path, then sent
+    # where each part is written: its path, or for a part bound for S3 its staging path (then sent)
     staging = staging or parts
     destination = {local: url for local, url in zip(staging, parts, strict=True) if is_s3(url)}
-    if any(is_s3(local) for local in destination):
+    if any(is_s3(local) for local in staging):
         raise ValueError("parts bound for S3 need local staging paths")
 
     def parts_of(i: int) -> dict[str, dict[str, str]]:
         """Shard i's parts: format -> split -> where the writer writes it."""
         out: dict[str, dict[str, str]] = {}
-        mine = slice(i * len(part_keys), (i + 1) * len(part_keys))
-        for (fmt, split), url, local in zip(part_keys, parts[mine], staging[mine], strict=True):
-            out.setdefault(fmt, {})[split] = local if is_s3(url) else url
+        for (fmt, split), path in zip(part_keys, staging[i * len(part_keys) : (i + 1) * len(part_keys)], strict=True):
+            out.setdefault(fmt, {})[split] = path
         return out
 
     def written(path: str | Path) -> None:

@@ -44,6 +44,7 @@ class Inventory:
         # uploads.Uploader receipts: objects this run's jobs sent themselves, read when a key is not known
         self.receipts: Path | None = None
         self._receipts_read: set[str] = set()
+        self._receipts_mtime = 0
 
     @property
     def client(self) -> Any:
@@ -125,9 +126,17 @@ class Inventory:
 
     def _read_receipts(self) -> bool:
         """Add the uploads of receipts not read yet (a receipt appears whole, by rename); True when something was
-        added. A scan of the folder per unknown key: it does not exist until a job sends something."""
+        added. The folder is scanned when its mtime changed since the last scan, or is under a second old (a
+        directory's mtime is as coarse as the kernel's clock tick: two receipts in one tick leave one mtime)."""
         if self.receipts is None:
             return False
+        try:
+            mtime = self.receipts.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        if mtime == self._receipts_mtime and time.time_ns() - mtime > 1_000_000_000:
+            return False
+        self._receipts_mtime = mtime
         uploads = read_receipts(self.receipts, self._receipts_read)
         for u in uploads:
             if self.covers(u["bucket"], u["key"]):
