@@ -32,7 +32,9 @@ from neucodec_workflow.storage.streams import describe
 
 log = logging.getLogger(__name__)
 
-PROBE_ENV = "NEUCODEC_STORAGE_PROBE"  # testing/storage_probe.py
+#: ``module:function`` called as ``function(staging, url)`` before each upload (the tests' storage probe records local
+#: disk there: testing/storage_probe.py)
+OBSERVER_ENV = "NEUCODEC_UPLOAD_OBSERVER"
 RECEIPTS = "neucodec_uploads"  # under .snakemake/: one folder per Snakemake process, one file per job
 
 
@@ -67,10 +69,8 @@ class Uploader:
         size = staging.stat().st_size
         if self._client is None:
             self._client = S3Settings.from_env().client()
-        if os.environ.get(PROBE_ENV):  # tests: the storage probe records local disk at each upload
-            from neucodec_workflow.testing.storage_probe import job_upload
-
-            job_upload(staging, url)
+        if os.environ.get(OBSERVER_ENV):
+            _observer(os.environ[OBSERVER_ENV])(staging, url)
         try:  # one PUT (multipart above 8 MiB); botocore retries throttling and 5xx
             self._client.upload_file(str(staging), bucket, key)
         except Exception as exc:
@@ -90,6 +90,13 @@ class Uploader:
             write_json(self.receipts / f"{uuid.uuid4().hex}.json", {"uploads": self.sent})
         except OSError as err:  # the parts are in the store; Snakemake's check after the job will say which it misses
             log.error("could not write the upload receipt in %s: %s", self.receipts, err)
+
+
+def _observer(spec: str) -> Any:
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def read_receipts(directory: Path, seen: set[str]) -> list[dict[str, Any]]:

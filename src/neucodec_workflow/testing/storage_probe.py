@@ -12,8 +12,9 @@ prefix at that moment). Every byte that lands in the local storage prefix arrive
 job wrote, so these records bound local disk use exactly, which a directory poll cannot (it can miss a peak).
 
 A derive job uploads its dataset parts itself (storage/uploads.py) from staging files in the same prefix. The probe
-passes its record file to job processes in ``NEUCODEC_STORAGE_PROBE``, and ``uploads.Uploader`` calls ``job_upload``
-before each upload: one ``job_store`` line, with the staging file at its full size.
+passes its record file to job processes in ``NEUCODEC_STORAGE_PROBE`` and names ``job_upload`` in
+``NEUCODEC_UPLOAD_OBSERVER``, which ``uploads.Uploader`` calls before each upload: one ``job_store`` line, with the
+staging file at its full size.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from neucodec_workflow.storage.uploads import PROBE_ENV
+from neucodec_workflow.storage.uploads import OBSERVER_ENV
 
 _LOCK = threading.Lock()
+PROBE_ENV = "NEUCODEC_STORAGE_PROBE"  # the record file, for job processes
 
 
 def _tree(root: Path | None) -> tuple[int, dict[str, int]]:
@@ -59,7 +61,8 @@ def install(record: str | Path) -> None:
     from snakemake_storage_plugin_s3 import StorageObject
 
     record = Path(record).resolve()  # Snakemake changes into --directory later
-    os.environ[PROBE_ENV] = str(record)  # for job processes (job_upload)
+    os.environ[PROBE_ENV] = str(record)  # job processes call job_upload before each upload they make
+    os.environ[OBSERVER_ENV] = "neucodec_workflow.testing.storage_probe:job_upload"  # not __name__: run as __main__
     prefixes: list[Path] = []
 
     def write(op: str, query: str, local: Path, prefix: Path | None) -> None:
