@@ -3,8 +3,8 @@
 The plugin's ``exists``, ``mtime``, ``size``, ``is_dir``, ``bucket_exists`` and ``inventory`` answer from the run's
 ``Inventory`` for objects under the workflow's prefixes; ``store_object`` and ``remove`` keep it current (no request
 after an upload of a file; ``remove`` no longer deletes a bucket that became empty), and so do the receipts of what
-jobs uploaded themselves (``uploads``). Objects outside the prefixes keep
-the stock behaviour; uploads and deletes themselves stay the plugin's. These methods are upstream internals
+jobs uploaded themselves (``uploads``: the derive jobs' dataset parts). Objects outside the prefixes keep the stock
+behaviour; every other upload, and every delete, stays the plugin's. These methods are upstream internals
 (docs/upstream.md): the installed versions must be the tested ones.
 """
 

@@ -3,8 +3,8 @@
 Snakemake uploads a job's outputs when the job ends, so a job that writes many files would hold them all on local
 disk until then (a derive batch of 100 shards: 100 shards' parts). The parts are declared ``retrieve=False`` outputs
 instead: Snakemake neither uploads nor downloads them, and checks after the job that they exist in the store. The
-job writes each part to a staging file (the plugin's local path, under a hidden temporary name), uploads it and
-removes it, so one part at a time is on local disk.
+job writes each part at the plugin's local path for it (atomically: a hidden temporary name, then a rename), uploads
+it and removes it, so one part at a time is on local disk.
 
 Snakemake's check after the job asks the plugin, whose answers come from the run's ``Inventory`` (one listing per
 run). So the job leaves a receipt, ``{receipts}/{uuid}.json`` (bucket, key, size and time of each upload), written
