@@ -161,6 +161,12 @@ def phases(r: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def summarize_reading(work: Path) -> str:
+    """How summarize read the reports (its log line: from digests, one by one, requests)."""
+    lines = (work / "local" / "logs" / "summarize.log").read_text().splitlines()
+    return next((line.split(": ", 1)[-1] for line in lines if "shard reports:" in line), "?")
+
+
 def probe_peak(probe: Path, client: Any, bucket: str) -> dict[str, Any]:
     from neucodec_workflow.testing.storage_probe import read
 
@@ -179,6 +185,7 @@ def probe_peak(probe: Path, client: Any, bucket: str) -> dict[str, Any]:
         "reference_bytes": 2 * tokens + part,
         "downloads": sum(o["op"] == "retrieve" for o in ops),
         "uploads": sum(o["op"] == "store" for o in ops),
+        "job_uploads": sum(o["op"] == "job_store" for o in ops),
     }
 
 
@@ -204,7 +211,8 @@ def adopt(server: Any, client: Any, n: int, tmp: Path, probe: bool = False) -> d
     return {
         "what": f"{'4' if probe else '2'}. adopt {n} finished shards (foreign token files), empty output",
         "per_shard": r["requests"]["total"] / n,
-        "check": f"every report, part, card, index present: {want <= out}; stats.json shards: {stats['shards']}",
+        "check": f"every report, part, card, index present: {want <= out}; stats.json shards: {stats['shards']}; "
+        f"summarize {summarize_reading(tmp / bucket)}",
         **(probe_peak(tmp / f"{bucket}.jsonl", client, bucket) if probe else {}),
         **r,
     }
@@ -226,7 +234,8 @@ def add_one(server: Any, client: Any, base: int, tmp: Path) -> dict[str, Any]:
     encode_s = float(tsv[1].split("\t")[0])
     return {
         "what": f"3. one new shard added to {base} finished ones (derived outputs present)",
-        "check": f"encode job {encode_s:.1f} s (benchmark TSV); wall without it {r['wall_s'] - encode_s:.1f} s",
+        "check": f"encode job {encode_s:.1f} s (benchmark TSV); wall without it {r['wall_s'] - encode_s:.1f} s; "
+        f"summarize {summarize_reading(work)}",
         "written": sorted(k for k in after if before.get(k) != after[k]),
         "deleted": sorted(set(before) - set(after)),
         **probe_peak(tmp / "add.jsonl", client, bucket),
@@ -259,12 +268,13 @@ def report(rows: list[dict[str, Any]], argv: list[str]) -> None:
         )
     print("\n4. Peak of .snakemake/storage (storage probe: sizes at every transfer):\n")
     print(
-        "| run | peak | files at the peak | 2 token files + 1 part | downloads | uploads |\n|---|---|---|---|---|---|"
+        "| run | peak | files at the peak | 2 token files + 1 part | downloads | uploads by Snakemake | by the jobs |\n"
+        "|---|---|---|---|---|---|---|"
     )
     for r in (r for r in rows if "peak_bytes" in r):
         print(
             f"| {r['what'][:2]} | {r['peak_bytes'] / 1024:.1f} KiB | {r['peak_files']} "
-            f"| {r['reference_bytes'] / 1024:.1f} KiB | {r['downloads']} | {r['uploads']} |"
+            f"| {r['reference_bytes'] / 1024:.1f} KiB | {r['downloads']} | {r['uploads']} | {r['job_uploads']} |"
         )
     for r in (r for r in rows if "written" in r):
         print("\n3. Objects new or changed in the bucket after the run:\n")

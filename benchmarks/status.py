@@ -189,7 +189,7 @@ def make_summary(n: int, corpus: str, out: Path, env: dict[str, str]) -> tuple[P
         for name, path in formats.summary_files(fmt, splits).items():
             outputs[f"{fmt}_{name}"] = str(out / formats.ROOTS[fmt] / path)
     logging.disable(logging.WARNING)
-    summarize_job(local=reports, reports=reports, outputs=outputs, sft=sft)
+    summarize_job(reports=reports, outputs=outputs, sft=sft)
     logging.disable(logging.NOTSET)
     return out / SUMMARY, time.perf_counter() - t0
 

@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, shard discovery, paths (local or S3 through the storage plugin).
 import os
+import re
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -9,7 +10,7 @@ from snakemake.utils import min_version, validate
 from neucodec_workflow.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.dataset import formats
 from neucodec_workflow.plan import derive_batches
-from neucodec_workflow.storage import plugin, s3, uploads
+from neucodec_workflow.storage import digests, plugin, s3, uploads
 from neucodec_workflow.storage.discovery import shard_list
 
 min_version("9.0")
@@ -37,12 +38,10 @@ S3_ROOTS = [p for p in (CORPUS, OUTPUT) if s3.is_s3(p)]
 # The derive jobs upload their dataset parts themselves (one at a time) and record each upload here, where the
 # inventory finds it when Snakemake checks the outputs after the job (storage/uploads.py).
 UPLOAD_RECEIPTS = str(uploads.receipts_dir(Path(".snakemake").resolve())) if s3.is_s3(OUTPUT) else None
+# The storage plugin's provider (its settings; local copies at {local_prefix}/{bucket}/{key}: local_copy()).
+S3_PROVIDER = get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider if S3_ROOTS else None
 S3_INVENTORY = (
-    plugin.activate(
-        get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider.settings,
-        S3_ROOTS,
-        receipts=UPLOAD_RECEIPTS and Path(UPLOAD_RECEIPTS),
-    )
+    plugin.activate(S3_PROVIDER.settings, S3_ROOTS, receipts=UPLOAD_RECEIPTS and Path(UPLOAD_RECEIPTS))
     if S3_ROOTS
     else None
 )
@@ -85,6 +84,10 @@ def report_path(shard):
     return f"shards/{shard}.json"
 
 
+# S3 output: each derive job sends one digest of its reports here, and summarize reads them (storage/digests.py).
+REPORT_DIGESTS = digests.folder(OUTPUT) if s3.is_s3(OUTPUT) else None
+
+
 # (format, split) of each dataset part of a shard, in the order of derived_files()["parts"]
 PART_KEYS = [(fmt, split) for fmt in FORMATS for split in SPLITS]
 
@@ -94,12 +97,12 @@ def part_paths(shard):
     return [f"{formats.ROOTS[f]}/{formats.part_path(f, x, shard)}" for f, x in PART_KEYS]
 
 
-def derived_files(shard, retrieve=True):
+def derived_files(shard):
     """What is derived from a shard's token file: its report and its dataset parts (one per format and split). In
-    S3 the parts are never downloaded nor uploaded by Snakemake: the derive job sends each one as soon as it is
-    written (so a batch holds one part on local disk, not all of them until it ends)."""
+    S3 they are never downloaded nor uploaded by Snakemake: the derive job sends each one as soon as it is written
+    (so a batch holds one file on local disk, not all of them until it ends; storage/uploads.py)."""
     return {
-        "reports": [output_file(report_path(shard), retrieve)],
+        "reports": [output_file(report_path(shard), retrieve=False)],
         "parts": [output_file(p, retrieve=False) for p in part_paths(shard)],
     }
 
@@ -116,10 +119,12 @@ def summary_files():
 
 def local_copy(path):
     """Where the storage plugin keeps its local copy of an s3:// file (present when this run made it); a local path
-    as it is. A retrieve=False input reaches a job as its URL, so jobs are given this path to look for first."""
+    as it is. A retrieve=False input reaches a job as its URL, so jobs are given this path to look for first. The
+    plugin's layout, without making a storage object per call (tests/test_s3.py checks it)."""
     if not s3.is_s3(path):
         return path
-    return str(get_flag_value(storage.s3(path), "storage_object").local_path())
+    bucket, key = s3.split_url(path)
+    return f"{S3_PROVIDER.local_prefix}/{bucket}/{key}"
 
 
 def _mtime(path):
@@ -140,12 +145,22 @@ DERIVE_BATCHES = derive_batches(
 )
 
 
+def unbatched_shards():
+    """derive_shard's wildcard constraint: the shards no derive_batch_N rule covers. Without it, each batched shard's
+    report and parts would also match derive_shard, and Snakemake would build (then discard) a second candidate job
+    for each: half of the DAG's jobs in a dry-run over 4,990 adopted shards."""
+    if not DERIVE_BATCHES:
+        return r"[^.][^\s]*"
+    batched = {s for batch in DERIVE_BATCHES for s in batch}
+    return "|".join(re.escape(s) for s in SHARDS if s not in batched) or "(?!)"
+
+
 def rerun_targets():
     """What the default target lists besides the summary. Snakemake does not re-make a deleted file whose consumers
     are up to date, so: every report (retrieve=False: never downloaded), and a token file or dataset part that is
     missing while its shard's report exists. Only missing ones: with S3, a listed file stays on local disk until
     the run ends."""
-    targets = [r for s in SHARDS for r in derived_files(s, retrieve=False)["reports"]]
+    targets = [r for s in SHARDS for r in derived_files(s)["reports"]]
     for s in SHARDS:
         if _mtime(f"{OUTPUT}/{report_path(s)}") is None:
             continue

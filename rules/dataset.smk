@@ -8,17 +8,22 @@ rule derive_shard:
         **derived_files("{shard}"),
     log:
         f"{LOCAL}/logs/derive/{{shard}}.log",
+    wildcard_constraints:
+        shard=unbatched_shards(),
     localrule: True
     conda:
         "../envs/dataset.yaml"
     params:
         shards=lambda wildcards: [wildcards.shard],
+        reports=lambda wildcards: [f"{OUTPUT}/{report_path(wildcards.shard)}"],
+        report_staging=lambda wildcards: [local_copy(f"{OUTPUT}/{report_path(wildcards.shard)}")],
         tokens=lambda wildcards: [shard_path(wildcards.shard, TOKENS)],
         local_tokens=lambda wildcards: [local_copy(shard_path(wildcards.shard, TOKENS))],
         metadata=lambda wildcards: [shard_path(wildcards.shard, METADATA)],
         parts=lambda wildcards: [f"{OUTPUT}/{p}" for p in part_paths(wildcards.shard)],
         staging=lambda wildcards: [local_copy(f"{OUTPUT}/{p}") for p in part_paths(wildcards.shard)],
         receipts=UPLOAD_RECEIPTS,
+        digests=REPORT_DIGESTS,
         part_keys=PART_KEYS,
         columns=config["columns"],
         sft=config["sft"],
@@ -46,12 +51,15 @@ for i, batch in enumerate(DERIVE_BATCHES):
             "../envs/dataset.yaml"
         params:
             shards=batch,
+            reports=[f"{OUTPUT}/{report_path(s)}" for s in batch],
+            report_staging=[local_copy(f"{OUTPUT}/{report_path(s)}") for s in batch],
             tokens=[shard_path(s, TOKENS) for s in batch],
             local_tokens=[local_copy(shard_path(s, TOKENS)) for s in batch],
             metadata=[shard_path(s, METADATA) for s in batch],
             parts=[f"{OUTPUT}/{p}" for s in batch for p in part_paths(s)],
             staging=[local_copy(f"{OUTPUT}/{p}") for s in batch for p in part_paths(s)],
             receipts=UPLOAD_RECEIPTS,
+            digests=REPORT_DIGESTS,
             part_keys=PART_KEYS,
             columns=config["columns"],
             sft=config["sft"],
@@ -62,8 +70,8 @@ for i, batch in enumerate(DERIVE_BATCHES):
 rule summarize:
     """Corpus stats and each format's small files (card, index), from the shard reports alone."""
     input:
-        # read by the job itself: the local copy when this run made it, else one GET
-        reports=[r for s in SHARDS for r in derived_files(s, retrieve=False)["reports"]],
+        # read by the job itself: local files, or in S3 through the derive jobs' digests (storage/digests.py)
+        reports=[r for s in SHARDS for r in derived_files(s)["reports"]],
     output:
         **summary_files(),
     log:
@@ -73,7 +81,7 @@ rule summarize:
         "../envs/dataset.yaml"
     params:
         reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
-        local_reports=[local_copy(f"{OUTPUT}/{report_path(s)}") for s in SHARDS],
+        digests=REPORT_DIGESTS,
         sft=config["sft"],
     script:
         "../scripts/summarize.py"

@@ -7,8 +7,8 @@ setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 from neucodec_workflow.jobs import summarize_job  # noqa: E402
 
 summarize_job(
-    local=list(snakemake.params.local_reports),  # noqa: F821 (a local copy, when this run made the report)
     reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)
+    digests=snakemake.params.digests,  # noqa: F821 (S3: the derive jobs' report digests)
     outputs=dict(snakemake.output.items()),  # noqa: F821 (stats, and {format}_{name} per format)
     sft=dict(snakemake.params.sft),  # noqa: F821 (sft.formats: which formats)
 )

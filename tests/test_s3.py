@@ -193,18 +193,22 @@ def part_keys(shard: str) -> list[str]:
     ]
 
 
-def assert_parts_sent_one_at_a_time(probe: Path, parts: list[str]) -> None:
-    """The derive job uploaded every part itself (never Snakemake), each from a staging file in the local storage
-    prefix that was gone before the next part was written: at no record were two parts on local disk."""
+def assert_sent_one_at_a_time(probe: Path, sent_by_job: list[str]) -> None:
+    """The derive job uploaded every report and part itself (never Snakemake), each from a staging file in the local
+    storage prefix that was gone before the next one was written: at no record were two of them on local disk."""
     from neucodec_workflow.testing.storage_probe import read
 
     ops = read(probe)
     sent = [o for o in ops if o["op"] == "job_store"]
-    assert sorted(o["query"] for o in sent) == sorted(parts), [o["query"] for o in sent]
+    assert sorted(o["query"] for o in sent) == sorted(sent_by_job), [o["query"] for o in sent]
     assert all(o["bytes"] > 0 for o in sent), sent
-    assert not [o["query"] for o in ops if o["op"] == "store" and o["query"] in parts], "Snakemake uploaded a part"
-    for o in ops:  # a substring test: it also catches a part still under its temporary name (.x.parquet.tmp-PID)
-        staged = [f for f in o["storage_files"] if any(n in f.rsplit("/", 1)[-1] for n in (".parquet", ".mds"))]
+    assert not [o["query"] for o in ops if o["op"] == "store" and o["query"] in sent_by_job], "Snakemake uploaded one"
+    for o in ops:  # a substring test: it also catches a file still under its temporary name (.x.parquet.tmp-PID)
+        staged = [
+            f
+            for f in o["storage_files"]
+            if "/out/shards/" in f or any(n in f.rsplit("/", 1)[-1] for n in (".parquet", ".mds"))
+        ]
         assert len(staged) <= 1, (o["op"], o["query"], staged)
 
 
@@ -216,7 +220,8 @@ def test_pinned_versions_and_plugin_internals() -> None:
     import snakemake.api  # noqa: F401 (the import order snakemake itself uses; avoids a circular import)
     from snakemake.dag import DAG
     from snakemake.io import _IOFile, get_flag_value, wait_for_files
-    from snakemake_storage_plugin_s3 import StorageObject
+    from snakemake_interface_storage_plugins.storage_object import StorageObjectRead
+    from snakemake_storage_plugin_s3 import StorageObject, StorageProvider
 
     from neucodec_workflow import upstream
     from neucodec_workflow.storage.plugin import PATCHED_METHODS
@@ -233,6 +238,13 @@ def test_pinned_versions_and_plugin_internals() -> None:
     assert "get_inventory_parent" in inspect.getsource(StorageObject.inventory)
     # rules/common.smk reads the plugin's settings through get_flag_value(storage.s3(url), "storage_object")
     assert list(inspect.signature(get_flag_value).parameters) == ["value", "flag_type"]
+    # rules/common.smk::local_copy: a local copy lives at {provider.local_prefix}/{bucket}/{key}
+    assert 'return f"{self.bucket}/{key}"' in inspect.getsource(StorageObject._local_suffix_from_key)
+    local_path = inspect.getsource(StorageObjectRead.local_path)
+    assert "self.provider.local_prefix / self.local_suffix()" in local_path and "_overwrite_local_path" in local_path
+    # storage/plugin.py keeps the provider's is_valid_query answers: a classmethod of the query alone
+    assert isinstance(inspect.getattr_static(StorageProvider, "is_valid_query"), classmethod)
+    assert list(inspect.signature(StorageProvider.is_valid_query).parameters) == ["query"]
     # snakemake asks through managed_exists / managed_mtime / managed_size, which call exists / mtime / size
     src = inspect.getsource(_IOFile)
     for call in (
@@ -428,8 +440,9 @@ def put_foreign_shard(client: Any, prefix: str, shard: str, rows: int, seed: int
 def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
     """output: s3://... over shards encoded elsewhere, all three training-data formats: no encode job; reports,
     per-shard parts, cards, indexes and stats are objects; at most 6 requests per shard plus a constant (no HEAD:
-    the parts the job uploads itself are known from its receipt); one part on local disk at a time; nothing left on
-    local disk; a deleted report is re-derived (that shard only)."""
+    what the job uploads itself is known from its receipt); one report or part on local disk at a time; summarize
+    reads the reports from the job's digest; nothing left on local disk; a deleted report is re-derived (that
+    shard only), and summarize then reads both digests, no report one by one."""
     from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
     from neucodec_workflow.testing.tokenizer import build_test_tokenizer
 
@@ -455,11 +468,16 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     assert not re.search(r"^encode_shard\s+\d", r.stdout + r.stderr, re.M) and re.search(
         r"^derive_batch_0\s+1$", r.stdout + r.stderr, re.M
     )
-    # per shard: GET tokens and metadata, PUT report and 3 parts; once: the summary's 7 files, the report's 7 figures
-    assert counts["total"] <= 6 * len(shards) + 20, counts
+    # per shard: GET tokens and metadata, PUT report and 3 parts; once: the summary's 7 files, the report's 7
+    # figures, the report digest (PUT by the job; LIST of reports and digests, GET by summarize)
+    assert counts["total"] <= 6 * len(shards) + 24, counts
     assert "HEAD" not in counts["by_method"], counts
-    assert_parts_sent_one_at_a_time(probe, [f"{out}/{p}" for s in shards for p in part_keys(s)])
+    assert_sent_one_at_a_time(probe, [f"{out}/{p}" for s in shards for p in [f"shards/{s}.json", *part_keys(s)]])
     present = set(keys(client, f"{prefix}/out"))
+    digests = sorted(k for k in present if k.startswith(f"{prefix}/out/.report_digests/"))
+    assert len(digests) == 1, digests
+    summarize_log = tmp_path / "local_output/logs/summarize.log"
+    assert "read 3 shard reports: 3 from 1 digests, 0 one by one" in summarize_log.read_text()
 
     def get(name: str) -> bytes:
         return client.get_object(Bucket=BUCKET, Key=f"{prefix}/out/{name}")["Body"].read()
@@ -490,6 +508,11 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     dry = run(cmd("-n"), env)
     assert dry.returncode == 0 and not re.search(r"^encode_shard\s+\d", dry.stdout, re.M), dry.stdout[-3000:]
     assert re.search(r"^derive_batch_0\s+1$", dry.stdout, re.M), dry.stdout[-3000:]
+    again = run(cmd(), env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(r"^derive_batch_0\s+1$", again.stdout + again.stderr, re.M), again.stdout[-3000:]
+    assert "read 3 shard reports: 3 from 2 digests, 0 one by one" in summarize_log.read_text()
+    assert json.loads(get("shards/a/shard-1.json"))["token_file"]["rows"] == 3
     # the HTML report, with its figures in the bucket (Snakemake downloads them)
     report = run(cmd("--report", str(tmp_path / "report.html")), env)
     assert report.returncode == 0, report.stderr[-3000:]
@@ -531,12 +554,11 @@ def test_read_ahead_resumes_after_a_broken_connection() -> None:
 
 @pytest.mark.workflow
 @pytest.mark.faults
-def test_failed_derive_job_takes_back_the_parts_it_sent(
-    server: Any, client: Any, checkpoint: Path, tmp_path: Path
-) -> None:
-    """A derive batch whose second shard's token file is unreadable: the job has sent the first shard's part by
-    then; the run fails naming the shard, Snakemake removes the part the job sent (it knows it from the job's
-    receipt) and nothing else of the batch is in the bucket; once the file is fixed the plain rerun completes."""
+def test_failed_derive_job_takes_back_what_it_sent(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
+    """A derive batch whose second shard's token file is unreadable: the job has sent the first shard's part and
+    report by then; the run fails naming the shard, Snakemake removes what the job sent (it knows it from the job's
+    receipt) and nothing else of the batch is in the bucket (no digest either); once the file is fixed the plain
+    rerun completes."""
     from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
 
     prefix, shards = "failed-derive", ["a/shard-0", "a/shard-1", "a/shard-2"]
@@ -559,8 +581,9 @@ def test_failed_derive_job_takes_back_the_parts_it_sent(
     from neucodec_workflow.testing.storage_probe import read
 
     sent = [o["query"] for o in read(probe) if o["op"] == "job_store"]
-    assert sent == [f"{out}/sft_dataset/data/train/a/shard-0.parquet"], sent  # shard-0's part went out first
-    assert keys(client, f"{prefix}/out") == [], "the failed job's part stayed in the bucket"
+    # shard-0's part went out first, then its report
+    assert sent == [f"{out}/sft_dataset/data/train/a/shard-0.parquet", f"{out}/shards/a/shard-0.json"], sent
+    assert keys(client, f"{prefix}/out") == [], "what the failed job sent stayed in the bucket"
 
     client.put_object(Bucket=BUCKET, Key=f"{prefix}/corpus/a/shard-1/neucodec_tokens.parquet", Body=good)
     again = run(cmd(), env)

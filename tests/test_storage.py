@@ -209,6 +209,54 @@ def test_uploader_sends_removes_and_leaves_a_receipt_the_inventory_reads(
     assert receipts.name.endswith(f".{os.getpid()}")
 
 
+def test_report_digests_serve_current_reports_and_fall_back_to_get(server: Any, client: Any) -> None:
+    """summarize's report reading (storage/digests.py): an entry whose ETag is the report's current one is used, a
+    stale entry (the report changed since), an unreadable digest and a report in no digest cost a GET each; then
+    one digest of every report replaces the ones read, and the next reading takes everything from it in 3
+    requests. More than KEEP digests are compacted too; a report that is gone is an error naming it."""
+    from neucodec_workflow.storage import digests
+
+    root = f"s3://{BUCKET}/dig/out"
+    folder = digests.folder(root)
+    urls = [f"{root}/shards/{s}.json" for s in ("a/shard-0", "a/shard-1", "b/shard-2")]
+    texts = [f'{{"shard": {i}}}' for i in range(3)]
+    etags = []
+    for url, text in zip(urls, texts, strict=True):
+        etags.append(client.put_object(Bucket=BUCKET, Key=url.split("/", 3)[3], Body=text.encode())["ETag"])
+    digests.write(client, folder, [digests.entry(urls[0], etags[0], texts[0]), digests.entry(urls[1], etags[1], "old")])
+    changed = '{"shard": 1, "changed": true}'  # shard 1's report, rewritten after the digest: its entry is stale
+    client.put_object(Bucket=BUCKET, Key=urls[1].split("/", 3)[3], Body=changed.encode())
+    put(client, BUCKET, "dig/out/.report_digests/broken.json.gz", body=b"not gzip")
+
+    server.reset()
+    first = digests.read_reports(client, urls, folder)
+    assert first.texts == [texts[0], changed, texts[2]]
+    assert (first.digests_read, first.from_digests, first.fetched, first.compacted) == (2, 1, 2, True)
+    # LIST reports and digests, GET 2 digests and 2 reports, PUT the compacted digest, one DELETE of the old two
+    assert server.counts()["by_method"] == {"LIST": 2, "GET": 4, "PUT": 1, "POST": 1}, server.counts()
+    assert first.requests == server.counts()["total"]
+    left = [o["Key"] for o in client.list_objects_v2(Bucket=BUCKET, Prefix="dig/out/.report_digests/")["Contents"]]
+    assert len(left) == 1 and left[0].endswith(".json.gz") and "broken" not in left[0]
+
+    server.reset()
+    second = digests.read_reports(client, list(reversed(urls)), folder)
+    assert second.texts == [texts[2], changed, texts[0]]
+    assert (second.digests_read, second.from_digests, second.fetched, second.compacted) == (1, 3, 0, False)
+    assert server.counts()["by_method"] == {"LIST": 2, "GET": 1}
+
+    for _ in range(digests.KEEP):  # one digest per incremental run: compacted once there are more than KEEP
+        digests.write(client, folder, [digests.entry(urls[2], etags[2], texts[2])])
+    third = digests.read_reports(client, urls, folder)
+    assert (third.digests_read, third.fetched, third.compacted) == (digests.KEEP + 1, 0, True)
+    assert third.texts == [texts[0], changed, texts[2]]
+    assert len(client.list_objects_v2(Bucket=BUCKET, Prefix="dig/out/.report_digests/")["Contents"]) == 1
+
+    client.delete_object(Bucket=BUCKET, Key=urls[0].split("/", 3)[3])
+    client.put_object(Bucket=BUCKET, Key=urls[1].split("/", 3)[3], Body=b"{}")  # not current: read one by one
+    with pytest.raises(S3Error, match=r"cannot read the shard report s3://inventory-bucket/dig/out/shards/a/shard-0"):
+        digests.read_reports(client, urls, folder)
+
+
 def test_inventory_missing_bucket_names_the_url(server: Any, settings: S3Settings) -> None:
     inv = Inventory(settings, [f"s3://{BUCKET}/fine", "s3://no-such-bucket/corpus/v1"])
     with pytest.raises(S3Error, match=r"cannot list s3://no-such-bucket/corpus/v1 at http://127\.0\.0\.1:\d+: NoSuch"):

@@ -142,21 +142,25 @@ def derive_job(
     columns: dict[str, Any],
     sft: dict[str, Any],
     staging: list[str] | None = None,
+    report_staging: list[str] | None = None,
     receipts: str | None = None,
+    digests: str | None = None,
 ) -> None:
     """Rules derive_shard / derive_batch_N: each shard's report and dataset parts from its token file and metadata.
     ``tokens``/``metadata``: paths or s3:// URLs (each read once, into memory, while the previous shard is derived);
     ``local_tokens``: where a token file made by this run is still on local disk (read instead of the object);
-    ``reports``: the job's report outputs, one per shard; ``parts``: where each shard's parts go (in the order of
-    ``part_keys``, its (format, split) pairs), paths or s3:// URLs. A part bound for S3 is written at its
-    ``staging`` path, uploaded as soon as it is complete and removed (one part on local disk at a time; the upload
-    is recorded in ``receipts``: storage/uploads.py)."""
+    ``reports``: where each shard's report goes; ``parts``: where each shard's parts go (in the order of
+    ``part_keys``, its (format, split) pairs); paths or s3:// URLs. A report or part bound for S3 is written at its
+    ``report_staging`` / ``staging`` path, uploaded as soon as it is complete and removed (one file on local disk at
+    a time; the upload is recorded in ``receipts``: storage/uploads.py). Then, with ``digests`` (an s3:// folder),
+    one digest of the job's reports for summarize (storage/digests.py)."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from neucodec_workflow.dataset.derive import derive_shard
     from neucodec_workflow.dataset.formats import FormatWriter, describe
     from neucodec_workflow.progress import Progress, Tick
+    from neucodec_workflow.storage import digests as digest
     from neucodec_workflow.storage.s3 import is_s3
     from neucodec_workflow.storage.streams import OneAtATime
     from neucodec_workflow.storage.uploads import Uploader
@@ -165,11 +169,17 @@ def derive_job(
     read = OneAtATime()
     writer = FormatWriter(sft)
 
-    # where each part is written: its path, or for a part bound for S3 its staging path (then sent)
+    # where each report and part is written: its path, or for a file bound for S3 its staging path (then sent)
     staging = staging or parts
-    destination = {local: url for local, url in zip(staging, parts, strict=True) if is_s3(url)}
-    if any(is_s3(local) for local in staging):
-        raise ValueError("parts bound for S3 need local staging paths")
+    report_staging = report_staging or reports
+    destination = {
+        local: url
+        for local, url in [*zip(staging, parts, strict=True), *zip(report_staging, reports, strict=True)]
+        if is_s3(url)
+    }
+    if any(is_s3(local) for local in [*staging, *report_staging]):
+        raise ValueError("reports and parts bound for S3 need local staging paths")
+    sent_reports: list[dict[str, str]] = []  # the digest's entries
 
     def parts_of(i: int) -> dict[str, dict[str, str]]:
         """Shard i's parts: format -> split -> where the writer writes it."""
@@ -178,9 +188,9 @@ def derive_job(
             out.setdefault(fmt, {})[split] = path
         return out
 
-    def written(path: str | Path) -> None:
-        if str(path) in destination:
-            uploader.send(path, destination[str(path)])
+    def written(path: str | Path) -> str | None:
+        """Send a finished file bound for S3; its ETag."""
+        return uploader.send(path, destination[str(path)]) if str(path) in destination else None
 
     def fetch(i: int) -> tuple[int, Any, Any]:
         return i, read(local_tokens[i] if os.path.exists(local_tokens[i]) else tokens[i]), read(metadata[i])
@@ -208,7 +218,7 @@ def derive_job(
                 tokens_in,
                 metadata_in,
                 columns,
-                report_path=reports[i],
+                report_path=report_staging[i],
                 parts=parts_of(i),
                 validation_fraction=float(sft["validation_fraction"]),
                 rows_per_row_group=int(sft["rows_per_row_group"]),
@@ -226,39 +236,54 @@ def derive_job(
             )
             for fmt, by_split in report["sft"]["formats"].items():
                 log.info("shard %s: %s %s", shards[i], fmt, {split: describe(p) for split, p in by_split.items()})
+            if is_s3(reports[i]):
+                text = Path(report_staging[i]).read_text()
+                etag = written(report_staging[i])
+                if etag:
+                    sent_reports.append(digest.entry(reports[i], etag, text))
             derived.append(float(report["audio_seconds"]))
+        if digests and sent_reports:
+            log.info(
+                "report digest of %d shards: %s",
+                len(sent_reports),
+                digest.write(uploader.client, digests, sent_reports),
+            )
 
 
-def summarize_job(*, local: list[str], reports: list[str], outputs: dict[str, str], sft: dict[str, Any]) -> None:
-    """Rule summarize: stats.json, shards.parquet and each format's small files (outputs: ``stats``, ``shards`` and ``{format}_{name}`` as in
-    formats.summary_files) from every shard report (the local copy when there is one, else the object, read by a
-    few threads)."""
+def summarize_job(
+    *,
+    reports: list[str],
+    outputs: dict[str, str],
+    sft: dict[str, Any],
+    digests: str | None = None,
+) -> None:
+    """Rule summarize: stats.json, shards.parquet and each format's small files (outputs: ``stats``, ``shards`` and
+    ``{format}_{name}`` as in formats.summary_files) from every shard report: local files, or in S3 through the
+    derive jobs' digests (``digests``: storage/digests.py)."""
     import json
-    from concurrent.futures import ThreadPoolExecutor
 
     import pyarrow.parquet as pq
 
     from neucodec_workflow.contract import publishing
     from neucodec_workflow.dataset.formats import write_summary_files
     from neucodec_workflow.dataset.stats import corpus_stats, shard_table
-    from neucodec_workflow.progress import Progress, Tick
-    from neucodec_workflow.storage.streams import OneAtATime
+    from neucodec_workflow.storage import digests as digest
+    from neucodec_workflow.storage.s3 import S3Settings, is_s3
 
-    read = OneAtATime()
-    done = [0]
-
-    def load(pair: tuple[str, str]) -> dict[str, Any]:
-        path, source = pair
-        data = read(path if os.path.exists(path) else source)
-        report = json.loads(Path(data).read_text() if isinstance(data, str) else data.read())
-        done[0] += 1
-        return report
-
-    with (
-        Progress(f"summarize: read {len(reports)} shard reports", lambda: Tick(done[0], len(reports), unit="shards")),
-        ThreadPoolExecutor(8) as pool,  # boto3 keeps 10 connections per client
-    ):
-        loaded = list(pool.map(load, zip(local, reports, strict=True)))
+    if digests and all(is_s3(r) for r in reports):
+        reading = digest.read_reports(S3Settings.from_env().client(), reports, digests)
+        log.info(
+            "read %d shard reports: %d from %d digests, %d one by one, %d requests%s",
+            len(reports),
+            reading.from_digests,
+            reading.digests_read,
+            reading.fetched,
+            reading.requests,
+            "; digests compacted into one" if reading.compacted else "",
+        )
+        loaded = [json.loads(text) for text in reading.texts]
+    else:
+        loaded = [json.loads(Path(r).read_text()) for r in reports]
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)
     with publishing(outputs["shards"]) as tmp:

@@ -133,7 +133,7 @@ def derive_shard(
     rows_per_row_group: int,
     writer: FormatWriter | None = None,
     tokens_mtime: float | None = None,
-    on_part: Callable[[str | Path], None] | None = None,
+    on_part: Callable[[str | Path], object] | None = None,
 ) -> dict[str, Any]:
     """Write the shard's report (``report_path``) and its part of each format and split (``parts``: format -> split
     -> where to write it; zero rows is a valid part) from its token file and metadata; return the report. Formats

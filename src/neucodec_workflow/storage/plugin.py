@@ -127,10 +127,24 @@ _PATCHES = {
 }
 
 
+def _remembered_validity(original: Any) -> Any:
+    """The provider's ``is_valid_query`` (a URL parse) with its answers kept: Snakemake asks it twice for every
+    storage object it makes, and a DAG over 5,000 shards makes ~140,000 of them from ~30,000 distinct URLs."""
+    answers: dict[str, Any] = {}
+
+    def is_valid_query(cls: Any, query: str) -> Any:
+        found = answers.get(query)
+        if found is None:
+            found = answers[query] = original(query)
+        return found
+
+    return classmethod(is_valid_query)
+
+
 def install_plugin_patches(inventory: Inventory) -> None:
     """Route the plugin's metadata queries under the inventory's roots through it (idempotent)."""
     global _ACTIVE
-    from snakemake_storage_plugin_s3 import StorageObject
+    from snakemake_storage_plugin_s3 import StorageObject, StorageProvider
 
     upstream.require("snakemake", "snakemake-storage-plugin-s3")
     missing = [m for m in PATCHED_METHODS if not callable(getattr(StorageObject, m, None))]
@@ -143,6 +157,8 @@ def install_plugin_patches(inventory: Inventory) -> None:
         for name in PATCHED_METHODS:
             _ORIGINAL[name] = getattr(StorageObject, name)
             setattr(StorageObject, name, _PATCHES[name])
+        _ORIGINAL["is_valid_query"] = StorageProvider.is_valid_query
+        StorageProvider.is_valid_query = _remembered_validity(StorageProvider.is_valid_query)
     _ACTIVE = inventory
 
 

@@ -1,10 +1,12 @@
-"""Outputs a job sends to S3 itself, one at a time: the dataset parts of the derive jobs.
+"""Outputs a job sends to S3 itself, one at a time: the reports and dataset parts of the derive jobs.
 
 Snakemake uploads a job's outputs when the job ends, so a job that writes many files would hold them all on local
-disk until then (a derive batch of 100 shards: 100 shards' parts). The parts are declared ``retrieve=False`` outputs
-instead: Snakemake neither uploads nor downloads them, and checks after the job that they exist in the store. The
-job writes each part at the plugin's local path for it (atomically: a hidden temporary name, then a rename), uploads
-it and removes it, so one part at a time is on local disk.
+disk until then (a derive batch of 100 shards: 100 shards' parts), and it keeps an output that a later job reads until
+that job is done (the reports, until summarize, at the end of the run). The reports and parts are declared
+``retrieve=False`` outputs instead: Snakemake neither uploads nor downloads them, and checks after the job that they
+exist in the store. The job writes each file at the plugin's local path for it (atomically: a hidden temporary name,
+then a rename), uploads it and removes it, so one file at a time is on local disk; summarize reads the reports
+through the derive jobs' digests (``digests``).
 
 Snakemake's check after the job asks the plugin, whose answers come from the run's ``Inventory`` (one listing per
 run). So the job leaves a receipt, ``{receipts}/{uuid}.json`` (bucket, key, size and time of each upload), written
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 #: ``module:function`` called as ``function(staging, url)`` before each upload (the tests' storage probe records local
 #: disk there: testing/storage_probe.py)
 OBSERVER_ENV = "NEUCODEC_UPLOAD_OBSERVER"
+MULTIPART_BYTES = 8 * 1024 * 1024  # boto3's default multipart threshold: smaller files go in one PUT
 RECEIPTS = "neucodec_uploads"  # under .snakemake/: one folder per Snakemake process, one file per job
 
 
@@ -63,20 +66,30 @@ class Uploader:
         self.sent: list[dict[str, Any]] = []
         self._client: Any = None
 
-    def send(self, staging: str | Path, url: str) -> None:
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = S3Settings.from_env().client()
+        return self._client
+
+    def send(self, staging: str | Path, url: str) -> str | None:
+        """Upload ``staging`` to ``url``, remove it; the object's ETag (None for a multipart upload)."""
         staging = Path(staging)
         bucket, key = split_url(url)
         size = staging.stat().st_size
-        if self._client is None:
-            self._client = S3Settings.from_env().client()
         if os.environ.get(OBSERVER_ENV):
             _observer(os.environ[OBSERVER_ENV])(staging, url)
+        etag = None
         try:  # one PUT (multipart above 8 MiB); botocore retries throttling and 5xx
-            self._client.upload_file(str(staging), bucket, key)
+            if size < MULTIPART_BYTES:
+                etag = self.client.put_object(Bucket=bucket, Key=key, Body=staging.read_bytes())["ETag"]
+            else:
+                self.client.upload_file(str(staging), bucket, key)
         except Exception as exc:
             raise S3Error(f"cannot upload {url}: {describe(exc)}") from exc
         self.sent.append({"bucket": bucket, "key": key, "size": size, "mtime": time.time()})
         staging.unlink()
+        return etag
 
     def __enter__(self) -> Uploader:
         return self
