@@ -257,6 +257,20 @@ def test_report_digests_serve_current_reports_and_fall_back_to_get(server: Any, 
         digests.read_reports(client, urls, folder)
 
 
+def test_timestamps_as_the_inventory_reads_them() -> None:
+    """The inventory's client keeps the server's timestamp strings (no dateutil per key); each form a server may send
+    reads as the same instant as botocore's parsed datetime."""
+    from datetime import UTC, datetime
+
+    from neucodec_workflow.storage.s3 import timestamp
+
+    when = datetime(2026, 11, 30, 10, 25, 51, 250000, tzinfo=UTC).timestamp()
+    assert timestamp(datetime(2026, 11, 30, 10, 25, 51, 250000, tzinfo=UTC)) == when
+    assert timestamp("2026-11-30T10:25:51.250Z") == when
+    assert timestamp("2026-11-30T10:25:51.250000+00:00") == when
+    assert timestamp("Mon, 30 Nov 2026 10:25:51 GMT") == when - 0.25
+
+
 def test_inventory_missing_bucket_names_the_url(server: Any, settings: S3Settings) -> None:
     inv = Inventory(settings, [f"s3://{BUCKET}/fine", "s3://no-such-bucket/corpus/v1"])
     with pytest.raises(S3Error, match=r"cannot list s3://no-such-bucket/corpus/v1 at http://127\.0\.0\.1:\d+: NoSuch"):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neucodec_workflow.storage.s3 import S3Error, S3Settings, split_url
+from neucodec_workflow.storage.s3 import S3Error, S3Settings, split_url, timestamp
 from neucodec_workflow.storage.uploads import read_receipts
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Inventory:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = self.settings.client()
+            self._client = self.settings.client(raw_timestamps=True)
         return self._client
 
     def covers(self, bucket: str, key: str) -> bool:
@@ -68,7 +68,7 @@ class Inventory:
         for page in paginator.paginate(**kwargs):
             self.requests += 1
             for obj in page.get("Contents", []):
-                yield obj["Key"], ObjectInfo(int(obj["Size"]), obj["LastModified"].timestamp())
+                yield obj["Key"], ObjectInfo(int(obj["Size"]), timestamp(obj["LastModified"]))
 
     def load(self) -> None:
         """List every root (once per process); a missing bucket is an error."""
