@@ -10,6 +10,8 @@ rule encode_shard:
         f"{LOCAL}/logs/encode/{{shard}}.log",
     benchmark:
         f"{LOCAL}/benchmarks/encode/{{shard}}.tsv"
+    wildcard_constraints:
+        shard=encode_candidates(),
     conda:
         "../envs/encode.yaml"
     threads: 2

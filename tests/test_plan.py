@@ -1,8 +1,15 @@
-"""plan.py: which shards' derived outputs are stale, and how they are cut into derive batches."""
+"""plan.py: which shards' derived outputs are stale, how they are cut into derive batches, and the wildcard
+constraints that keep finished shards' jobs out of the DAG."""
 
 from __future__ import annotations
 
-from neucodec_workflow.plan import derive_batches, stale
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from neucodec_workflow.plan import derive_batches, every_encode_job_needed, one_of, stale
 
 
 def test_stale_follows_snakemakes_rule() -> None:
@@ -27,3 +34,48 @@ def test_batches_hold_the_stale_shards_in_order() -> None:
     )
     assert batches == [["s1", "s3"], ["s4", "s6"]]
     assert derive_batches(["s0", "s2"], times.get, lambda s: [f"{s}/tokens"], lambda s: [f"{s}/report"]) == []
+
+
+def test_one_of_matches_exactly_the_names() -> None:
+    names = ["a/shard-0", "a/shard-1", "a/shard-10", "b.x/s+1(2)", "c"]
+    rx = re.compile(f"(?:{one_of(names)})")
+    assert all(rx.fullmatch(n) for n in names)
+    for other in ["a/shard-2", "a/shard-", "a/shard-100", "b.x/s1(2)", "bxx/s+1(2)", "", "cc", "a/shard-0 "]:
+        assert not rx.fullmatch(other), other
+    nothing = re.compile(one_of([]))
+    assert not any(nothing.fullmatch(n) for n in ["", "a", "a/shard-0"])
+    many = [f"part-{i // 1000:02d}/shard-{i:05d}" for i in range(5000)]
+    assert len(one_of(many)) < 2 * sum(map(len, many)) // 3, "a trie, not one alternative per name"
+
+
+@pytest.mark.parametrize(
+    ("options", "needed"),
+    [
+        ([], False),
+        (["-n"], False),
+        (["-n", "--cores", "2", "--config", "a=1"], False),
+        (["--forcerun", "encode_shard"], True),
+        (["-R", "encode_shard", "-n"], True),
+        (["-nF"], True),
+        (["--forceall"], True),
+        (["-f", "all"], True),
+        (["--touch"], True),
+        (["--summary"], True),
+        (["--list-changes", "input"], True),
+        (["--delete-all-output"], True),
+        (["--target-jobs", "encode_shard:shard=a/shard-0", "--mode", "remote"], True),
+    ],
+)
+def test_every_encode_job_needed_reads_snakemakes_own_command_line(
+    options: list[str], needed: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no profiles/default here
+    snakefile = str(Path(__file__).resolve().parents[1] / "Snakefile")
+    for program in ("/venv/bin/snakemake", str(Path(sys.prefix) / "snakemake" / "__main__.py")):
+        assert every_encode_job_needed([program, "--snakefile", snakefile, *options]) is needed, (program, options)
+
+
+def test_every_encode_job_needed_outside_snakemakes_cli() -> None:
+    assert every_encode_job_needed([]), "no command line (the API)"
+    assert every_encode_job_needed(["/usr/bin/python", "-c", "..."]), "not Snakemake's CLI"
+    assert every_encode_job_needed(["snakemake", "--no-such-option"]), "a command line Snakemake would refuse"

@@ -281,7 +281,8 @@ def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.workflow
 def test_dry_run_requests_and_pending_list(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
     """300 shards (tiny objects), 290 with tokens and no other output anywhere: a handful of LISTs, exactly the 10
-    shards without tokens pending for encoding; the 290 others are only derived (3 batch jobs), never re-encoded."""
+    shards without tokens pending for encoding; the 290 others are only derived (3 batch jobs), never re-encoded.
+    With --forcerun encode_shard (the documented deliberate re-encode) every shard's encode job is listed."""
     prefix, n, pending = "dry", 300, set(range(0, 300, 30))
     for i in range(n):
         shard = f"part-{i // 100}/shard-{i:05d}"
@@ -299,6 +300,11 @@ def test_dry_run_requests_and_pending_list(server: Any, client: Any, checkpoint:
     assert sum(v for k, v in jobs.items() if k.startswith("derive_batch_")) == 3, jobs  # 290 shards, 100 per batch
     assert counts["total"] <= 5, counts  # 900-1,190 objects: 1-2 listing pages
     assert wall < 60
+    forced = run(
+        snakemake_args(tmp_path, prefix, checkpoint, "-n", "-R", "encode_shard"), s3_env(server.endpoint, tmp_path)
+    )
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert re.search(r"^encode_shard\s+300$", forced.stdout, re.M), forced.stdout[-3000:]
     assert_no_secret(tmp_path, r.stdout, r.stderr)
 
 

@@ -7,7 +7,10 @@ in this run get one derive job each, right after their encode job."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
 BATCH_SHARDS = 100
 
@@ -33,3 +36,60 @@ def derive_batches(
     """The stale shards (whose token file exists), in order, cut into batches of at most ``size`` shards."""
     todo = [s for s in shards if stale([mtime(p) for p in [*inputs(s), *outputs(s)]], len(inputs(s)))]
     return [todo[i : i + size] for i in range(0, len(todo), size)]
+
+
+def one_of(names: Iterable[str]) -> str:
+    """A regex matching exactly ``names`` (a wildcard constraint), built as a trie: matching costs the length of the
+    name, not the number of names (an alternation of 5,000 shard names would be tried one by one). No names: a
+    regex that matches nothing."""
+    trie: dict[str, Any] = {}
+    for name in names:
+        node = trie
+        for ch in name:
+            node = node.setdefault(ch, {})
+        node[""] = {}  # the end of a name
+
+    def regex(node: dict[str, Any]) -> str:
+        branches = [re.escape(ch) + regex(child) if ch else "" for ch, child in sorted(node.items())]
+        if len(branches) == 1:
+            return branches[0]
+        optional = "" in branches
+        alternatives = [b for b in branches if b]
+        group = "(?:" + "|".join(alternatives) + ")"
+        return group + "?" if optional else group
+
+    return regex(trie) if trie else "(?!)"
+
+
+#: Snakemake options under which every shard's encode job must be in the DAG, done or not (a forced re-encode,
+#: the jobs of a remote executor, listings and deletions of every output).
+NEED_EVERY_ENCODE_JOB = (
+    "forcerun",
+    "forceall",
+    "force",
+    "touch",
+    "summary",
+    "detailed_summary",
+    "list_changes",
+    "delete_all_output",
+    "target_jobs",
+)
+
+
+def every_encode_job_needed(argv: list[str]) -> bool:
+    """Whether the Snakemake command line ``argv`` (this process's, profiles included: Snakemake's own parser) sets
+    an option of ``NEED_EVERY_ENCODE_JOB``. True too when ``argv`` is not a Snakemake command line (the API, a job):
+    the encode rule then matches every shard, as Snakemake alone would."""
+    import contextlib
+    import io
+
+    from snakemake.cli import parse_args
+
+    if not argv or Path(argv[0]).name not in ("snakemake", "__main__.py"):
+        return True
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # the profile notice, printed once already
+            _, args = parse_args(argv[1:])
+    except (SystemExit, Exception):
+        return True
+    return any(getattr(args, name, None) not in (None, False, [], set(), "") for name in NEED_EVERY_ENCODE_JOB)
