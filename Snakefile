@@ -6,6 +6,7 @@
 #                                               encode job's report (every segment, rejects with reason, speed,
 #                                               device, audit) and provenance in its parquet key-value metadata
 #   {output}/shards/{shard}.json                per-shard report (foreign token files: what can be known)
+#   {output}/.report_digests/                   S3 output: the reports of each derive job in one object, for summarize
 #   {output}/sft_dataset/data/{split}/{shard}.parquet   the shard's rows of the Hugging Face dataset
 #   {output}/sft_dataset/README.md, index.json  dataset card (features, splits, stats) and the list of parts
 #   {output}/multilingual_tts/{split}/{shard}.mds, index.json   sft.formats multilingual_tts: packed MDS blocks
