@@ -7,9 +7,9 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
+from neucodec_workflow import plan
 from neucodec_workflow.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.dataset import formats
-from neucodec_workflow import plan
 from neucodec_workflow.plan import derive_batches, one_of
 from neucodec_workflow.storage import digests, plugin, s3, uploads
 from neucodec_workflow.storage.discovery import shard_list
@@ -36,8 +36,8 @@ SFT = formats.ROOTS[formats.HF]  # the hf format (and the Hub push): data/{split
 # S3 corpus/output: one listing of these prefixes per run answers every exists/mtime/size question of the storage
 # plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.
 S3_ROOTS = [p for p in (CORPUS, OUTPUT) if s3.is_s3(p)]
-# The derive jobs upload their dataset parts themselves (one at a time) and record each upload here, where the
-# inventory finds it when Snakemake checks the outputs after the job (storage/uploads.py).
+# The derive jobs upload their reports and dataset parts themselves (one at a time) and record each upload here,
+# where the inventory finds it when Snakemake checks the outputs after the job (storage/uploads.py).
 UPLOAD_RECEIPTS = str(uploads.receipts_dir(Path(".snakemake").resolve())) if s3.is_s3(OUTPUT) else None
 # The storage plugin's provider (its settings; local copies at {local_prefix}/{bucket}/{key}: local_copy()).
 S3_PROVIDER = get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider if S3_ROOTS else None

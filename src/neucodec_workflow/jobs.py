@@ -270,7 +270,9 @@ def summarize_job(
     from neucodec_workflow.storage import digests as digest
     from neucodec_workflow.storage.s3 import S3Settings, is_s3
 
-    if digests and all(is_s3(r) for r in reports):
+    if any(is_s3(r) for r in reports):
+        if not digests:
+            raise ValueError("shard reports in S3 are read through the derive jobs' digests: give their folder")
         reading = digest.read_reports(S3Settings.from_env().client(), reports, digests)
         log.info(
             "read %d shard reports: %d from %d digests, %d one by one, %d requests%s",
