@@ -4,9 +4,9 @@ With an S3 output the derive jobs upload each shard's report themselves (``uploa
 then one digest, ``{output}/.report_digests/{uuid}.json.gz``: for each report its key, the ETag the store gave it
 and its text. summarize lists the reports (their current ETags) and the digests, takes a report's text from a
 digest entry whose ETag is the report's current one, and GETs the others (reports written before digests existed,
-or changed since by anything else). When it GET any report, or read more than ``KEEP`` digests, it writes one digest
-of every report and deletes the digests it read: later runs read that one plus those of their own derive jobs. A
-digest that is lost or stale costs requests, never a wrong report.
+or changed since by anything else). When it had to GET a report, or read more than ``KEEP`` digests, it writes one
+digest of every report and deletes the digests it read: later runs read that one plus those of their own derive
+jobs. A digest that is lost or stale costs requests, never a wrong report (an ETag changes with the object).
 
 Requests for adopting 5,000 shards (50 derive batches): 50 PUTs, then 5 LIST pages of reports, 1 of digests, 50
 GETs, 1 PUT and 1 DELETE, instead of a GET per report (which would take adoption over 5 requests per shard).
