@@ -112,7 +112,7 @@ def test_inventory_paginates(server: Any, client: Any, settings: S3Settings) -> 
     assert inv.requests == 2 and server.counts()["total"] == 2
 
     small = Inventory(settings, [f"s3://{BUCKET}/many/03"])
-    small._client = SmallPages(settings.client(), 7)
+    small._lister = SmallPages(settings.client(raw_timestamps=True), 7)  # the listing's own client
     server.reset()
     assert small.keys(BUCKET, "many/03") == [k for k in keys if k.startswith("many/03/")]
     assert small.requests == 15 and server.counts()["total"] == 15  # 100 keys, 7 per page

@@ -40,6 +40,7 @@ class Inventory:
         self._dirs: set[tuple[str, str]] = set()
         self._buckets: set[str] = set()
         self._client: Any = None
+        self._lister: Any = None
         self.requests = 0  # requests this inventory sent (listing pages, HEADs)
         # uploads.Uploader receipts: objects this run's jobs sent themselves, read when a key is not known
         self.receipts: Path | None = None
@@ -49,8 +50,17 @@ class Inventory:
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = self.settings.client(raw_timestamps=True)
+            self._client = self.settings.client()
         return self._client
+
+    @property
+    def lister(self) -> Any:
+        """The listing's own client, which keeps the server's timestamp strings (``timestamp()`` reads them):
+        botocore's dateutil parse of each key's LastModified was a quarter of a 15,000-key listing. ``client``,
+        which other code also uses, parses them as usual."""
+        if self._lister is None:
+            self._lister = self.settings.client(raw_timestamps=True)
+        return self._lister
 
     def covers(self, bucket: str, key: str) -> bool:
         return any(bucket == b and (not p or key == p or key.startswith(p + "/")) for b, p in self.roots)
@@ -63,7 +73,7 @@ class Inventory:
             self._dirs.add((bucket, "/".join(parts[:i])))
 
     def _list(self, bucket: str, prefix: str) -> Iterator[tuple[str, ObjectInfo]]:
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = self.lister.get_paginator("list_objects_v2")
         kwargs = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
         for page in paginator.paginate(**kwargs):
             self.requests += 1
