@@ -229,8 +229,10 @@ def test_report_digests_serve_current_reports_and_fall_back_to_get(server: Any, 
     put(client, BUCKET, "dig/out/.report_digests/broken.json.gz", body=b"not gzip")
 
     server.reset()
-    first = digests.read_reports(client, urls, folder)
+    progress: list[int] = []
+    first = digests.read_reports(client, urls, folder, on_read=progress.append)
     assert first.texts == [texts[0], changed, texts[2]]
+    assert progress == [1, 1, 1], "one from the digest, then each GET"
     assert (first.digests_read, first.from_digests, first.fetched, first.compacted) == (2, 1, 2, True)
     # LIST reports and digests, GET 2 digests and 2 reports, PUT the compacted digest, one DELETE of the old two
     assert server.counts()["by_method"] == {"LIST": 2, "GET": 4, "PUT": 1, "POST": 1}, server.counts()

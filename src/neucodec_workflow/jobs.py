@@ -267,25 +267,36 @@ def summarize_job(
     from neucodec_workflow.contract import publishing
     from neucodec_workflow.dataset.formats import write_summary_files
     from neucodec_workflow.dataset.stats import corpus_stats, shard_table
+    from neucodec_workflow.progress import Progress, Tick
     from neucodec_workflow.storage import digests as digest
     from neucodec_workflow.storage.s3 import S3Settings, is_s3
 
-    if any(is_s3(r) for r in reports):
-        if not digests:
-            raise ValueError("shard reports in S3 are read through the derive jobs' digests: give their folder")
-        reading = digest.read_reports(S3Settings.from_env().client(), reports, digests)
-        log.info(
-            "read %d shard reports: %d from %d digests, %d one by one, %d requests%s",
-            len(reports),
-            reading.from_digests,
-            reading.digests_read,
-            reading.fetched,
-            reading.requests,
-            "; digests compacted into one" if reading.compacted else "",
-        )
-        loaded = [json.loads(text) for text in reading.texts]
-    else:
-        loaded = [json.loads(Path(r).read_text()) for r in reports]
+    done = [0]  # reports read so far
+
+    def read(n: int) -> None:
+        done[0] += n
+
+    with Progress(f"summarize: read {len(reports)} shard reports", lambda: Tick(done[0], len(reports), unit="shards")):
+        if any(is_s3(r) for r in reports):
+            if not digests:
+                raise ValueError("shard reports in S3 are read through the derive jobs' digests: give their folder")
+            reading = digest.read_reports(S3Settings.from_env().client(), reports, digests, on_read=read)
+            log.info(
+                "read %d shard reports: %d from %d digests, %d one by one, %d requests%s",
+                len(reports),
+                reading.from_digests,
+                reading.digests_read,
+                reading.fetched,
+                reading.requests,
+                "; digests compacted into one" if reading.compacted else "",
+            )
+            texts = reading.texts
+        else:
+            texts = []
+            for r in reports:
+                texts.append(Path(r).read_text())
+                read(1)
+    loaded = [json.loads(text) for text in texts]
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)
     with publishing(outputs["shards"]) as tmp:

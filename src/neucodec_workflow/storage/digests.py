@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -67,9 +68,11 @@ class Reading:
     requests: int = 0
 
 
-def read_reports(client: Any, urls: list[str], digests: str) -> Reading:
+def read_reports(client: Any, urls: list[str], digests: str, on_read: Callable[[int], object] | None = None) -> Reading:
     """The text of each report in ``urls`` (s3:// URLs in one bucket), from the digests under ``digests`` where they
-    are current, else by GET; then the digests are compacted when that saves later runs requests."""
+    are current, else by GET; then the digests are compacted when that saves later runs requests. ``on_read(n)``:
+    n more reports read (progress)."""
+    on_read = on_read or (lambda n: None)
     keys = [split_url(u)[1] for u in urls]
     bucket = split_url(urls[0])[0] if urls else ""
     if any(split_url(u)[0] != bucket for u in urls):
@@ -88,6 +91,7 @@ def read_reports(client: Any, urls: list[str], digests: str) -> Reading:
     requests += len(digest_keys)
 
     missing = [k for k in keys if k not in current]
+    on_read(len(keys) - len(missing))
 
     def fetch(key: str) -> tuple[str, str]:
         try:
@@ -99,6 +103,7 @@ def read_reports(client: Any, urls: list[str], digests: str) -> Reading:
     with ThreadPoolExecutor(THREADS) as pool:
         for key, (text, etag) in zip(missing, pool.map(fetch, missing), strict=True):
             current[key] = {"key": key, "etag": _bare(etag), "text": text}
+            on_read(1)
     requests += len(missing)
 
     reading = Reading(
