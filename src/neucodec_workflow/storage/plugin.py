@@ -157,7 +157,6 @@ def install_plugin_patches(inventory: Inventory) -> None:
         for name in PATCHED_METHODS:
             _ORIGINAL[name] = getattr(StorageObject, name)
             setattr(StorageObject, name, _PATCHES[name])
-        _ORIGINAL["is_valid_query"] = StorageProvider.is_valid_query
         StorageProvider.is_valid_query = _remembered_validity(StorageProvider.is_valid_query)
     _ACTIVE = inventory
 
