@@ -37,6 +37,7 @@ recovery.at_parse(workflow)
 
 onstart:
     recovery.on_start(workflow)
+    storage_at_start()
 
 
 include: "rules/common.smk"

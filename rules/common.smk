@@ -1,4 +1,5 @@
 # Helpers shared by the rules: config validation, shard discovery, paths (local or S3 through the storage plugin).
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -7,7 +8,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
-from neucodec_workflow import plan
+from neucodec_workflow import plan, recovery
 from neucodec_workflow.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.dataset import formats
 from neucodec_workflow.plan import derive_batches, one_of
@@ -33,20 +34,63 @@ if config["sft"]["push_to_hub"] and formats.HF not in FORMATS:
     raise WorkflowError("sft.push_to_hub pushes the hf format: add hf to sft.formats")
 SFT = formats.ROOTS[formats.HF]  # the hf format (and the Hub push): data/{split}/{shard}.parquet, README.md, index.json
 
+# A job's own Snakemake process (a cluster job, or each job of a group job) plans only the shards it runs, which
+# Snakemake hands it (--target-jobs); None in the process a user started: every shard.
+JOB_SHARDS = None if workflow.is_main_process else plan.job_shards(sys.argv)
 # S3 corpus/output: one listing of these prefixes per run answers every exists/mtime/size question of the storage
-# plugin and the shard discovery (docs/s3.md). Endpoint, region and keys come from the plugin's settings.
+# plugin and the shard discovery (docs/s3.md); a job's process lists only its shards' folders. Endpoint, region and
+# keys come from the plugin's settings.
 S3_ROOTS = [p for p in (CORPUS, OUTPUT) if s3.is_s3(p)]
-# The derive jobs upload their reports and dataset parts themselves (one at a time) and record each upload here,
-# where the inventory finds it when Snakemake checks the outputs after the job (storage/uploads.py).
-UPLOAD_RECEIPTS = str(uploads.receipts_dir(Path(".snakemake").resolve())) if s3.is_s3(OUTPUT) else None
+S3_LISTED = S3_ROOTS if JOB_SHARDS is None else [f"{CORPUS}/{s}" for s in JOB_SHARDS if s3.is_s3(CORPUS)]
+# Jobs upload what they make in S3 themselves (the token file, reports, dataset parts: one at a time, never twice)
+# and record each upload here, where the inventory finds it when Snakemake checks the outputs after a job that ran
+# in this process; outputs of jobs elsewhere (cluster nodes) are looked up once each (storage/uploads.py).
+UPLOAD_RECEIPTS = str(uploads.receipts_dir(Path(".snakemake").resolve())) if S3_ROOTS else None
 # The storage plugin's provider (its settings; local copies at {local_prefix}/{bucket}/{key}: local_copy()).
 S3_PROVIDER = get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider if S3_ROOTS else None
+if S3_PROVIDER is not None and workflow.remote_exec:
+    # a cluster job leaves nothing on its node: its files are removed by the job, the folders when it exits
+    atexit.register(recovery.remove_empty_tree, S3_PROVIDER.local_prefix)
 S3_INVENTORY = (
-    plugin.activate(S3_PROVIDER.settings, S3_ROOTS, receipts=UPLOAD_RECEIPTS and Path(UPLOAD_RECEIPTS))
+    plugin.activate(
+        S3_PROVIDER.settings, S3_ROOTS, receipts=UPLOAD_RECEIPTS and Path(UPLOAD_RECEIPTS), listed=S3_LISTED
+    )
     if S3_ROOTS
     else None
 )
-SHARDS = shard_list(CORPUS, config["shards"], config["shards_file"], inventory=S3_INVENTORY)
+if S3_INVENTORY is not None and not workflow.is_main_process:
+    S3_INVENTORY.go_live()  # a job's process: what its listing lacks is looked up (the main one: from onstart)
+
+
+def written_here(url):
+    """Whether the workflow writes this s3:// URL: anything under the output, a token file in the corpus."""
+    return url.startswith(OUTPUT + "/") or (url.startswith(CORPUS + "/") and url.endswith("/" + TOKENS))
+
+
+def storage_at_start():
+    """onstart (this run holds its lock, no job has begun): from now on the S3 outputs of the jobs that run elsewhere
+    (cluster jobs) are looked up when the listing lacks them (what this process or its own jobs write, it knows),
+    and multipart uploads that killed jobs left open under our outputs are aborted."""
+    if S3_INVENTORY is None:
+        return
+    if not workflow.local_exec:
+        elsewhere = [
+            f.storage_object.query
+            for job in workflow.dag.needrun_jobs()
+            if not job.is_local
+            for f in job.output
+            if f.is_storage
+        ]
+        S3_INVENTORY.go_live(expected=elsewhere)
+    aborted = uploads.abort_abandoned_uploads(S3_INVENTORY.client, S3_INVENTORY.roots, written_here)
+    if aborted:
+        print(
+            f"neucodec-workflow: aborted {len(aborted)} unfinished upload(s) of killed jobs: {aborted[:5]}",
+            file=sys.stderr,
+        )
+
+
+SHARDS = JOB_SHARDS or shard_list(CORPUS, config["shards"], config["shards_file"], inventory=S3_INVENTORY)
 
 
 ANY_SHARD = r"[^.][^\s]*"
@@ -140,12 +184,16 @@ def _mtime(path):
 
 
 # Shards whose token file exists and whose derived outputs are missing or older: derived in batches (one job per
-# batch, rules derive_batch_N), not one job per shard (neucodec_workflow/plan.py says why).
-DERIVE_BATCHES = derive_batches(
-    SHARDS,
-    _mtime,
-    inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
-    outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{p}" for p in part_paths(s))],
+# batch, rules derive_batch_N), not one job per shard (neucodec_workflow/plan.py says why). None in a job's process.
+DERIVE_BATCHES = (
+    derive_batches(
+        SHARDS,
+        _mtime,
+        inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
+        outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{p}" for p in part_paths(s))],
+    )
+    if JOB_SHARDS is None
+    else []
 )
 
 
@@ -165,7 +213,7 @@ def encode_candidates():
     not the output of a candidate encode job with two inputs of its own: a dry-run over 4,990 encoded shards builds
     5,000 fewer jobs (docs/record.md). Under --forcerun, --forceall, --force, --touch, --summary, --list-changes,
     --delete-all-output, in a remote job, or outside Snakemake's CLI: every shard (plan.every_encode_job_needed)."""
-    if plan.every_encode_job_needed(sys.argv):
+    if JOB_SHARDS is not None or plan.every_encode_job_needed(sys.argv):
         return ANY_SHARD
 
     def pending(shard):
@@ -180,7 +228,9 @@ def rerun_targets():
     """What the default target lists besides the summary. Snakemake does not re-make a deleted file whose consumers
     are up to date, so: every report (retrieve=False: never downloaded), and a token file or dataset part that is
     missing while its shard's report exists. Only missing ones: with S3, a listed file stays on local disk until
-    the run ends."""
+    the run ends. None in a job's process (it runs its target jobs only)."""
+    if JOB_SHARDS is not None:
+        return []
     targets = [r for s in SHARDS for r in derived_files(s)["reports"]]
     for s in SHARDS:
         if _mtime(f"{OUTPUT}/{report_path(s)}") is None:

@@ -5,7 +5,9 @@ rule encode_shard:
         tar=shard_file("{shard}", TAR, retrieve=False),
         metadata=shard_file("{shard}", METADATA, retrieve=False),
     output:
-        tokens=shard_file("{shard}", TOKENS),
+        # In S3: the job writes it on its node's disk, sends it (one PUT, or one multipart upload) and removes it;
+        # Snakemake checks the object after the job (retrieve=False: it never uploads nor downloads it itself).
+        tokens=shard_file("{shard}", TOKENS, retrieve=False),
     log:
         f"{LOCAL}/logs/encode/{{shard}}.log",
     benchmark:
@@ -23,6 +25,11 @@ rule encode_shard:
         # what the job opens: a local path, or an s3:// URL it streams
         tar=lambda wildcards: shard_path(wildcards.shard, TAR),
         metadata=lambda wildcards: shard_path(wildcards.shard, METADATA),
+        # where the token file goes (a path or an s3:// URL) and where it is written first (the same local path, or
+        # for S3 the plugin's local copy path in this job's process: node-local scratch on a cluster)
+        tokens=lambda wildcards: shard_path(wildcards.shard, TOKENS),
+        staging=lambda wildcards: local_copy(shard_path(wildcards.shard, TOKENS)),
+        receipts=UPLOAD_RECEIPTS,
         codec=config["codec"],
         encode=config["encode"],
         columns=config["columns"],

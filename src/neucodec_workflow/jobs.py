@@ -47,9 +47,13 @@ def encode_shard_job(
     encode: dict[str, Any],
     columns: dict[str, Any],
     threads: int,
+    staging: str | None = None,
+    receipts: str | None = None,
 ) -> None:
     """Rule encode_shard: the token file, with the job's report inside it. ``codec``/``encode``/``columns``: the
-    validated config sections (defaults from the schema)."""
+    validated config sections (defaults from the schema). ``tokens``: a path, or an s3:// URL: then the file is
+    written at ``staging`` (atomically), sent once and removed, and the upload recorded in ``receipts``
+    (storage/uploads.py)."""
     import torch
 
     from neucodec_workflow.engine.codec import load_codec
@@ -57,8 +61,13 @@ def encode_shard_job(
     from neucodec_workflow.engine.engine import Engine, EngineConfig
     from neucodec_workflow.engine.reference import audit_reference
     from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
+    from neucodec_workflow.storage.s3 import is_s3
     from neucodec_workflow.storage.streams import open_source
+    from neucodec_workflow.storage.uploads import Uploader
 
+    written = staging if is_s3(tokens) else tokens
+    if written is None or is_s3(written):
+        raise ValueError(f"shard {shard}: a token file bound for S3 ({tokens}) needs a local staging path")
     torch.set_num_threads(max(1, threads))
     device = pick_device(codec["device"])
     log.info(
@@ -78,7 +87,7 @@ def encode_shard_job(
             shard,
             tar_in,
             ids,
-            tokens,
+            written,
             engine,
             max_seconds=float(encode["max_seconds"]),
             decode_workers=int(encode["decode_workers"]),
@@ -86,6 +95,13 @@ def encode_shard_job(
             audit_segments=int(encode["audit_segments"]),
             device=device_name(device),
         )
+    if written != tokens:
+        try:
+            with Uploader(receipts) as uploader:
+                uploader.send(written, tokens)
+        finally:  # sent or not, nothing stays on the node's disk (a rerun encodes the shard again)
+            Path(written).unlink(missing_ok=True)
+        log.info("shard %s: sent %s", shard, tokens)
     log.info(
         "shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)",
         shard,

@@ -93,3 +93,28 @@ def every_encode_job_needed(argv: list[str]) -> bool:
     except (SystemExit, Exception):
         return True
     return any(getattr(args, name, None) not in (None, False, [], set(), "") for name in NEED_EVERY_ENCODE_JOB)
+
+
+def job_shards(argv: list[str]) -> list[str] | None:
+    """The shards a job's own Snakemake process runs (a cluster job, or a job of a group): the ``shard`` wildcards of
+    the target jobs on its command line ``argv`` (``--target-jobs rule:shard=...``, Snakemake's own parser), in order,
+    once each. None when a target job has no shard (codec_fit reads the whole corpus), or there is none: plan all."""
+    import contextlib
+    import io
+
+    from snakemake.cli import parse_args
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            _, args = parse_args(argv[1:])  # --target-jobs parsed: TargetSpec(rulename, wildcards_dict) each
+    except (SystemExit, Exception):
+        return None
+    specs = args.target_jobs or []
+    shards: list[str] = []
+    for spec in specs:
+        shard = dict(spec.wildcards_dict or {}).get("shard")
+        if shard is None:
+            return None
+        if shard not in shards:
+            shards.append(shard)
+    return shards or None

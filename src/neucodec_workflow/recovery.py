@@ -335,6 +335,17 @@ def on_start(workflow: Any) -> None:
         )
 
 
+def remove_empty_tree(root: str | Path) -> None:
+    """Remove the empty folders under ``root``, then ``root`` and its parent when they are empty: at the exit of a
+    cluster job's Snakemake processes, what is left of its node-local copies (the job removes its files)."""
+    root = Path(root)
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
+    with contextlib.suppress(OSError):
+        os.rmdir(root.parent)
+
+
 def _local_path(f: Any) -> Path:
     """Where a job writes an output: the path, or for a storage file (S3) the plugin's local copy."""
     if getattr(f, "is_storage", False):

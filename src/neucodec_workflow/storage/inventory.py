@@ -2,6 +2,11 @@
 
 Shard discovery and the storage plugin's patches (``plugin``) answer from it: a dry-run over 5,000 shards costs a
 handful of LIST requests instead of several requests per object.
+
+Objects written after the listing become known in three ways: uploads by this process (``refresh``), receipts of the
+jobs this process ran (``receipts``), and, once the run executes jobs (``go_live``), one HEAD for a key the listing
+lacks. The last is how the main process sees what a cluster job on another node uploaded: Snakemake checks a job's
+outputs in the store when the job has finished, and a key found is remembered (a key not found is asked again).
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ from neucodec_workflow.storage.uploads import read_receipts
 log = logging.getLogger(__name__)
 
 
+#: How long a HEAD that found nothing is believed (live inventory): far less than any job takes
+ABSENT_SECONDS = 2.0
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     size: int
@@ -32,9 +41,11 @@ class Inventory:
     Thread-safe. A key is *covered* when it lies under a root; only covered keys are answered from here.
     """
 
-    def __init__(self, settings: S3Settings, roots: list[str]):
+    def __init__(self, settings: S3Settings, roots: list[str], listed: list[str] | None = None):
         self.settings = settings
         self.roots = sorted({split_url(r) for r in roots})
+        # what load() lists: the roots, or part of them (a job's shards; the rest is looked up when live)
+        self.listed = self.roots if listed is None else sorted({split_url(r) for r in listed})
         self._lock = threading.RLock()
         self._objects: dict[tuple[str, str], ObjectInfo] | None = None
         self._dirs: set[tuple[str, str]] = set()
@@ -46,6 +57,9 @@ class Inventory:
         self.receipts: Path | None = None
         self._receipts_read: set[str] = set()
         self._receipts_mtime = 0
+        self.live = False  # go_live(): a key the listing lacks gets a HEAD
+        self._expected: set[tuple[str, str]] | None = None  # go_live(expected): only these keys
+        self._absent: dict[tuple[str, str], float] = {}  # key -> when a HEAD last found nothing
 
     @property
     def client(self) -> Any:
@@ -87,7 +101,7 @@ class Inventory:
                 return
             self._objects = {}
             try:
-                for bucket, prefix in self.roots:
+                for bucket, prefix in self.listed:
                     for key, info in self._list(bucket, prefix):
                         self._add(bucket, key, info)
                     self._buckets.add(bucket)
@@ -100,7 +114,7 @@ class Inventory:
             log.info(
                 "S3 inventory: %d objects under %s in %d requests",
                 len(self._objects),
-                ", ".join(f"s3://{b}/{p}" for b, p in self.roots),
+                ", ".join(f"s3://{b}/{p}" for b, p in self.listed),
                 self.requests,
             )
 
@@ -127,12 +141,41 @@ class Inventory:
                 b == bucket and k.startswith(key + "/") for b, k in self._objects or {}
             )
 
+    def go_live(self, expected: list[str] | None = None) -> None:
+        """From now on (jobs run, elsewhere too) a covered key the listing, our uploads and the receipts lack is
+        looked up with one HEAD; found, it is remembered; not found, the answer holds for ``ABSENT_SECONDS``
+        (Snakemake asks twice in a row before it starts a job). ``expected``: only these s3:// URLs (the outputs of
+        jobs that run elsewhere; everything else this process writes, or its jobs leave receipts). Not in a
+        dry-run: planning answers from the listing."""
+        self.live = True
+        self._expected = None if expected is None else {split_url(u) for u in expected}
+
     def info(self, bucket: str, key: str) -> ObjectInfo | None:
         with self._lock:
             found = self._objs().get((bucket, key))
             if found is None and self._read_receipts():
                 found = self._objs().get((bucket, key))
+            if found is None and self.live and self.covers(bucket, key):
+                if self._expected is None or (bucket, key) in self._expected:
+                    absent = self._absent.get((bucket, key))
+                    if absent is None or time.monotonic() - absent > ABSENT_SECONDS:
+                        found = self._head(bucket, key)
             return found
+
+    def _head(self, bucket: str, key: str) -> ObjectInfo | None:
+        """HEAD one object; found, it is added (its listing-equivalent size and time)."""
+        self.requests += 1
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchKey", "NotFound"):
+                self._absent[(bucket, key)] = time.monotonic()
+                return None
+            raise S3Error(f"s3://{bucket}/{key}: cannot look it up: {code or type(exc).__name__}") from exc
+        info = ObjectInfo(int(head["ContentLength"]), timestamp(head["LastModified"]))
+        self._add(bucket, key, info)
+        return info
 
     def _read_receipts(self) -> bool:
         """Add the uploads of receipts not read yet (a receipt appears whole, by rename); True when something was

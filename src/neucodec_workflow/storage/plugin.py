@@ -161,15 +161,20 @@ def install_plugin_patches(inventory: Inventory) -> None:
     _ACTIVE = inventory
 
 
-def activate(plugin_settings: Any, roots: list[str], receipts: Path | None = None) -> Inventory:
+def activate(
+    plugin_settings: Any, roots: list[str], receipts: Path | None = None, listed: list[str] | None = None
+) -> Inventory:
     """For the Snakefile: one inventory over ``roots`` (the S3 corpus/output), patches on, settings exported;
-    ``receipts``: where jobs record what they upload themselves (``uploads.Uploader``)."""
+    ``receipts``: where jobs record what they upload themselves (``uploads.Uploader``); ``listed``: the prefixes
+    to list (default: ``roots``; a job's process lists its shards' folders only)."""
     settings = S3Settings.from_plugin(plugin_settings)
     settings.export_to_env()
     inv = (
         _ACTIVE
-        if _ACTIVE is not None and sorted({split_url(r) for r in roots}) == _ACTIVE.roots
-        else Inventory(settings, roots)
+        if _ACTIVE is not None
+        and sorted({split_url(r) for r in roots}) == _ACTIVE.roots
+        and sorted({split_url(r) for r in (roots if listed is None else listed)}) == _ACTIVE.listed
+        else Inventory(settings, roots, listed=listed)
     )
     inv.receipts = receipts
     if os.environ.get(STOCK_ENV) == "1":

@@ -38,6 +38,18 @@ log = logging.getLogger(__name__)
 #: disk there: testing/storage_probe.py)
 OBSERVER_ENV = "NEUCODEC_UPLOAD_OBSERVER"
 MULTIPART_BYTES = 8 * 1024 * 1024  # boto3's default multipart threshold: smaller files go in one PUT
+#: Bytes from which a file is sent as a multipart upload (default 8 MiB; parts of at least 8 MiB, the last smaller)
+MULTIPART_ENV = "NEUCODEC_S3_MULTIPART_BYTES"
+
+
+def multipart_bytes() -> int:
+    """The multipart threshold: ``NEUCODEC_S3_MULTIPART_BYTES`` (a whole number of bytes), else 8 MiB."""
+    raw = os.environ.get(MULTIPART_ENV) or str(MULTIPART_BYTES)
+    if not raw.isdigit() or int(raw) < 1:
+        raise S3Error(f"{MULTIPART_ENV}={raw!r}: expected a whole number of bytes >= 1")
+    return int(raw)
+
+
 RECEIPTS = "neucodec_uploads"  # under .snakemake/: one folder per Snakemake process, one file per job
 
 
@@ -80,11 +92,17 @@ class Uploader:
         if os.environ.get(OBSERVER_ENV):
             _observer(os.environ[OBSERVER_ENV])(staging, url)
         etag = None
-        try:  # one PUT (multipart above 8 MiB); botocore retries throttling and 5xx
-            if size < MULTIPART_BYTES:
+        threshold = multipart_bytes()
+        try:  # one PUT (a multipart upload from the threshold on); botocore retries throttling and 5xx
+            if size < threshold:
                 etag = self.client.put_object(Bucket=bucket, Key=key, Body=staging.read_bytes())["ETag"]
-            else:
-                self.client.upload_file(str(staging), bucket, key)
+            else:  # the object appears whole when the upload completes; a failed one is aborted by s3transfer
+                from boto3.s3.transfer import TransferConfig
+
+                config = TransferConfig(
+                    multipart_threshold=threshold, multipart_chunksize=max(threshold, MULTIPART_BYTES)
+                )
+                self.client.upload_file(str(staging), bucket, key, Config=config)
         except Exception as exc:
             raise S3Error(f"cannot upload {url}: {describe(exc)}") from exc
         self.sent.append({"bucket": bucket, "key": key, "size": size, "mtime": time.time()})
@@ -125,3 +143,22 @@ def read_receipts(directory: Path, seen: set[str]) -> list[dict[str, Any]]:
                 log.warning("ignoring the unreadable upload receipt %s: %s", entry.path, exc)
             seen.add(entry.name)
     return found
+
+
+def abort_abandoned_uploads(client: Any, roots: list[tuple[str, str]], ours: Any) -> list[str]:
+    """Abort the multipart uploads left open under ``roots`` ((bucket, prefix) pairs) whose URL ``ours(url)`` says
+    this workflow writes: run by the main process before its first job, when no upload of this run has begun, so
+    every open one is from a job that was killed while it sent (SIGKILL, scancel, a lost node). One listing request
+    per root (per 1,000 open uploads); the keys aborted."""
+    aborted = []
+    for bucket, prefix in roots:
+        pages = client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                url = f"s3://{bucket}/{upload['Key']}"
+                if ours(url):
+                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                    aborted.append(url)
+    return aborted
