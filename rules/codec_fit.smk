@@ -10,8 +10,13 @@ rule codec_fit:
         # tracked (so that it runs after the encode jobs), never downloaded: the job reads what the sample needs
         tokens=[shard_file(s, TOKENS, retrieve=False) for s in CODEC_FIT_SHARDS],
     output:
-        fit=output_file("codec_fit/codec_fit.json"),
-        plot=report(output_file("codec_fit/codec_fit.svg"), caption="../report/codec_fit.rst", category="Codec fit"),
+        # sent by the job (in S3), like the token files
+        fit=output_file("codec_fit/codec_fit.json", retrieve=False),
+        plot=report(
+            output_file("codec_fit/codec_fit.svg", retrieve=False),
+            caption="../report/codec_fit.rst",
+            category="Codec fit",
+        ),
     log:
         f"{LOCAL}/logs/codec_fit.log",
     benchmark:
@@ -32,5 +37,13 @@ rule codec_fit:
         codec_fit=config["codec_fit"],
         columns=config["columns"],
         max_seconds=config["encode"]["max_seconds"],
+        # where its two files go (paths or s3:// URLs) and where each is written first
+        fit=f"{OUTPUT}/codec_fit/codec_fit.json",
+        plot=f"{OUTPUT}/codec_fit/codec_fit.svg",
+        written=lambda wildcards: {
+            f"{OUTPUT}/codec_fit/{name}": local_copy(f"{OUTPUT}/codec_fit/{name}")
+            for name in ("codec_fit.json", "codec_fit.svg")
+        },
+        receipts=UPLOAD_RECEIPTS,
     script:
         "../scripts/codec_fit.py"

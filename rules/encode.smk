@@ -43,7 +43,8 @@ rule audit_shard:
         tar=shard_file("{shard}", TAR, retrieve=False),
         tokens=shard_file("{shard}", TOKENS, retrieve=False),
     output:
-        audit=output_file("audit/{shard}.json"),
+        # sent by the job (in S3), like the token file
+        audit=output_file("audit/{shard}.json", retrieve=False),
     log:
         f"{LOCAL}/logs/audit/{{shard}}.log",
     conda:
@@ -56,6 +57,9 @@ rule audit_shard:
         # what the job opens: a local path, or an s3:// URL (tar streamed, tokens fetched)
         tar=lambda wildcards: shard_path(wildcards.shard, TAR),
         tokens=lambda wildcards: shard_path(wildcards.shard, TOKENS),
+        audit=lambda wildcards: f"{OUTPUT}/audit/{wildcards.shard}.json",
+        staging=lambda wildcards: local_copy(f"{OUTPUT}/audit/{wildcards.shard}.json"),
+        receipts=UPLOAD_RECEIPTS,
         codec=config["codec"],
         segments=config["audit"]["segments"],
         max_seconds=config["encode"]["max_seconds"],

@@ -79,3 +79,20 @@ def test_every_encode_job_needed_outside_snakemakes_cli() -> None:
     assert every_encode_job_needed([]), "no command line (the API)"
     assert every_encode_job_needed(["/usr/bin/python", "-c", "..."]), "not Snakemake's CLI"
     assert every_encode_job_needed(["snakemake", "--no-such-option"]), "a command line Snakemake would refuse"
+
+
+def test_job_shards_from_the_target_jobs_of_a_job_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cluster job's Snakemake process plans only its shards: those of its --target-jobs, in order, once each."""
+    from neucodec_workflow.plan import job_shards
+
+    monkeypatch.chdir(tmp_path)
+    program = str(Path(sys.prefix) / "snakemake" / "__main__.py")
+    snakefile = ["--snakefile", str(Path(__file__).resolve().parents[1] / "Snakefile")]
+    one = ["--target-jobs", "encode_shard:shard=a/shard-0", "--mode", "remote"]
+    assert job_shards([program, *snakefile, *one]) == ["a/shard-0"]
+    group = ["--target-jobs", "encode_shard:shard=b/x", "audit_shard:shard=a/y", "encode_shard:shard=b/x"]
+    assert job_shards([program, *snakefile, *group, "--mode", "remote"]) == ["b/x", "a/y"]
+    no_shard = ["--target-jobs", "codec_fit:", "--mode", "remote"]
+    assert job_shards([program, *snakefile, *no_shard]) is None, "codec_fit reads the whole corpus: plan all"
+    assert job_shards([program, *snakefile, "-n"]) is None, "no target job: the main process"
+    assert job_shards(["/usr/bin/python", "-c", "..."]) is None

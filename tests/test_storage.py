@@ -403,3 +403,75 @@ def test_upstream_override_turns_the_error_into_a_warning(
 def test_upstream_tested_versions_are_installed() -> None:
     """The environment the tests run in is the tested one (requirements.txt); otherwise the guards prove nothing."""
     upstream.require(*upstream.TESTED)
+
+
+def test_live_inventory_looks_up_outputs_made_elsewhere_once(server: Any, client: Any, settings: S3Settings) -> None:
+    """After go_live (the run executes jobs), an expected key the listing lacks gets one HEAD: found, remembered;
+    not found, believed for ABSENT_SECONDS. Keys not expected, or outside the roots, never cost a request; a dry-run
+    (not live) answers from the listing only."""
+    from neucodec_workflow.storage import inventory as inventory_module
+
+    put(client, BUCKET, "live/data/s1/audio.tar")
+    inv = Inventory(settings, [f"s3://{BUCKET}/live"])
+    inv.load()
+    put(client, BUCKET, "live/data/s1/neucodec_tokens.parquet", body=b"tokens")  # a cluster job's upload
+    server.reset()
+    assert inv.info(BUCKET, "live/data/s1/neucodec_tokens.parquet") is None, "not live: the listing's answer"
+    assert server.counts()["total"] == 0
+
+    made = f"s3://{BUCKET}/live/data/s1/neucodec_tokens.parquet"
+    pending = f"s3://{BUCKET}/live/data/s2/neucodec_tokens.parquet"
+    inv.go_live(expected=[made, pending])
+    found = inv.info(BUCKET, "live/data/s1/neucodec_tokens.parquet")
+    assert found is not None and found.size == 6
+    assert inv.exists(BUCKET, "live/data/s1/neucodec_tokens.parquet") and inv.exists(BUCKET, "live/data/s1")
+    assert not inv.exists(BUCKET, "live/data/s2/neucodec_tokens.parquet")
+    assert not inv.exists(BUCKET, "live/data/s2/neucodec_tokens.parquet"), "the absent answer holds a moment"
+    assert not inv.exists(BUCKET, "live/out/stats.json"), "not expected: this process would know it"
+    assert server.counts()["by_method"] == {"HEAD": 2}
+
+    put(client, BUCKET, "live/data/s2/neucodec_tokens.parquet", body=b"later")
+    inv._absent = {k: t - inventory_module.ABSENT_SECONDS - 1 for k, t in inv._absent.items()}  # time passes
+    assert inv.info(BUCKET, "live/data/s2/neucodec_tokens.parquet") is not None
+    assert server.counts()["by_method"] == {"HEAD": 3, "PUT": 1}
+
+
+def test_multipart_threshold_publish_and_abandoned_uploads(
+    server: Any, client: Any, settings: S3Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From NEUCODEC_S3_MULTIPART_BYTES a file goes as a multipart upload; publish() sends each S3 output once and
+    removes its local file, leaving local destinations alone; abort_abandoned_uploads() aborts the open multipart
+    uploads of our keys only."""
+    from neucodec_workflow.storage.uploads import MULTIPART_ENV, abort_abandoned_uploads, multipart_bytes, publish
+
+    for name in SETTING_NAMES:
+        monkeypatch.setenv(ENV_PREFIX + name.upper(), getattr(settings, name) or "")
+    monkeypatch.setenv(MULTIPART_ENV, "1000")
+    assert multipart_bytes() == 1000
+    big, small, local = tmp_path / "big.parquet", tmp_path / "small.json", tmp_path / "local.json"
+    big.write_bytes(b"b" * 5000)
+    small.write_bytes(b"s" * 10)
+    local.write_bytes(b"l")
+    server.reset()
+    publish(
+        {f"s3://{BUCKET}/mp/data/s/neucodec_tokens.parquet": str(big), f"s3://{BUCKET}/mp/out/r.json": str(small)},
+        None,
+    )
+    publish({str(local): str(local)}, None)
+    kinds = server.counts()["by_method"]
+    assert kinds.get("POST") == 2 and kinds.get("PUT") == 2, f"one multipart upload (create, part, complete): {kinds}"
+    assert not big.exists() and not small.exists() and local.exists()
+    assert client.get_object(Bucket=BUCKET, Key="mp/data/s/neucodec_tokens.parquet")["Body"].read() == b"b" * 5000
+
+    monkeypatch.setenv(MULTIPART_ENV, "0")
+    with pytest.raises(S3Error, match=MULTIPART_ENV):
+        multipart_bytes()
+
+    ours = client.create_multipart_upload(Bucket=BUCKET, Key="mp/data/t/neucodec_tokens.parquet")["UploadId"]
+    theirs = client.create_multipart_upload(Bucket=BUCKET, Key="mp/data/t/audio.tar")["UploadId"]
+    aborted = abort_abandoned_uploads(client, [(BUCKET, "mp")], lambda url: url.endswith("/neucodec_tokens.parquet"))
+    assert aborted == [f"s3://{BUCKET}/mp/data/t/neucodec_tokens.parquet"]
+    left = client.list_multipart_uploads(Bucket=BUCKET, Prefix="mp/").get("Uploads", [])
+    assert [(u["Key"], u["UploadId"]) for u in left] == [("mp/data/t/audio.tar", theirs)]
+    assert ours != theirs
+    client.abort_multipart_upload(Bucket=BUCKET, Key="mp/data/t/audio.tar", UploadId=theirs)

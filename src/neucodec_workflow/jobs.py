@@ -63,7 +63,7 @@ def encode_shard_job(
     from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
     from neucodec_workflow.storage.s3 import is_s3
     from neucodec_workflow.storage.streams import open_source
-    from neucodec_workflow.storage.uploads import Uploader
+    from neucodec_workflow.storage.uploads import publish
 
     written = staging if is_s3(tokens) else tokens
     if written is None or is_s3(written):
@@ -95,13 +95,7 @@ def encode_shard_job(
             audit_segments=int(encode["audit_segments"]),
             device=device_name(device),
         )
-    if written != tokens:
-        try:
-            with Uploader(receipts) as uploader:
-                uploader.send(written, tokens)
-        finally:  # sent or not, nothing stays on the node's disk (a rerun encodes the shard again)
-            Path(written).unlink(missing_ok=True)
-        log.info("shard %s: sent %s", shard, tokens)
+    publish({tokens: written}, receipts)
     log.info(
         "shard %s: %d encoded, %d rejected, %.1f s audio, %d tokens, %.2fx real time on %s (%s)",
         shard,

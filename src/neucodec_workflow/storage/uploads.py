@@ -145,6 +145,24 @@ def read_receipts(directory: Path, seen: set[str]) -> list[dict[str, Any]]:
     return found
 
 
+def publish(written: dict[str, str], receipts: str | Path | None) -> None:
+    """A job's finished outputs, ``{destination: where it was written}``: each one bound for S3 is sent once and
+    removed (sent or not: nothing stays on a cluster node's disk); a local destination was written in place. The
+    uploads are recorded in ``receipts``."""
+    from neucodec_workflow.storage.s3 import is_s3
+
+    bound = {url: local for url, local in written.items() if is_s3(url)}
+    try:
+        with Uploader(receipts) as uploader:
+            for url, local in bound.items():
+                size = Path(local).stat().st_size
+                uploader.send(local, url)
+                log.info("sent %s (%d bytes)", url, size)
+    finally:
+        for local in bound.values():
+            Path(local).unlink(missing_ok=True)
+
+
 def abort_abandoned_uploads(client: Any, roots: list[tuple[str, str]], ours: Any) -> list[str]:
     """Abort the multipart uploads left open under ``roots`` ((bucket, prefix) pairs) whose URL ``ours(url)`` says
     this workflow writes: run by the main process before its first job, when no upload of this run has begun, so
