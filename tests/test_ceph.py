@@ -214,10 +214,14 @@ def test_deleted_token_object_is_remade_alone(
     assert job_counts(dry.stdout)["encode_shard"] == 1, dry.stdout[-3000:]
 
     kept = client.head_object(Bucket=BUCKET, Key=f"{CORPUS}/{SHARDS[0]}/neucodec_tokens.parquet")["ETag"]
-    r = run(command(workdir, random_ckpt), env)
+    # the rerun sends every file as a multipart upload (this server's CompleteMultipartUpload answers an empty
+    # ETag): the token file, the report and the part arrive whole, and summarize reads the report right
+    r = run(command(workdir, random_ckpt), {**env, "NEUCODEC_S3_MULTIPART_BYTES": "1000"})
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert job_counts(r.stdout + r.stderr)["encode_shard"] == 1, (r.stdout + r.stderr)[-3000:]
     assert_tokens_valid(client, gone, SECONDS)
+    for key in (gone, f"{OUT}/shards/{SHARDS[1]}.json"):
+        assert client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"').endswith("-1"), f"{key}: not multipart"
     assert client.head_object(Bucket=BUCKET, Key=f"{CORPUS}/{SHARDS[0]}/neucodec_tokens.parquet")["ETag"] == kept
     assert get_json(client, f"{OUT}/stats.json")["encoded"] == 4
 

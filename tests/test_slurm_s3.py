@@ -193,6 +193,26 @@ def scratch_dirs(jobs: list[int]) -> list[str]:
     return [d for j in jobs if os.path.exists(d := f"/tmp/neucodec-storage-{j}")]
 
 
+def print_job_start_up(env: dict[str, str], work: Path, jobs: list[int]) -> None:
+    """Per encode job: seconds from its SLURM start to the first line of its log (its two Snakemake processes and the
+    job's imports) and to the model built (its first clip follows), for benchmarks/results/cluster_s3.md."""
+    from datetime import datetime
+
+    starts = {j: datetime.fromisoformat(info["start"]).timestamp() for j, info in slurm_jobs(env).items()}
+    for log in sorted((work / "local_output" / "logs" / "encode").rglob("*.log")):
+        text = log.read_text()
+        m = re.search(r"SLURM_JOB_ID=(\d+)", text)
+        stamps = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ .*?(device=|RANDOM WEIGHTS)", text, re.M)
+        if not m or int(m.group(1)) not in jobs or len(stamps) < 2:
+            continue
+        t = {what: datetime.strptime(at, "%Y-%m-%d %H:%M:%S").timestamp() for at, what in stamps}
+        start = starts[int(m.group(1))]
+        print(
+            f"job {m.group(1)} ({log.relative_to(work)}): log begins {t['device='] - start:.0f} s after the job "
+            f"starts, model built {t['RANDOM WEIGHTS'] - start:.0f} s after"
+        )
+
+
 def test_corpus_in_s3_encoded_by_cluster_jobs(cluster, s3, random_ckpt, tmp_path):  # noqa: F811
     server, client, rec = s3
     env = cluster
@@ -233,6 +253,7 @@ def test_corpus_in_s3_encoded_by_cluster_jobs(cluster, s3, random_ckpt, tmp_path
     print(f"\nfirst run: {wall:.1f} s, {len(requests)} requests ({per_shard:.1f} a shard): {kinds}")
     assert per_shard <= 25, kinds
     first_tokens = {s: tokens_of(client, f"data/{s}/{TOKENS}") for s in SHARDS}
+    print_job_start_up(env, work, jobs)
 
     # Nothing left to do.
     dry = run(env, server.endpoint, work, random_ckpt, "", "-n")
