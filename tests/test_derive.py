@@ -300,7 +300,8 @@ def test_stats_totals_and_groups(corpus, tmp_path):
     assert stats["rejected"] == 1 and stats["rejects_by_reason"] == {str(Reason.MISSING_FROM_TAR): 1}
     workflow_tokens = sum(len(t) for shard_tokens in tokens.values() for t in shard_tokens.values())
     assert stats["tokens"] == workflow_tokens + 50 + 4  # the foreign file's token_count column, as it is
-    assert stats["hours"] == pytest.approx((workflow_tokens + 54) * SECONDS_PER_TOKEN / 3600)
+    assert stats["audio_hours"] == pytest.approx((workflow_tokens + 54) * SECONDS_PER_TOKEN / 3600)
+    assert "hours" not in stats  # two meanings, two names: all encoded audio here, dataset rows per language
     assert stats["token_count_mismatches"] == 1
     assert stats["sft_excluded_by_reason"] == {str(Reason.TOKEN_COUNT_MISMATCH): 1}
     # speed from the shards that were timed: a/s0 and b/s1 (2 s each); c (0 s) and the foreign shard are not
@@ -311,7 +312,11 @@ def test_stats_totals_and_groups(corpus, tmp_path):
     assert stats["sft_rows_per_split"] == {"train": n_rows}
     assert set(stats["per_language"]) == {"en", "de", "fr"}
     assert stats["per_language"]["en"]["segments"] == 30 and stats["per_language"]["de"]["segments"] == 24 + 6
-    assert stats["per_language"]["fr"] == {"segments": 1, "tokens": 50, "hours": pytest.approx(50 * 0.02 / 3600)}
+    assert stats["per_language"]["fr"] == {
+        "segments": 1,
+        "tokens": 50,
+        "dataset_hours": pytest.approx(50 * 0.02 / 3600),
+    }
     assert stats["per_dataset"]["ds"]["segments"] == n_rows - 1
     assert stats["per_dataset"]["unknown"]["segments"] == 1  # no dataset column in the foreign shard's metadata
     assert sum(g["tokens"] for g in stats["per_dataset"].values()) == workflow_tokens + 50

@@ -323,7 +323,7 @@ def summarize_job(
         summary["segments"],
         summary["encoded"],
         summary["rejected"],
-        summary["hours"],
+        summary["audio_hours"],
         summary["tokens"],
         summary["sft_rows_per_split"],
     )

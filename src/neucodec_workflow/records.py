@@ -175,9 +175,11 @@ class AuditTotals(TypedDict):
 
 
 class GroupTotals(TypedDict):
+    """A language's (or dataset's) rows of the SFT dataset."""
+
     segments: int
     tokens: int
-    hours: float
+    dataset_hours: float  # the dataset rows' audio (not all encoded audio: that is ``audio_hours``)
 
 
 class CorpusStats(TypedDict):
@@ -189,7 +191,7 @@ class CorpusStats(TypedDict):
     encoded: int
     rejected: int
     rejects_by_reason: dict[str, int]
-    hours: float
+    audio_hours: float  # all encoded audio (the encode reports' audio_seconds)
     tokens: int
     token_count_mismatches: int
     encode_wall_seconds: float

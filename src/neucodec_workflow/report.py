@@ -74,7 +74,7 @@ def hours_per_group(stats: Mapping[str, Any], key: str, title: str, path: str | 
     groups = stats[key]
     fig, ax = _figure(title, stats, height=max(3.0, 0.3 * min(len(groups), 40) + 1.5))
     if groups:
-        _bars(ax, {k: g["hours"] for k, g in groups.items()}, "hours of audio in the dataset")
+        _bars(ax, {k: g["dataset_hours"] for k, g in groups.items()}, "hours of audio in the dataset")
     else:
         _empty(ax, "no dataset rows yet")
     _save(fig, path)
@@ -179,7 +179,7 @@ def corpus_page(stats: Mapping[str, Any], path: str | Path) -> None:
     totals = _table(
         [
             ("shards", f"{stats['shards']:,} ({', '.join(f'{n:,} {k}' for k, n in stats['records'].items())})"),
-            ("audio", f"{stats['hours']:,.2f} h, {stats['tokens']:,} tokens"),
+            ("audio", f"{stats['audio_hours']:,.2f} h, {stats['tokens']:,} tokens"),
             ("segments", f"{stats['encoded']:,} encoded, {stats['rejected']:,} rejected of {stats['segments']:,}"),
             (
                 "encode speed",

@@ -17,16 +17,20 @@ from neucodec_workflow.records import AuditTotals, CorpusStats, GroupTotals
 
 
 def _add_groups(into: dict[str, GroupTotals], groups: dict[str, Any]) -> None:
+    """The shards' dataset rows per language (or dataset): a shard report's ``hours`` there are its dataset rows'
+    (``derive.group_totals``), named ``dataset_hours`` in ``stats.json``."""
     for key, g in groups.items():
-        t = into.setdefault(key, {"segments": 0, "tokens": 0, "hours": 0.0})
+        t = into.setdefault(key, {"segments": 0, "tokens": 0, "dataset_hours": 0.0})
         t["segments"] += g["segments"]
         t["tokens"] += g["tokens"]
-        t["hours"] += g["hours"]
+        t["dataset_hours"] += g["hours"]
 
 
 def corpus_stats(reports: list[dict[str, Any]]) -> CorpusStats:
-    """Totals over the shards: segments encoded and rejected by reason, hours, tokens, speed (shards encoded by this
-    workflow), audit agreement, records by kind, dataset rows per split and per language / dataset."""
+    """Totals over the shards: segments encoded and rejected by reason, ``audio_hours`` (all encoded audio),
+    tokens, speed (shards encoded by this workflow), audit agreement, records by kind, dataset rows per split and
+    per language / dataset (``segments``, ``tokens``, ``dataset_hours``: the dataset's rows only, without the
+    encoded segments the dataset step left out)."""
     rejects: Counter[str] = Counter()
     excluded: Counter[str] = Counter()
     splits: Counter[str] = Counter()
@@ -48,7 +52,7 @@ def corpus_stats(reports: list[dict[str, Any]]) -> CorpusStats:
         "encoded": sum(r["encoded"] for r in reports),
         "rejected": sum(r["rejected_count"] for r in reports),
         "rejects_by_reason": dict(sorted(rejects.items())),
-        "hours": sum(r["audio_seconds"] for r in reports) / 3600,
+        "audio_hours": sum(r["audio_seconds"] for r in reports) / 3600,
         "tokens": sum(r["tokens"] for r in reports),
         "token_count_mismatches": sum(r["token_file"]["token_count_mismatches"] for r in reports),
         "encode_wall_seconds": wall,
@@ -232,10 +236,11 @@ def dataset_card(reports: list[dict[str, Any]], stats: CorpusStats) -> str:
     records = ", ".join(f"{n} {kind}" for kind, n in stats["records"].items())
     stats_lines = [
         f"Shards: {stats['shards']} ({records}). Segments: {stats['segments']} ({stats['encoded']} encoded, "
-        f"{stats['rejected']} rejected: {stats['rejects_by_reason'] or 'none'}). Hours: {stats['hours']:.3f}.",
+        f"{stats['rejected']} rejected: {stats['rejects_by_reason'] or 'none'}). Hours of encoded audio: "
+        f"{stats['audio_hours']:.3f}.",
         "",
-        "| language | segments | hours |",
+        "| language | dataset rows | hours |",
         "|---|---|---|",
-        *(f"| {k} | {g['segments']} | {g['hours']:.3f} |" for k, g in stats["per_language"].items()),
+        *(f"| {k} | {g['segments']} | {g['dataset_hours']:.3f} |" for k, g in stats["per_language"].items()),
     ]
     return card_text(splits, codecs, len(reports), stats["sft_excluded_by_reason"], stats_lines)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  HTML report      : {report}  (snakemake --report {report}; figures in {output}/report/)")
     print(
         f"  segments {stats['segments']}: {stats['encoded']} encoded, {stats['rejected']} rejected {stats['rejects_by_reason']}; "
-        f"{stats['hours'] * 3600:.1f} s audio, {stats['tokens']} tokens, "
+        f"{stats['audio_hours'] * 3600:.1f} s audio, {stats['tokens']} tokens, "
         f"{stats['audio_seconds_per_wall_second']:.2f}x real time while encoding"
     )
     if stats["random_weights"]:
