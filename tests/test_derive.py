@@ -19,7 +19,6 @@ from neucodec_workflow.contract import (
     REPORT_KEY,
     SCHEMA,
     SECONDS_PER_TOKEN,
-    NoRowsError,
     footer,
     read_provenance,
     read_report,
@@ -498,11 +497,14 @@ def test_report_travels_inside_the_token_file(tmp_path):
     assert corpus_stats([derived])["audit"]["token_agreement"] == 1.0
 
 
-def test_no_rows_publishes_nothing_and_never_asks_for_the_report(tmp_path):
-    calls = []
-    with pytest.raises(NoRowsError):
-        write_tokens(tmp_path / "t.parquet", iter([]), PROVENANCE, report=lambda: calls.append(1) or {})
-    assert not calls and not list(tmp_path.iterdir())
+def test_no_rows_is_a_valid_token_file_with_both_records(tmp_path):
+    """A shard with nothing encodable still has its record: the contract's schema, zero rows, the provenance and
+    the report in the key-value metadata."""
+    path = tmp_path / "t.parquet"
+    assert write_tokens(path, iter([]), PROVENANCE, report=lambda: {"encoded": 0}) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]  # no temporary file left
+    assert pq.read_schema(path).remove_metadata() == SCHEMA and len(pd.read_parquet(path)) == 0
+    assert read_provenance(path) == PROVENANCE and read_report(path) == {"encoded": 0}
 
 
 def test_derive_reads_in_memory_sources_like_files(corpus, tmp_path):

@@ -97,7 +97,7 @@ def test_a_batch_is_queued_without_waiting_for_the_device(gpu_codec, mode):
     counts, first = {}, []
     with numerics(mode), torch.inference_mode():
         for n in (2, 6):
-            engine._encode_batch(clips[:n]).tokens()  # warm-up at this size: kernels, allocator, cuDNN plans
+            engine._encode_batch(clips[:n]).codes()  # warm-up at this size: kernels, allocator, cuDNN plans
             torch.cuda.synchronize()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -109,7 +109,7 @@ def test_a_batch_is_queued_without_waiting_for_the_device(gpu_codec, mode):
             # (the first use also warns that the debug mode is a prototype: not a synchronisation)
             syncs = [str(w.message).splitlines()[0] for w in caught if "called a synchronizing" in str(w.message)]
             counts[n], first = len(syncs), first or syncs[:3]
-            pending.tokens()
+            pending.codes()
     record(mode=mode, syncs_while_queueing={str(k): v for k, v in counts.items()}, first=first)
     assert counts[6] == counts[2], f"host-device waits grow with the clips in a batch: {counts}"
     assert counts[6] == 0, f"queueing a batch waits for the device: {first}"

@@ -6,11 +6,12 @@ import threading
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import clip, float_wav_bytes, simple_shard
 
-from neucodec_workflow.contract import REPORT_KEY, footer, read_provenance, read_report
+from neucodec_workflow.contract import REPORT_KEY, SCHEMA, footer, read_provenance, read_report
 from neucodec_workflow.engine.reference import ReferenceEncoder, reference_tokens
 from neucodec_workflow.records import Reason
 from neucodec_workflow.shard.audio import ShardError
@@ -19,7 +20,17 @@ from neucodec_workflow.testing.synth import Member, flac_bytes, write_shard
 
 
 def encode(
-    name, shard_dir, codec, *, tar=None, out="out.parquet", max_seconds=60.0, decode_workers=2, reference=None, audit=0
+    name,
+    shard_dir,
+    codec,
+    *,
+    tar=None,
+    out="out.parquet",
+    max_seconds=60.0,
+    decode_workers=2,
+    reference=None,
+    audit=0,
+    encoder=None,
 ):
     """encode_shard as the job calls it: the metadata's ids read once, then the tar (a path or a stream)."""
     ids = read_metadata_ids(name, shard_dir / "metadata.parquet", ["segment_id"])
@@ -28,7 +39,7 @@ def encode(
         shard_dir / "audio.tar" if tar is None else tar,
         ids,
         shard_dir / out,
-        ReferenceEncoder(codec),
+        encoder or ReferenceEncoder(codec),
         max_seconds=max_seconds,
         decode_workers=decode_workers,
         reference=reference,
@@ -164,18 +175,109 @@ def test_tokens_parquet_contract_and_reference_equality(encoded, dirty_shard, co
 @pytest.mark.parametrize(
     "members, ids, reasons",
     [
-        ([Member("a.flac", b"garbage")], ["a"], r"\{'decode_error': 1\}"),
+        (
+            [Member("a.flac", b"garbage"), Member("b.flac", b"fLaC no"), Member("c.flac", b"RIFF\x00")],
+            ["a", "b", "c"],
+            {"decode_error": 3},
+        ),
         # every id settled only at the end (missing from the tar), next to a member that is no FLAC
-        ([Member("readme.txt", b"not audio")], ["a", "b"], r"\{'missing_from_tar': 2\}"),
-        ([Member("x.flac", b"garbage")], [], r"\{'not_in_metadata': 1\}"),
+        ([Member("readme.txt", b"not audio")], ["a", "b"], {"missing_from_tar": 2}),
+        ([Member("x.flac", b"garbage")], [], {"not_in_metadata": 1}),
+        ([Member("x.flac", b"garbage")], [None], {"not_in_metadata": 1, "missing_segment_id": 1}),
+        ([], [], {}),  # an empty tar and empty metadata: zero segments, still a record
     ],
 )
-def test_shard_without_valid_segment_fails_naming_it(tmp_path, codec, members, ids, reasons):
+def test_shard_without_valid_segment_gets_a_zero_row_record(tmp_path, codec, members, ids, reasons):
+    """Nothing encodable is still accounted: a token file with zero rows (the contract's schema, both records
+    inside) whose report rejects every segment with its reason; the job does not fail."""
     shard = write_shard(tmp_path / "s", members, pd.DataFrame({"segment_id": pd.Series(ids, dtype="string")}))
-    with pytest.raises(ShardError, match=rf"shard bad/one: no segment could be encoded \({reasons}\)"):
-        encode("bad/one", shard, codec, out="neucodec_tokens.parquet")
-    assert not (shard / "neucodec_tokens.parquet").exists()
+    report = encode("bad/one", shard, codec, out="neucodec_tokens.parquet")
+    path = shard / "neucodec_tokens.parquet"
+    assert pq.read_schema(path).remove_metadata() == SCHEMA.remove_metadata()
+    df = pd.read_parquet(path)
+    assert len(df) == 0 and list(df.columns) == ["segment_id", "neucodec_tokens", "token_count"]
+    embedded = assert_report_inside(path, report)
+    assert embedded["encoded"] == 0 and embedded["tokens"] == 0 and embedded["rejects_by_reason"] == reasons
+    assert embedded["segments"] == embedded["rejected_count"] == sum(reasons.values())
+    assert read_provenance(path) == report.codec
     assert not list(shard.glob(".*tmp*"))
+
+
+def test_a_zero_row_record_derives_and_counts(tmp_path, codec):
+    """The derive step and the stats take a zero-row token file: zero-row dataset parts, the shard's rejects in
+    the totals."""
+    from neucodec_workflow.dataset.derive import derive_shard
+    from neucodec_workflow.dataset.sft import part_path
+    from neucodec_workflow.dataset.stats import corpus_stats, dataset_card, dataset_index, shard_table
+
+    meta = pd.DataFrame({"segment_id": ["a", "b"], "text": ["x", "y"], "language": "en", "speaker": "s"})
+    shard = write_shard(tmp_path / "c" / "s", [Member("a.flac", b"junk"), Member("b.flac", b"junk")], meta)
+    encode("s", shard, codec, out="neucodec_tokens.parquet")
+    part = tmp_path / "out" / part_path("train", "s")
+    derived = derive_shard(
+        "s",
+        shard / "neucodec_tokens.parquet",
+        shard / "metadata.parquet",
+        {f: f for f in ("segment_id", "text", "language", "speaker", "duration", "dataset")},
+        report_path=tmp_path / "out" / "s.json",
+        parts={"hf": {"train": part}},
+        validation_fraction=0.0,
+        rows_per_row_group=100,
+    )
+    assert derived["token_file"]["rows"] == 0 and derived["sft"]["rows_per_split"] == {"train": 0}
+    assert derived["sft"]["parts"]["train"]["rows"] == 0 and len(pd.read_parquet(part)) == 0
+    stats = corpus_stats([derived])
+    assert stats["segments"] == stats["rejected"] == 2 and stats["encoded"] == 0
+    assert stats["rejects_by_reason"] == {"decode_error": 2} and stats["audio_hours"] == 0
+    assert "0 encoded" in dataset_card([derived], stats) and dataset_index([derived])["parts"][0]["rows"] == 0
+    assert shard_table([derived]).num_rows == 1
+
+
+def test_null_and_empty_metadata_ids_are_rejects_naming_their_rows(tmp_path, codec):
+    """A metadata row without an id is that row's reject (missing_segment_id, the row number in the detail); the
+    other segments are encoded and the record is written."""
+    members = [Member(f"{i}.flac", flac_bytes(clip(0.3, seed=k), 16_000)) for k, i in enumerate(["a", "b"])]
+    ids = pd.Series(["a", None, "", "b"], dtype="string")
+    shard = write_shard(tmp_path / "s", members, pd.DataFrame({"segment_id": ids}))
+    report = encode("x/ids", shard, codec)
+    assert report.encoded == 2 and report.segments_in_metadata == 2
+    assert [(r.segment_id, r.reason, r.detail) for r in report.rejected] == [
+        ("", Reason.MISSING_SEGMENT_ID, "metadata row 1 (0-based): segment_id is null"),
+        ("", Reason.MISSING_SEGMENT_ID, "metadata row 2 (0-based): segment_id is empty"),
+    ]
+    assert pd.read_parquet(shard / "out.parquet").segment_id.tolist() == ["a", "b"]
+    embedded = assert_report_inside(shard / "out.parquet", report)
+    assert embedded["segments"] == 4  # 2 members + 2 metadata rows without an id
+
+
+def _drop_a_frame_of(engine, n_tokens):
+    """The engine's SemanticEncoder gives one frame too few for the clip of ``n_tokens`` tokens (a model that
+    miscounts): that clip's codes come out one short."""
+    real = engine.sem
+
+    def sem(x):
+        out = real(x)
+        return out[..., :-1] if out.shape[-1] == n_tokens else out
+
+    engine.sem = sem
+
+
+def test_a_token_count_mismatch_rejects_that_segment_only(tmp_path, codec):
+    """A TokenCountError in the engine's batch collection is the segment's encode_error; the others are encoded."""
+    from neucodec_workflow.engine.engine import Engine, EngineConfig
+
+    shard = simple_shard(tmp_path, "x/tc", [0.3, 0.5, 0.7])  # 15, 25, 35 tokens: one batch
+    engine = Engine(codec, EngineConfig(mode="exact", batch_seconds=60))
+    _drop_a_frame_of(engine, 25)
+    report = encode("x/tc", shard, codec, encoder=engine)
+    assert report.encoded == 2 and [(r.segment_id, r.reason) for r in report.rejected] == [
+        ("x_tc_001", Reason.ENCODE_ERROR)
+    ]
+    detail = report.rejected[0].detail
+    assert detail.startswith("TokenCountError: segment x_tc_001: 24 tokens") and "expected 25" in detail
+    df = pd.read_parquet(shard / "out.parquet")
+    assert df.segment_id.tolist() == ["x_tc_000", "x_tc_002"] and df.token_count.tolist() == [15, 35]
+    assert_report_inside(shard / "out.parquet", report)
 
 
 def test_unreadable_tar_fails_naming_shard(tmp_path, codec):

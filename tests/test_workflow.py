@@ -11,6 +11,7 @@ from conftest import REPO, run_snakemake, simple_shard
 
 from neucodec_workflow.engine.reference import reference_tokens
 from neucodec_workflow.shard.audio import decode_member, iter_flac_members
+from neucodec_workflow.testing.synth import Member, write_shard
 
 pytestmark = pytest.mark.workflow
 
@@ -112,6 +113,31 @@ def test_injected_failure_then_rerun_only_missing(project, first_run):
     assert job_counts(run.stdout + run.stderr)["encode_shard"] == 1
     stats = json.loads((out / "stats.json").read_text())
     assert stats["shards"] == 4 and stats["encoded"] == 5
+
+
+def test_a_shard_with_every_member_corrupt_is_accounted_not_failed(tmp_path):
+    """Nothing encodable in a shard: the run succeeds, the shard's record is a zero-row token file, its report
+    rejects every segment (decode_error), its dataset part has zero rows, and the stats count it."""
+    corpus = tmp_path / "corpus"
+    simple_shard(corpus, "en/good", [0.5, 0.4], seed=3)
+    meta = pd.DataFrame({"segment_id": ["x0", "x1", "x2"], "text": "t", "language": "en", "speaker": "s"})
+    write_shard(corpus / "en" / "bad", [Member(f"x{i}.flac", b"fLaC broken %d" % i) for i in range(3)], meta)
+    out = tmp_path / "out"
+    config = {"corpus": str(corpus), "output": str(out), "codec": json.dumps({"weights": "random"})}
+    run_snakemake(tmp_path, config=config)
+    tokens = pd.read_parquet(corpus / "en/bad/neucodec_tokens.parquet")
+    assert len(tokens) == 0 and list(tokens.columns) == ["segment_id", "neucodec_tokens", "token_count"]
+    report = json.loads((out / "shards" / "en" / "bad.json").read_text())
+    assert report["encoded"] == 0 and report["rejects_by_reason"] == {"decode_error": 3} and report["segments"] == 3
+    assert report["token_file"]["rows"] == 0 and report["sft"]["rows_per_split"] == {"train": 0}
+    assert len(pd.read_parquet(out / "sft_dataset" / "data" / "train" / "en" / "bad.parquet")) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["shards"] == 2 and stats["segments"] == 5 and stats["encoded"] == 2 and stats["rejected"] == 3
+    from datasets import load_dataset
+
+    assert len(load_dataset(str(out / "sft_dataset"), split="train")) == 2
+    dry = run_snakemake(tmp_path, "-n", config=config)
+    assert "Nothing to be done" in dry.stdout + dry.stderr  # the record counts as done: nothing re-runs
 
 
 def test_audit_target(project, first_run):

@@ -95,10 +95,6 @@ def pick_column(column: str | list[str], available: Iterable[str]) -> str | None
     return next((c for c in candidates(column) if c in present), None)
 
 
-class NoRowsError(ValueError):
-    """Nothing to write: an empty tokens file is never published."""
-
-
 def write_tokens(
     path: str | Path,
     rows: Iterable[tuple[str, np.ndarray]],
@@ -109,8 +105,9 @@ def write_tokens(
 ) -> int:
     """Stream ``(segment_id, uint16 tokens)`` rows into the parquet as they come (a row group per
     ``rows_per_group``), provenance in the key-value metadata; ``report()``, called once the last row is in, goes
-    into the key-value metadata too. Renamed into place only when complete. Returns the number of rows; raises
-    ``NoRowsError`` (publishing nothing) when there are none.
+    into the key-value metadata too. Renamed into place only when complete. Returns the number of rows. Zero rows
+    is a valid token file (the contract's schema, no row group, both records): the record of a shard in which no
+    segment could be encoded, its report saying why for each.
     """
     path = Path(path)
     schema = SCHEMA.with_metadata({PROVENANCE_KEY: json.dumps(provenance, sort_keys=True).encode()})
@@ -139,8 +136,6 @@ def write_tokens(
                     flush()
             if ids:
                 flush()
-            if not written:
-                raise NoRowsError(f"no rows for {path.name}")
             if report is not None:
                 writer.add_key_value_metadata({REPORT_KEY: json.dumps(report(), sort_keys=True)})
     return written

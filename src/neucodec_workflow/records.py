@@ -63,6 +63,7 @@ class Reason(StrEnum):
     MISSING_FROM_TAR = "missing_from_tar"
     DUPLICATE_IN_TAR = "duplicate_in_tar"
     DUPLICATE_IN_METADATA = "duplicate_in_metadata"
+    MISSING_SEGMENT_ID = "missing_segment_id"  # a metadata row whose segment_id is null or empty (one per row)
     ENCODE_ERROR = "encode_error"
     # a token file made by another tool: a metadata id it has no row for (why is not known)
     NO_TOKENS = "no_tokens_in_foreign_file"

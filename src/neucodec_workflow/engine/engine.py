@@ -1,7 +1,9 @@
 """The batched encode engine used by the encode rule.
 
-exact (default): tokens identical to ``NeuCodec.encode_code`` (fp32, batch 1). It changes how work
-is grouped and which kernels run, never the arithmetic's precision: 16 w2v-bert layers, fbank in
+exact (default): strict fp32, tokens as ``NeuCodec.encode_code`` (fp32, batch 1) makes them: identical on
+CPUs; on a GPU (H200) measured agreement with ``encode_code`` on the same GPU >= 0.9999 (3-9 tokens in 100,000
+differ; the cause is not yet found: benchmarks/results/encoder.md). It changes how work is grouped and which
+kernels run, never the arithmetic's precision: 16 w2v-bert layers, fbank in
 torch on the device (float64), w2v-bert batched across clips with an attention mask and its
 relative-position bias built from the 73 distance embeddings (``semantic.py``), CodecEnc batched
 only across clips of identical padded length, channels-last with fused activations on CPUs
@@ -20,7 +22,8 @@ is gathered (decoded) on a thread while this one encodes.
 
 Batches are length-sorted within a window of clips and sized by ``batch_seconds`` of padded audio.
 A clip that runs out of memory in a batch is retried alone; if it fails alone it is returned as an
-error (reported as ``encode_error``), never a crash.
+error (reported as ``encode_error``), never a crash. So is a clip whose codes are not valid tokens (a count other
+than ``n_samples_16k // 320``, a code outside 0..65535: ``reference.checked_tokens``): one segment's reject.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from neucodec_workflow.engine.acoustic import AcousticEncoder
 from neucodec_workflow.engine.codec import Codec
 from neucodec_workflow.engine.fbank import TorchFbank, feature_frames
 from neucodec_workflow.engine.numerics import numerics
-from neucodec_workflow.engine.reference import check_token_count, is_oom
+from neucodec_workflow.engine.reference import checked_tokens, is_oom
 from neucodec_workflow.engine.semantic import SemanticModel
 from neucodec_workflow.records import MODES, Clip, Mode
 
@@ -194,8 +197,8 @@ class Engine:
         queued: deque[_Pending] = deque()
 
         def collect(pending: _Pending) -> None:
-            for clip, tokens in zip(pending.clips, pending.tokens(), strict=True):
-                done[id(clip)] = (clip, check_token_count(clip, tokens))
+            for clip, codes in zip(pending.clips, pending.codes(), strict=True):
+                done[id(clip)] = (clip, checked_tokens(clip, codes))  # a bad clip is its own error
 
         for batch in self._batches(window):
             for item in self._launch(batch):
@@ -212,24 +215,25 @@ class Engine:
 
 
 class _Pending:
-    """A batch queued on the device: its codes, one flat tensor, copied to (pinned) host memory without waiting."""
+    """A batch queued on the device: its codes, one flat tensor, copied to (pinned) host memory without waiting.
+    They stay int64 (never narrowed) until ``checked_tokens`` has seen them in range."""
 
     def __init__(self, clips: list[Clip], lengths: list[int], codes: torch.Tensor):
         self.clips, self.lengths = clips, lengths
-        codes = codes.to(torch.int32)
+        codes = codes.to(torch.int64)
         if codes.is_cuda:
-            self.host = torch.empty(codes.shape, dtype=torch.int32, pin_memory=True)
+            self.host = torch.empty(codes.shape, dtype=torch.int64, pin_memory=True)
             self.host.copy_(codes, non_blocking=True)
             self.ready: torch.cuda.Event | None = torch.cuda.Event()
             self.ready.record()
         else:
             self.host, self.ready = codes, None
 
-    def tokens(self) -> list[np.ndarray]:
+    def codes(self) -> list[np.ndarray]:
+        """Each clip's codes (int64, not yet checked or narrowed)."""
         if self.ready is not None:
             self.ready.synchronize()
-        flat = self.host.numpy().astype("<u2")
-        return np.split(flat, np.cumsum(self.lengths)[:-1])
+        return np.split(self.host.numpy(), np.cumsum(self.lengths)[:-1])
 
 
 def _padded_stack(waves: list[torch.Tensor]) -> torch.Tensor:

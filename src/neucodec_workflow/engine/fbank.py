@@ -3,7 +3,9 @@
 Same steps as the stock numpy extractor: x * 2**15, 25 ms povey frames every 10 ms, DC removal,
 pre-emphasis 0.97, 512-point rFFT, power, 80 Kaldi mel bins from 20 Hz, log with floor, per-clip
 mean/variance normalisation per bin (ddof=1), stride-2 stacking to 160 dims, padding value 1.
-Computed in float64 (max difference to numpy ~1e-6) so that tokens stay identical.
+Computed in float64 (max difference to numpy ~1e-6) so that tokens stay identical on CPUs (on GPUs exact mode
+agrees with ``encode_code`` for >= 0.9999 of tokens, cause not yet found; this fbank is one suspect:
+benchmarks/results/encoder.md).
 """
 
 from __future__ import annotations

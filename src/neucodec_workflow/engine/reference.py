@@ -2,6 +2,11 @@
 
 ``ReferenceEncoder`` is ``NeuCodec.encode_code`` itself (fp32, batch 1) on the 16-layer model:
 the definition of correct tokens that every faster path must agree with.
+
+Every path checks a clip's codes the same way (``checked_tokens``) before they become uint16 tokens: their count
+is ``n_samples_16k // 320`` and every code lies in 0..65535 (checked before the narrowing cast, which would
+otherwise wrap a bad value into a valid-looking token). A clip that fails either check is that segment's
+``encode_error``, never the shard's.
 """
 
 from __future__ import annotations
@@ -20,8 +25,16 @@ from neucodec_workflow.records import Clip
 log = logging.getLogger(__name__)
 
 
-class TokenCountError(RuntimeError):
+class TokenError(RuntimeError):
+    """The model's codes for one clip are not valid tokens: the segment is rejected (``encode_error``)."""
+
+
+class TokenCountError(TokenError):
     """The model returned a number of tokens other than ``n_samples_16k // 320``."""
+
+
+class TokenRangeError(TokenError):
+    """The model returned a code outside the uint16 range 0..65535 (found before narrowing it)."""
 
 
 # How allocation failures read: CUDA ("CUDA out of memory"), torch's CPU allocator ("DefaultCPUAllocator: can't
@@ -44,13 +57,39 @@ def check_token_count(clip: Clip, tokens: np.ndarray) -> np.ndarray:
     return tokens
 
 
-def reference_tokens(codec: Codec, audio: np.ndarray) -> np.ndarray:
+def to_uint16(codes: np.ndarray, what: str) -> np.ndarray:
+    """``codes`` (any integer dtype) as little-endian uint16 tokens, once every value is known to fit: a value
+    outside 0..65535 raises ``TokenRangeError`` naming ``what`` (the segment) instead of wrapping around."""
+    codes = np.asarray(codes)
+    if codes.size and (int(codes.min()) < 0 or int(codes.max()) > 0xFFFF):
+        bad = codes[(codes < 0) | (codes > 0xFFFF)]
+        raise TokenRangeError(
+            f"{what}: {len(bad)} code(s) outside the uint16 range 0..65535 (first: {int(bad[0])}), of {codes.size}"
+        )
+    return codes.astype("<u2")
+
+
+def checked_tokens(clip: Clip, codes: np.ndarray) -> np.ndarray | TokenError:
+    """One clip's codes as its uint16 tokens, or the ``TokenError`` (wrong count, value out of range) that makes
+    that clip a reject: returned, not raised, so that one bad clip never stops the others."""
+    try:
+        return to_uint16(check_token_count(clip, codes), f"segment {clip.segment_id}")
+    except TokenError as exc:
+        return exc
+
+
+def reference_codes(codec: Codec, audio: np.ndarray) -> np.ndarray:
     """``NeuCodec.encode_code`` on one clip, in strict fp32 whatever mode the caller runs: ``[1, 1, T]`` float32 in,
-    uint16 tokens out."""
+    its codes out as int64 (not narrowed)."""
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None, None].to(codec.device)
     with numerics("exact"), torch.inference_mode():
         codes = codec.model.encode_code(x)
-    return codes[0, 0].to("cpu", torch.int64).numpy().astype("<u2")
+    return codes[0, 0].to("cpu", torch.int64).numpy()
+
+
+def reference_tokens(codec: Codec, audio: np.ndarray) -> np.ndarray:
+    """``reference_codes`` as uint16 tokens; a code outside 0..65535 raises ``TokenRangeError``."""
+    return to_uint16(reference_codes(codec, audio), f"a clip of {len(audio)} samples")
 
 
 def audit_reference(codec: Codec) -> Callable[[np.ndarray], np.ndarray | None]:
@@ -81,8 +120,8 @@ class ReferenceEncoder:
     def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
         for clip in clips:
             try:
-                tokens = reference_tokens(self.codec, clip.audio)
+                codes = reference_codes(self.codec, clip.audio)
             except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of memory on one huge clip
                 yield clip, exc
                 continue
-            yield clip, check_token_count(clip, tokens)
+            yield clip, checked_tokens(clip, codes)

@@ -1,8 +1,11 @@
 """Encode one shard: ``audio.tar`` + the metadata's ids -> ``neucodec_tokens.parquet``, its report inside.
 
-Accounting rule: every FLAC member of the tar and every metadata id absent from the tar is one
-segment, and each ends either encoded or rejected with a reason, so that
-``encoded + rejected == segments`` holds for every shard.
+Accounting rule: every FLAC member of the tar, every metadata id absent from the tar and every metadata row
+without an id (null or empty: ``missing_segment_id``) is one segment, and each ends either encoded or rejected
+with a reason, so that ``encoded + rejected == segments`` holds for every shard. A problem with one segment
+(undecodable, too long, out of memory alone, codes that are not valid tokens) is that segment's reject; a shard in
+which nothing could be encoded still gets its record, a token file with zero rows. Only a shard that cannot be
+read (its tar, its metadata or the metadata's id column) fails its job.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import SAMPLE_RATE, NoRowsError, candidates, pick_column, write_tokens
+from neucodec_workflow.contract import SAMPLE_RATE, candidates, pick_column, write_tokens
 from neucodec_workflow.progress import Progress, Tick
 from neucodec_workflow.records import Audit, Clip, Encoder, Reason, Reject, ShardReport
 from neucodec_workflow.shard.audio import (
@@ -74,9 +77,11 @@ def encode_shard(
     """Encode every valid segment of one shard; stream the tokens parquet (published atomically) with the encoder's
     provenance and this report in its key-value metadata: the token file is the shard's record.
 
-    ``ids``: the metadata's segment ids (``read_metadata_ids``). With ``reference`` and ``audit_segments > 0``, a
-    deterministic sample of segments is also encoded with the reference path and the agreement goes into the report
-    (``reference`` returns None for a clip it could not encode: that clip is not audited).
+    ``ids``: the metadata's segment ids, one per metadata row in order (``read_metadata_ids``); a null or empty one
+    is that row's reject (``missing_segment_id``, the detail names the row). With ``reference`` and
+    ``audit_segments > 0``, a deterministic sample of segments is also encoded with the reference path and the
+    agreement goes into the report (``reference`` returns None for a clip it could not encode: that clip is not
+    audited). No segment encoded is still a record: a token file with zero rows, every segment rejected.
     """
     start = time.perf_counter()
     report = ShardReport(
@@ -87,12 +92,22 @@ def encode_shard(
         host=platform.node().split(".")[0],
         started_at=utc_now(),
     )
+    null = ids.isna().to_numpy(dtype=bool)
+    blank = null | ids.fillna("").eq("").to_numpy(dtype=bool)
+    rejects: list[Reject] = [
+        Reject(
+            "",
+            Reason.MISSING_SEGMENT_ID,
+            f"metadata row {row} (0-based): segment_id is {'null' if null[row] else 'empty'}",
+        )
+        for row in np.flatnonzero(blank)
+    ]
+    ids = ids[~blank]
     report.segments_in_metadata = int(ids.nunique())
     counts = ids.value_counts()
     duplicated_meta = set(counts[counts > 1].index)
     known = set(ids)
     seen: set[str] = set()
-    rejects: list[Reject] = []
     audit = Audit()
 
     def members() -> Iterator[tuple[str, str, bytes]]:
@@ -175,11 +190,10 @@ def encode_shard(
     try:
         with Progress(f"shard {shard}", tick):
             write_tokens(tokens_path, rows(), encoder.provenance, report=settle)
-    except NoRowsError:
-        settle()
-        summary = dict(Counter(str(r.reason) for r in rejects)) or "no FLAC members and no metadata rows"
-        raise ShardError(shard, f"no segment could be encoded ({summary})") from None
     finally:
         for r in rejects:
             log.warning("shard %s: segment %s rejected: %s %s", shard, r.segment_id, r.reason, r.detail)
+    if not report.encoded:
+        summary = dict(Counter(str(r.reason) for r in rejects)) or "no FLAC members and no metadata rows"
+        log.warning("shard %s: no segment could be encoded (%s): its token file has zero rows", shard, summary)
     return report
