@@ -193,6 +193,23 @@ def scratch_dirs(jobs: list[int]) -> list[str]:
     return [d for j in jobs if os.path.exists(d := f"/tmp/neucodec-storage-{j}")]
 
 
+def stage_times(out: str) -> dict[str, str]:
+    """Per rule, from Snakemake's output: first start to last finish (its time stamps have whole seconds)."""
+    from datetime import datetime
+
+    spans: dict[str, list[float]] = {}
+    stamp = None
+    for line in out.splitlines():
+        if m := re.match(r"^\s*\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", line):
+            stamp = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y").timestamp()
+        elif (m := re.match(r"^\s*(?:local)?rule (\w+):$", line)) and stamp is not None:
+            spans.setdefault(m.group(1), [stamp, stamp])
+        elif (m := re.match(r"^Finished jobid: \d+ \(Rule: (\w+)\)", line)) and stamp is not None:
+            spans.setdefault(m.group(1), [stamp, stamp])[1] = stamp
+    t0 = min((a for a, _ in spans.values()), default=0.0)
+    return {rule: f"{a - t0:.0f}-{b - t0:.0f} s" for rule, (a, b) in sorted(spans.items(), key=lambda kv: kv[1])}
+
+
 def print_job_start_up(env: dict[str, str], work: Path, jobs: list[int]) -> None:
     """Per encode job: seconds from its SLURM start to the first line of its log (its two Snakemake processes and the
     job's imports) and to the model built (its first clip follows), for benchmarks/results/cluster_s3.md."""
@@ -251,6 +268,7 @@ def test_corpus_in_s3_encoded_by_cluster_jobs(cluster, s3, random_ckpt, tmp_path
     kinds = by_kind(requests)
     per_shard = len(requests) / len(SHARDS)
     print(f"\nfirst run: {wall:.1f} s, {len(requests)} requests ({per_shard:.1f} a shard): {kinds}")
+    print(f"stages (from the first job's start): {stage_times(first)}")
     assert per_shard <= 25, kinds
     first_tokens = {s: tokens_of(client, f"data/{s}/{TOKENS}") for s in SHARDS}
     print_job_start_up(env, work, jobs)
