@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 ACCESS_KEY = "AKIALOOPBACKTEST"
 SECRET = "SENTINEL-s3cret-do-not-print-7f3a9c"
 BUCKET = "corpus-bucket"
+TOKENS = "neucodec_tokens.parquet"
 PENDING = re.compile(r"^\s*wildcards: shard=(\S+)", re.M)
 
 
@@ -159,27 +160,28 @@ def assert_tokens_valid(client: Any, key: str, seconds: float = 1.0) -> None:
 
 
 def assert_local_storage_bounded(probe: Path, client: Any, uploaded: list[str], input_bytes: int) -> list[dict]:
-    """Local disk of the storage plugin, from every transfer it made (recorded in the Snakemake process, so no peak
-    can be missed): no input was downloaded, exactly ``uploaded`` were uploaded, each removed from local disk before
-    the run ended, and never more than two token files plus one other output at once (a token file stays until its
-    shard's derive job has read it; one encode job runs at a time)."""
+    """Local disk of the storage plugin, from every transfer it made and every upload of a job (recorded as they
+    happen, so no peak can be missed): no input was downloaded, exactly the token files ``uploaded`` were sent, each
+    by its encode job (never by Snakemake) and gone from local disk at the next record, and never more than one token
+    file plus one other output at once (one encode job runs at a time; the derive job reads the object)."""
     from neucodec_workflow.testing.storage_probe import read
 
     ops = read(probe)
     assert ops, "the storage probe recorded nothing"
     assert not [o["query"] for o in ops if o["op"] == "retrieve"], "an input was downloaded (it must be streamed)"
-    stores = [o for o in ops if o["op"] == "store"]
-    assert sorted(o["query"] for o in stores) == sorted(uploaded), ops
-    for o in stores:
+    sent = [o for o in ops if o["op"] == "job_store"]
+    assert sorted(o["query"] for o in sent) == sorted(uploaded), ops
+    assert not [o["query"] for o in ops if o["op"] == "store" and o["query"].endswith(TOKENS)], "Snakemake sent one"
+    for o in sent:
         bucket_key = o["query"].removeprefix("s3://").split("/", 1)
         assert o["bytes"] == client.head_object(Bucket=bucket_key[0], Key=bucket_key[1])["ContentLength"]
         later = ops[ops.index(o) + 1 :]
-        if not o["query"].endswith(("stats.json", "README.md", "index.json")):  # the targets stay until the end
-            assert any(x["op"] == "remove_local" and x["local"] == o["local"] for x in later), f"{o['query']} kept"
-    tokens = sorted((o["bytes"] for o in stores if o["query"].endswith("neucodec_tokens.parquet")), reverse=True)
-    others = [o["bytes"] for o in stores if not o["query"].endswith("neucodec_tokens.parquet")]
+        assert not [x for x in later if any(f.endswith(o["local"]) for f in x["storage_files"])], f"{o['query']} kept"
+    stores = [o for o in ops if o["op"] == "store"]
+    tokens = max((o["bytes"] for o in sent), default=0)
+    others = [o["bytes"] for o in stores]
     peak = max(o["storage_bytes"] for o in ops)
-    assert peak <= sum(tokens[:2]) + max(others, default=0) + 64 * 1024, (peak, tokens, others)
+    assert peak <= tokens + max(others, default=0) + 64 * 1024, (peak, tokens, others)
     assert peak < input_bytes, (peak, input_bytes)  # the shard's inputs never touch local disk
     return ops
 
@@ -261,6 +263,9 @@ def test_pinned_versions_and_plugin_internals() -> None:
     assert "not f.should_not_be_retrieved_from_storage" in inspect.getsource(DAG.handle_storage)
     waits = inspect.getsource(wait_for_files)
     assert "f.should_not_be_retrieved_from_storage" in waits and "exists_in_storage()" in waits
+    # a remote job's processes upload at their end only what is on local disk: an output its job sent and removed
+    # (the token file, uploads.publish) is not sent again
+    assert "await f.exists_local()" in inspect.getsource(DAG.store_storage_outputs)
 
 
 def test_missing_endpoint_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
