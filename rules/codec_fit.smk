@@ -38,8 +38,8 @@ rule codec_fit:
         columns=config["columns"],
         max_seconds=config["encode"]["max_seconds"],
         # where its two files go (paths or s3:// URLs) and where each is written first
-        fit=f"{OUTPUT}/codec_fit/codec_fit.json",
-        plot=f"{OUTPUT}/codec_fit/codec_fit.svg",
+        fit=lambda wildcards: f"{OUTPUT}/codec_fit/codec_fit.json",
+        plot=lambda wildcards: f"{OUTPUT}/codec_fit/codec_fit.svg",
         written=lambda wildcards: {
             f"{OUTPUT}/codec_fit/{name}": local_copy(f"{OUTPUT}/codec_fit/{name}")
             for name in ("codec_fit.json", "codec_fit.svg")

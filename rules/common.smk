@@ -64,7 +64,7 @@ if S3_INVENTORY is not None and not workflow.is_main_process:
 
 def written_here(url):
     """Whether the workflow writes this s3:// URL: anything under the output, a token file in the corpus."""
-    return url.startswith(OUTPUT + "/") or (url.startswith(CORPUS + "/") and url.endswith("/" + TOKENS))
+    return url.startswith(f"{OUTPUT}/") or (url.startswith(f"{CORPUS}/") and url.rpartition("/")[2] == TOKENS)
 
 
 def storage_at_start():
