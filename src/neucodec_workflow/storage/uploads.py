@@ -170,13 +170,22 @@ def abort_abandoned_uploads(client: Any, roots: list[tuple[str, str]], ours: Any
     per root (per 1,000 open uploads); the keys aborted."""
     aborted = []
     for bucket, prefix in roots:
-        pages = client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""
-        )
-        for page in pages:
-            for upload in page.get("Uploads", []):
-                url = f"s3://{bucket}/{upload['Key']}"
-                if ours(url):
-                    client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-                    aborted.append(url)
+        try:
+            pages = client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""
+            )
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    url = f"s3://{bucket}/{upload['Key']}"
+                    if ours(url):
+                        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+                        aborted.append(url)
+        except Exception as exc:  # a store without the call, or keys without the right: the run goes on
+            log.warning(
+                "cannot look for unfinished uploads under s3://%s/%s (%s): a killed job's parts may stay billed "
+                "until the bucket's lifecycle rule (AbortIncompleteMultipartUpload) removes them",
+                bucket,
+                prefix,
+                describe(exc),
+            )
     return aborted
