@@ -6,6 +6,9 @@ import hashlib
 import io
 import json
 import math
+import re
+import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -656,3 +659,100 @@ def test_dataset_side_does_not_import_torch():
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
         == "False"
     )
+
+
+def break_shard(d: Path, kind: str) -> None:
+    """Spoil one shard's token file (or its metadata) the ways a file can be bad."""
+    tokens = d / "neucodec_tokens.parquet"
+    if kind == "not_parquet":
+        tokens.write_bytes(b"PAR1 this is not a parquet file")
+    elif kind == "truncated":
+        tokens.write_bytes(tokens.read_bytes()[:-100])
+    elif kind == "missing_column":
+        pq.write_table(pa.table({"segment_id": ["a"], "neucodec_tokens": [b"\x00\x00"]}), tokens)
+    elif kind == "unreadable_report":  # the key-value metadata holds a report that is no JSON
+        table = pq.read_table(tokens)
+        pq.write_table(table.replace_schema_metadata({**table.schema.metadata, REPORT_KEY: b"{not json"}), tokens)
+    else:
+        (d / "metadata.parquet").write_text("segment_id,text\na,b\n")
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("not_parquet", r"cannot read neucodec_tokens\.parquet: "),
+        ("truncated", r"cannot read neucodec_tokens\.parquet: "),
+        ("missing_column", r"cannot read neucodec_tokens\.parquet: .*\['token_count'\]"),
+        ("unreadable_report", r"cannot read neucodec_tokens\.parquet: JSONDecodeError"),
+        ("metadata_not_parquet", r"cannot read metadata\.parquet: "),
+    ],
+)
+def test_a_bad_token_file_does_not_cost_its_batch_the_other_shards(tmp_path, kind, reason):
+    """A derive job (derive_batch_N: up to 100 shards) over a shard whose token file or metadata is bad makes the
+    other shards' reports and parts and succeeds (Snakemake would remove every output of a failed job); the bad
+    shard's report records why, with empty parts; summarize then refuses, naming it; after the fix (a newer token
+    file or metadata) that shard alone is stale, and re-deriving it lets summarize through."""
+    from neucodec_workflow.dataset.derive import FAILED, FailedShardsError, refuse_failed
+    from neucodec_workflow.jobs import derive_job
+    from neucodec_workflow.plan import stale
+
+    root, out = tmp_path / "corpus", tmp_path / "out"
+    shards = ["a/s0", "bad/s1", "c"]
+    for n, shard in enumerate(shards):
+        make_shard(root, shard, 6 + n)
+    break_shard(root / "bad/s1", kind)
+    sft = {"formats": ["hf"], "validation_fraction": 0.0, "rows_per_row_group": 100}
+
+    def report_of(shard: str) -> Path:
+        return out / "shards" / f"{shard}.json"
+
+    def part_of(shard: str) -> Path:
+        return out / "sft_dataset" / part_path("train", shard)
+
+    def derive_batch(batch: list[str]) -> None:
+        """What rule derive_batch_N runs."""
+        tokens = [str(root / s / "neucodec_tokens.parquet") for s in batch]
+        derive_job(
+            shards=batch,
+            tokens=tokens,
+            local_tokens=tokens,
+            metadata=[str(root / s / "metadata.parquet") for s in batch],
+            reports=[str(report_of(s)) for s in batch],
+            parts=[str(part_of(s)) for s in batch],
+            part_keys=[("hf", "train")],
+            columns=MAPPING,
+            sft=sft,
+        )
+
+    derive_batch(shards)  # no exception: the job succeeds
+    reports = {s: json.loads(report_of(s).read_text()) for s in shards}
+    for shard, n in (("a/s0", 6), ("c", 8)):
+        assert reports[shard]["record"] == WORKFLOW and "error" not in reports[shard]
+        assert len(pd.read_parquet(part_of(shard))) == n
+    bad = reports["bad/s1"]
+    assert bad["record"] == FAILED and bad["shard"] == "bad/s1"
+    assert re.match(rf"shard bad/s1: {reason}", bad["error"]), bad["error"]
+    assert bad["encoded"] == 0 and bad["audio_seconds"] == 0 and bad["sft"]["rows_per_split"] == {"train": 0}
+    assert bad["token_file"]["bytes"] == (root / "bad/s1/neucodec_tokens.parquet").stat().st_size
+    assert len(pq.read_table(part_of("bad/s1"))) == 0  # every output exists: zero rows for the bad shard
+    paths = [str(report_of(s)) for s in shards]
+    with pytest.raises(FailedShardsError) as refused:
+        refuse_failed(list(reports.values()), paths)
+    message = str(refused.value)
+    assert "nothing was written: 1 of 3 shards could not be derived" in message
+    assert re.search(rf"^  bad/s1: {reason}", message, re.M), message
+    assert f"  {report_of('bad/s1')}" in message and "a/s0" not in message
+
+    def is_stale(shard: str) -> bool:
+        files = [root / shard / "neucodec_tokens.parquet", root / shard / "metadata.parquet"]
+        return stale([p.stat().st_mtime for p in [*files, report_of(shard), part_of(shard)]], 2)
+
+    assert not any(is_stale(s) for s in shards)
+    shutil.rmtree(root / "bad/s1")
+    time.sleep(0.01)
+    make_shard(root, "bad/s1", 7)  # fixed: newer than its report
+    assert [s for s in shards if is_stale(s)] == ["bad/s1"]  # the plain rerun re-derives it alone
+    derive_batch(["bad/s1"])
+    fixed = json.loads(report_of("bad/s1").read_text())
+    assert fixed["record"] == WORKFLOW and "error" not in fixed and len(pd.read_parquet(part_of("bad/s1"))) == 7
+    refuse_failed([reports["a/s0"], fixed, reports["c"]], paths)  # summarize goes on

@@ -219,3 +219,47 @@ def test_migrating_the_earlier_layout(encoded, tmp_path):
     assert "encode_shard" not in counts and counts["derive_batch_0"] == 1, counts
     assert json.loads((old_out / "stats.json").read_text())["records"] == {"workflow": len(reports)}
     assert os.path.exists(old_out / "sft_dataset/data/train/en/shard-0.parquet")
+
+
+def test_a_bad_token_file_is_named_and_costs_the_other_shards_nothing(tmp_path):
+    """Token files already there, one of them truncated: the derive batch makes the other shards' reports and parts
+    and keeps them (it does not fail: Snakemake would remove them all), summarize fails naming the bad shard and
+    why; once its token file is fixed, the plain rerun derives that shard alone and summarizes."""
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    shards = ["en/shard-0", "en/shard-1", "en/shard-2"]
+    for i, shard in enumerate(shards):
+        d = simple_shard(corpus, shard, [0.5, 0.4], seed=i)
+        ids = list(pd.read_parquet(d / "metadata.parquet")["segment_id"])
+        rows = [(seg, np.zeros(20, "<u2").tobytes(), 20) for seg in ids]  # foreign: no provenance, no report
+        pq.write_table(pa.table(list(zip(*rows, strict=True)), schema=SCHEMA.with_metadata(None)), d / TOKENS)
+    bad = corpus / "en/shard-1" / TOKENS
+    whole = bad.read_bytes()
+    bad.write_bytes(whole[:-100])
+    config = {"corpus": str(corpus), "output": str(out), "codec": json.dumps({"weights": "random"})}
+
+    first = run_snakemake(tmp_path, config=config, check=False)
+    text = first.stdout + first.stderr
+    assert first.returncode != 0, text[-3000:]
+    counts = job_counts(text)
+    assert "encode_shard" not in counts and counts["derive_batch_0"] == 1, counts
+    refusal = (out / "logs/summarize.log").read_text()
+    assert "1 of 3 shards could not be derived" in refusal, refusal[-3000:]
+    assert re.search(r"^  en/shard-1: cannot read neucodec_tokens\.parquet: ", refusal, re.M), refusal[-3000:]
+    assert "en/shard-1: cannot read neucodec_tokens.parquet" in (out / "logs/derive/batch_0.log").read_text()
+    assert not (out / "stats.json").exists()
+    kept = {}
+    for shard in ("en/shard-0", "en/shard-2"):  # the good shards' work survived the run
+        report = out / "shards" / f"{shard}.json"
+        assert json.loads(report.read_text())["record"] == "foreign"
+        assert len(pd.read_parquet(out / "sft_dataset/data/train" / f"{shard}.parquet")) == 2
+        kept[report] = report.stat().st_mtime_ns
+    assert json.loads((out / "shards/en/shard-1.json").read_text())["record"] == "failed"
+
+    bad.write_bytes(whole)  # fixed: newer than its report
+    again = run_snakemake(tmp_path, config=config)
+    counts = job_counts(again.stdout + again.stderr)
+    assert "encode_shard" not in counts and counts["derive_batch_0"] == 1 and counts["summarize"] == 1, counts
+    assert {report: report.stat().st_mtime_ns for report in kept} == kept  # not derived again
+    assert json.loads((out / "shards/en/shard-1.json").read_text())["record"] == "foreign"
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["shards"] == 3 and stats["records"] == {"foreign": 3}

@@ -163,11 +163,14 @@ def derive_job(
     ``part_keys``, its (format, split) pairs); paths or s3:// URLs. A report or part bound for S3 is written at its
     ``report_staging`` / ``staging`` path, uploaded as soon as it is complete and removed (one file on local disk at
     a time; the upload is recorded in ``receipts``: storage/uploads.py). Then, with ``digests`` (an s3:// folder),
-    one digest of the job's reports for summarize (storage/digests.py)."""
+    one digest of the job's reports for summarize (storage/digests.py). A shard whose token file or metadata is
+    unreadable gets a report that records why and empty parts (dataset/derive.py: derive_or_record_failure): the
+    other shards are derived and sent, and the job logs the failed ones at the end and succeeds, since Snakemake
+    removes every output of a failed job; summarize then refuses, naming them."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from neucodec_workflow.dataset.derive import derive_shard
+    from neucodec_workflow.dataset.derive import FAILED, derive_or_record_failure
     from neucodec_workflow.dataset.formats import FormatWriter, describe
     from neucodec_workflow.progress import Progress, Tick
     from neucodec_workflow.storage import digests as digest
@@ -217,13 +220,14 @@ def derive_job(
                 yield ahead.popleft().result()
 
     derived: list[float] = []  # audio seconds of each shard derived so far
+    failed: dict[str, str] = {}  # shard -> why it could not be derived (its report records it)
 
     def tick() -> Tick:
         return Tick(len(derived), len(shards), sum(derived), unit="shards")
 
     with Uploader(receipts) as uploader, Progress(f"derive {len(shards)} shards", tick):
         for i, tokens_in, metadata_in in fetched():
-            report = derive_shard(
+            report = derive_or_record_failure(
                 shards[i],
                 tokens_in,
                 metadata_in,
@@ -252,12 +256,21 @@ def derive_job(
                 if etag:
                     sent_reports.append(digest.entry(reports[i], etag, text))
             derived.append(float(report["audio_seconds"]))
+            if report["record"] == FAILED:
+                failed[shards[i]] = report["error"]
         if digests and sent_reports:
             log.info(
                 "report digest of %d shards: %s",
                 len(sent_reports),
                 digest.write(uploader.client, digests, sent_reports),
             )
+    if failed:  # the job itself succeeds: Snakemake would remove the other shards' reports and parts
+        log.error(
+            "%d of %d shards could not be derived; their reports record it and summarize refuses them until fixed: %s",
+            len(failed),
+            len(shards),
+            "; ".join(failed.values()),
+        )
 
 
 def summarize_job(
@@ -275,6 +288,7 @@ def summarize_job(
     import pyarrow.parquet as pq
 
     from neucodec_workflow.contract import publishing
+    from neucodec_workflow.dataset.derive import refuse_failed
     from neucodec_workflow.dataset.formats import write_summary_files
     from neucodec_workflow.dataset.stats import corpus_stats, shard_table
     from neucodec_workflow.progress import Progress, Tick
@@ -307,6 +321,7 @@ def summarize_job(
                 texts.append(Path(r).read_text())
                 read(1)
     loaded = [json.loads(text) for text in texts]
+    refuse_failed(loaded, reports)  # shards whose token file or metadata could not be read: named, nothing written
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)
     with publishing(outputs["shards"]) as tmp:

@@ -11,6 +11,7 @@ agreement with the reference encoder.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -21,9 +22,25 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import SCHEMA, SECONDS_PER_TOKEN, footer, records_of, write_json
+from neucodec_workflow.contract import (
+    REPORT_KEY,
+    SCHEMA,
+    SECONDS_PER_TOKEN,
+    candidates,
+    footer,
+    records_of,
+    write_json,
+)
 from neucodec_workflow.dataset.formats import HF, FormatWriter
-from neucodec_workflow.dataset.sft import SftError, metadata_fields, part_path, shard_rows, speaker_split, write_part
+from neucodec_workflow.dataset.sft import (
+    FIELDS,
+    SftError,
+    metadata_fields,
+    part_path,
+    shard_rows,
+    speaker_split,
+    write_part,
+)
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -34,6 +51,7 @@ Source = str | Path | BinaryIO
 WORKFLOW = "workflow"  # written by this workflow: provenance and the encode job's report inside
 FOREIGN = "foreign"  # written by another tool: the contract's columns only
 WITHOUT_REPORT = "workflow_without_report"  # written by this workflow before reports travelled inside (migrate.py)
+FAILED = "failed"  # could not be derived: its token file or metadata is unreadable (derive_or_record_failure)
 
 
 def _size(source: Source) -> int:
@@ -56,10 +74,10 @@ def read_token_file(shard: str, source: Source) -> tuple[pd.DataFrame, dict[str,
         if missing:
             raise ValueError(f"missing the contract's columns {missing} (columns: {pf.schema_arrow.names})")
         rows = pf.read(columns=SCHEMA.names).to_pandas()
-        meta = footer(source)
+        provenance, report = records_of(footer(source))  # JSON in the key-value metadata: unreadable is an error too
     except Exception as exc:
         raise SftError(f"shard {shard}: cannot read neucodec_tokens.parquet: {type(exc).__name__}: {exc}") from exc
-    return rows, *records_of(meta)
+    return rows, provenance, report
 
 
 def read_metadata(shard: str, source: Source, mapping: Mapping[str, Any]) -> pd.DataFrame:
@@ -215,3 +233,67 @@ def derive_shard(
     )
     write_json(report_path, report)
     return report
+
+
+def derive_or_record_failure(
+    shard: str, tokens_source: Source, metadata_source: Source, mapping: Mapping[str, Any], **kw: Any
+) -> dict[str, Any]:
+    """``derive_shard`` (``kw``: its keyword arguments); or, where the shard's token file or metadata is not what the
+    contract says (``SftError``: not parquet, truncated, without the contract's columns, unreadable key-value
+    metadata, no ``segment_id`` / ``text`` column), a report that records the failure (``record: failed``, ``error``:
+    why; zero counts) and empty parts in every format, so that a derive job of 100 shards keeps the other shards'
+    work: Snakemake removes every output of a failed job. ``summarize`` refuses a failed report, naming the shard
+    (``refuse_failed``); a token file or metadata newer than the report (the fix) re-derives that shard alone. Errors
+    of reading or writing (S3, disk) still fail the job: they are not the shard's, and the rerun does it again."""
+    tokens_mtime = kw.pop("tokens_mtime", None)
+    if tokens_mtime is None:
+        tokens_mtime = _mtime(tokens_source)
+    try:
+        return derive_shard(shard, tokens_source, metadata_source, mapping, tokens_mtime=tokens_mtime, **kw)
+    except SftError as exc:
+        error = str(exc)
+    log.error("shard %s: NOT derived (its report records the failure; summarize will name it): %s", shard, error)
+    # the same code writes the parts, from nothing: an empty token file whose report is the failure's
+    failure = {
+        **adopted_accounting(shard, SCHEMA.empty_table().to_pandas(), pd.DataFrame({"segment_id": []})),
+        "error": error,
+    }
+    empty_tokens = io.BytesIO()
+    pq.write_table(SCHEMA.empty_table().replace_schema_metadata({REPORT_KEY: json.dumps(failure)}), empty_tokens)
+    columns = {name: (candidates(mapping[name]) or [name])[0] for name in ("segment_id", *FIELDS)}
+    empty_metadata = io.BytesIO()
+    pd.DataFrame({column: pd.Series([], dtype="string") for column in dict.fromkeys(columns.values())}).to_parquet(
+        empty_metadata
+    )
+    report = derive_shard(shard, empty_tokens, empty_metadata, mapping, tokens_mtime=tokens_mtime, **kw)
+    report.update(record=FAILED, error=error)
+    report["token_file"].update(rows=None, tokens=None, bytes=_size(tokens_source))  # not readable: unknown
+    write_json(kw["report_path"], report)
+    return report
+
+
+class FailedShardsError(SftError):
+    """Shards whose reports record that they could not be derived (``derive_or_record_failure``)."""
+
+
+def refuse_failed(reports: list[dict[str, Any]], paths: list[str]) -> None:
+    """``FailedShardsError`` naming every shard whose report records a failure, with its reason and what to do; a
+    dataset, its card and its stats must not go out without them unsaid."""
+    failed = [(r, path) for r, path in zip(reports, paths, strict=True) if r.get("record") == FAILED]
+    if not failed:
+        return
+
+    def why(report: dict[str, Any]) -> str:
+        return str(report["error"]).removeprefix(f"shard {report['shard']}: ")
+
+    lines = [
+        f"summarize: nothing was written: {len(failed)} of {len(reports)} shards could not be derived (their token "
+        "file or metadata is unreadable); their reports record it, the other shards' reports and parts are made:",
+        *(f"  {r['shard']}: {why(r)}" for r, _ in failed),
+        "Fix each one's token file (or delete it: snakemake encodes the shard again) or its metadata.parquet, then "
+        "run snakemake again: a token file or metadata newer than the report re-derives that shard alone "
+        "(`snakemake verify` checks the token files). Where the config was the cause (columns.*), fix it, remove "
+        "these reports and run again:",
+        *(f"  {path}" for _, path in failed),
+    ]
+    raise FailedShardsError("\n".join(lines))
