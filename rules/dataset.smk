@@ -83,6 +83,9 @@ rule summarize:
         reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
         digests=REPORT_DIGESTS,
         sft=config["sft"],
+        columns=config["columns"],
+        # where summarize lists the reports of parts made with other settings, if any (neucodec-workflow rederive)
+        stale_list=f"{LOCAL}/logs/summarize_stale_reports.txt",
     script:
         "../scripts/summarize.py"
 

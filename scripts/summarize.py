@@ -10,5 +10,7 @@ summarize_job(
     reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)
     digests=snakemake.params.digests,  # noqa: F821 (S3: the derive jobs' report digests)
     outputs=dict(snakemake.output.items()),  # noqa: F821 (stats, and {format}_{name} per format)
-    sft=dict(snakemake.params.sft),  # noqa: F821 (sft.formats: which formats)
+    sft=dict(snakemake.params.sft),  # noqa: F821 (sft.formats: which formats, and what shapes their parts)
+    columns=dict(snakemake.params.columns),  # noqa: F821 (the metadata columns: they shape the parts too)
+    stale_list=snakemake.params.stale_list,  # noqa: F821 (the reports of parts made otherwise, if any)
 )

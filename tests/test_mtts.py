@@ -49,8 +49,7 @@ EDGE_TEXTS = [
     "123 numbers first",
     ", starts with a comma",
     "emoji 😀 in the middle",
-    "a literal <|s_5|> in the text",
-    "a literal <|im_end|> and <|speech_start|> here",
+    "almost a token: <|s_5 and im_end|> and <speech_start> here",  # '<' sends it through the tokenizers library
     "中文没有空格的句子。",
     "ends with a space before a colon :",
     "'s apostrophe first",
@@ -152,6 +151,40 @@ def test_ids_equal_the_tokenized_rendered_rows(tokenizer: SpeechTokenizer) -> No
         expected = hf(rendered(rows, settings, ref, target), add_special_tokens=False).input_ids
         assert built.rows.ids(r, r + 1).tolist() == expected, (ref, target)
     assert built.rows.lengths.sum() == len(built.rows.ids(0, len(built.rows)))
+
+
+def test_texts_holding_the_tokenizers_own_tokens_are_left_out(tokenizer: SpeechTokenizer, tmp_path: Path) -> None:
+    """A transcript (or speaker name) holding <|im_end|>, <|speech_start|> or <|s_12|> is tokenized as those tokens:
+    the row would be corrupt. Such rows are left out under their own reason, counted, and make no pairs."""
+    rng = np.random.default_rng(11)
+    n = 12
+    texts = [sample_text(rng, 4, "en") for _ in range(n)]
+    texts[1] = "She said <|im_end|> and left."
+    texts[2] = "<|speech_start|> at the start"
+    texts[3] = "a speech token <|s_12|> inside"
+    texts[4] = "the end of text <|endoftext|>"  # an added token of the base model
+    texts[5] = "almost <|s_12 but not a token|>"  # kept: not a token
+    speakers = ["alice"] * n
+    speakers[6] = "bob<|im_start|>"  # the speaker name goes into the TTS row too
+    rows = corpus(rng, n, texts=texts, speakers=speakers, tokens=(60, 61))
+    summary = mtts_part("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=100), tmp_path / "s1.mds", "s1.mds")
+    ids = rows["segment_id"].tolist()
+    dropped = {d["segment_id"]: d for d in summary["dropped"]}
+    assert sorted(dropped) == sorted(ids[i] for i in (1, 2, 3, 4, 6))
+    assert {d["reason"] for d in dropped.values()} == {Reason.TEXT_HAS_SPECIAL_TOKENS.value}
+    assert "the text holds the token <|im_end|>" in dropped[ids[1]]["detail"]
+    assert "<|s_12|>" in dropped[ids[3]]["detail"] and "<|endoftext|>" in dropped[ids[4]]["detail"]
+    assert "speaker name" in dropped[ids[6]]["detail"] and "<|im_start|>" in dropped[ids[6]]["detail"]
+    assert summary["dropped_by_reason"] == {"text_has_special_tokens": 5}
+    assert summary["rows"]["tts"] == n - 5
+    built = build_rows("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=100))
+    left_out = {1, 2, 3, 4, 6}
+    assert not left_out & {int(t) for t in built.rows.target} and not left_out & {int(r) for r in built.rows.ref}
+    special = {tokenizer.im_start, tokenizer.im_end, tokenizer.speech_start}
+    for r in range(len(built.rows)):  # every row: one template token of each kind per utterance, nothing else added
+        row = built.rows.ids(r, r + 1)
+        utterances = 1 if built.rows.ref[r] < 0 else 2
+        assert [int((row == t).sum()) for t in sorted(special)] == [utterances] * 3
 
 
 def test_speaker_names_render_null_as_unknown(tokenizer: SpeechTokenizer) -> None:

@@ -289,6 +289,28 @@ def test_part_loads_through_the_card_with_phones_and_codes(espeak, tmp_path):
     assert all(data_filter(r) for r in ds)  # upstream's own filter keeps every written row
 
 
+def test_texts_holding_prompt_tokens_are_left_out(espeak, tmp_path):
+    """A transcript holding a token of the prompt's kind (<|im_end|>, <|speech_12|> ...) is no transcript of the speech
+    and would be read as that token: left out under its own reason, after NeuTTS's own filters, counted."""
+    rows = shard_rows(
+        [
+            ("tok", "She said <|im_end|> and left.", "en", 1.0),
+            ("eot", "The end <|endoftext|> here.", "en", 1.0),  # (<|TEXT_PROMPT_START|>: an acronym first)
+            ("both", "<|speech_12|> here.", "en", 1.0),  # a digit: NeuTTS's own filter names it first
+            ("ok", "A pipe | and a <b>tag</b> are fine.", "en", 1.0),
+        ]
+    )
+    summary = neutts_part("s0", rows, NeuttsSettings(), tmp_path / "s0.parquet", rows_per_row_group=10)
+    assert [(d["segment_id"], d["reason"]) for d in summary["dropped"]] == [
+        ("tok", "text_has_special_tokens"),
+        ("eot", "text_has_special_tokens"),
+        ("both", "neutts_digit"),
+    ]
+    assert "'<|im_end|>'" in summary["dropped"][0]["detail"]
+    assert summary["dropped_by_reason"] == {"neutts_digit": 1, "text_has_special_tokens": 2}
+    assert summary["rows"] == 1
+
+
 def test_empty_parts_are_valid(espeak, tmp_path):
     """A part whose rows all fail, or a shard without rows in a split, is an empty part that loads beside the others;
     a split without any row is left out of the card's configs (load_dataset cannot load it)."""

@@ -398,7 +398,7 @@ def summarize_shards(config: dict[str, Any], corpus: str, out: Path, shards: lis
     for fmt in sft["formats"]:
         for name, path in formats.summary_files(fmt, splits).items():
             outputs[f"{fmt}_{name}"] = str(out / formats.ROOTS[fmt] / path)
-    summarize_job(reports=reports, outputs=outputs, sft=sft)
+    summarize_job(reports=reports, outputs=outputs, sft=sft, columns=config["columns"])
     return out / st.SUMMARY
 
 

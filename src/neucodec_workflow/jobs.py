@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -174,8 +175,9 @@ def derive_job(
     from neucodec_workflow.dataset.formats import FormatWriter, describe
     from neucodec_workflow.progress import Progress, Tick
     from neucodec_workflow.storage import digests as digest
-    from neucodec_workflow.storage.s3 import is_s3
+    from neucodec_workflow.storage.s3 import S3Error, S3Settings, is_s3, split_url
     from neucodec_workflow.storage.streams import OneAtATime
+    from neucodec_workflow.storage.streams import describe as describe_error
     from neucodec_workflow.storage.uploads import Uploader
 
     os.environ.setdefault("RAYON_NUM_THREADS", "1")  # the tokenizer's threads: the job has one core
@@ -205,13 +207,45 @@ def derive_job(
         """Send a finished file bound for S3; its ETag."""
         return uploader.send(path, destination[str(path)]) if str(path) in destination else None
 
-    def fetch(i: int) -> tuple[int, Any, Any]:
-        return i, read(local_tokens[i] if os.path.exists(local_tokens[i]) else tokens[i]), read(metadata[i])
+    client: list[Any] = []  # for the HEAD of a token file that has a local copy
 
-    def fetched() -> Iterator[tuple[int, Any, Any]]:
+    def local_copy(i: int) -> tuple[io.BytesIO, float] | None:
+        """Shard i's token file from the local copy the storage plugin left, if that copy is provably the object in
+        S3 now (``same_object``; one HEAD, which also gives the object's LastModified), with that time."""
+        if not is_s3(tokens[i]) or not os.path.exists(local_tokens[i]):
+            return None
+        if not client:
+            client.append(S3Settings.from_env().client())
+        bucket, key = split_url(tokens[i])
+        try:
+            head = client[0].head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise S3Error(f"{tokens[i]}: {describe_error(exc)}") from exc
+        data = Path(local_tokens[i]).read_bytes()
+        local_mtime = os.stat(local_tokens[i]).st_mtime
+        why = same_object(data, local_mtime, head)
+        if why is not None:
+            log.warning(
+                "shard %s: the local copy %s is not the object in S3 (%s): reading the object",
+                shards[i],
+                local_tokens[i],
+                why,
+            )
+            return None
+        return io.BytesIO(data), float(head["LastModified"].timestamp())
+
+    def fetch(i: int) -> tuple[int, Any, Any, float]:
+        copy = local_copy(i)
+        if copy is not None:
+            return i, copy[0], read(metadata[i]), copy[1]
+        tokens_in = read(tokens[i])
+        # in S3: LastModified, from the GET that read it; a local file's modification time
+        return i, tokens_in, read(metadata[i]), read.mtime(tokens[i])
+
+    def fetched() -> Iterator[tuple[int, Any, Any, float]]:
         """Each shard's files, read while the one before is derived (two shards in memory at most)."""
         with ThreadPoolExecutor(1) as pool:
-            ahead: deque[Future[tuple[int, Any, Any]]] = deque()
+            ahead: deque[Future[tuple[int, Any, Any, float]]] = deque()
             for i in range(len(shards)):
                 ahead.append(pool.submit(fetch, i))
                 if len(ahead) > 1:
@@ -226,7 +260,7 @@ def derive_job(
         return Tick(len(derived), len(shards), sum(derived), unit="shards")
 
     with Uploader(receipts) as uploader, Progress(f"derive {len(shards)} shards", tick):
-        for i, tokens_in, metadata_in in fetched():
+        for i, tokens_in, metadata_in, tokens_mtime in fetched():
             report = derive_or_record_failure(
                 shards[i],
                 tokens_in,
@@ -237,7 +271,7 @@ def derive_job(
                 validation_fraction=float(sft["validation_fraction"]),
                 rows_per_row_group=int(sft["rows_per_row_group"]),
                 writer=writer,
-                tokens_mtime=read.mtime(tokens[i]),  # in S3: LastModified, from the GET that read it or one HEAD
+                tokens_mtime=tokens_mtime,
                 on_part=written,
             )
             log.info(
@@ -273,21 +307,72 @@ def derive_job(
         )
 
 
+# Part sizes a multipart ETag may come from, after the encode job's own (storage/uploads.py: parts of the multipart
+# threshold, at least 8 MiB): boto3's default 8 MiB (the storage plugin's upload_file), then other tools' defaults
+MULTIPART_CHUNKS_MIB = (8, 5, 16, 10, 15, 32, 50, 64, 100, 128)
+
+
+def multipart_etag(data: bytes, parts: int) -> list[str]:
+    """The ETags an upload of ``data`` in ``parts`` parts of the encode job's part size or one of
+    ``MULTIPART_CHUNKS_MIB`` would have (the MD5 of the parts' MD5s, ``-parts``)."""
+    import hashlib
+
+    from neucodec_workflow.storage.uploads import MULTIPART_BYTES, multipart_bytes
+
+    out = []
+    for chunk in dict.fromkeys([max(multipart_bytes(), MULTIPART_BYTES), *(mib << 20 for mib in MULTIPART_CHUNKS_MIB)]):
+        if -(-len(data) // chunk) != parts:
+            continue
+        digests = b"".join(hashlib.md5(data[o : o + chunk]).digest() for o in range(0, len(data), chunk))
+        out.append(f"{hashlib.md5(digests).hexdigest()}-{parts}")
+    return out
+
+
+def same_object(data: bytes, local_mtime: float, head: dict[str, Any]) -> str | None:
+    """Why a local copy (its bytes and modification time) is not provably the S3 object a HEAD described (None: it
+    is). The sizes must be equal, and the ETag must be the copy's MD5 (a single-part upload) or the MD5 of its parts'
+    MD5s (a multipart upload in parts of the encode job's size or of ``MULTIPART_CHUNKS_MIB``). Where the ETag is no MD5 of the content (SSE-KMS,
+    other part sizes), the copy must not be older than the object (then the object was not replaced after the copy
+    was written): a copy written before its own upload fails that too, and the object is read (correct, only slower)."""
+    import hashlib
+
+    size = int(head.get("ContentLength", -1))
+    if size != len(data):
+        return f"{len(data)} bytes here, {size} in S3"
+    etag = str(head.get("ETag") or "").strip('"')
+    if etag:
+        _, _, parts = etag.partition("-")
+        if not parts and etag == hashlib.md5(data).hexdigest():
+            return None
+        if parts.isdigit() and etag in multipart_etag(data, int(parts)):
+            return None
+    modified = head.get("LastModified")
+    if modified is not None and local_mtime >= modified.timestamp():
+        return None
+    return f"same size, but its MD5 is not the object's ETag {etag or '(none)'} and the object is newer"
+
+
 def summarize_job(
     *,
     reports: list[str],
     outputs: dict[str, str],
     sft: dict[str, Any],
+    columns: dict[str, Any],
     digests: str | None = None,
+    stale_list: str | None = None,
 ) -> None:
     """Rule summarize: stats.json, shards.parquet and each format's small files (outputs: ``stats``, ``shards`` and
     ``{format}_{name}`` as in formats.summary_files) from every shard report: local files, or in S3 through the
-    derive jobs' digests (``digests``: storage/digests.py)."""
+    derive jobs' digests (``digests``: storage/digests.py). First, the reports must describe one dataset
+    (dataset/consistency.py): parts made with this run's settings (``sft``, ``columns``: the config sections) and
+    tokens of one codec; else ``MixedDatasetError`` and nothing is written (the stale reports are listed in
+    ``stale_list`` for ``neucodec-workflow rederive``)."""
     import json
 
     import pyarrow.parquet as pq
 
     from neucodec_workflow.contract import publishing
+    from neucodec_workflow.dataset.consistency import check_reports
     from neucodec_workflow.dataset.derive import refuse_failed
     from neucodec_workflow.dataset.formats import write_summary_files
     from neucodec_workflow.dataset.stats import corpus_stats, shard_table
@@ -322,6 +407,7 @@ def summarize_job(
                 read(1)
     loaded = [json.loads(text) for text in texts]
     refuse_failed(loaded, reports)  # shards whose token file or metadata could not be read: named, nothing written
+    check_reports(loaded, reports, sft, columns, stale_list)  # parts made otherwise, two codecs: named, nothing written
     summary = corpus_stats(loaded)
     write_json(outputs["stats"], summary)
     with publishing(outputs["shards"]) as tmp:

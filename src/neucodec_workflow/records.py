@@ -86,6 +86,9 @@ class Reason(StrEnum):
     TEXT_TOO_SHORT = "text_too_short"
     MORE_WORDS_THAN_TOKENS = "more_words_than_tokens"
     LONGER_THAN_BLOCK = "longer_than_block"
+    # formats that tokenize the text or embed it in a prompt (multilingual_tts, neutts): a text (or speaker name)
+    # holding the tokenizer's own tokens (<|im_end|>, <|speech_start|>, <|s_12|>, ...) would be read as those tokens
+    TEXT_HAS_SPECIAL_TOKENS = "text_has_special_tokens"
 
 
 @dataclass(frozen=True)

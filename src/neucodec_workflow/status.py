@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from neucodec_workflow.contract import METADATA, SECONDS_PER_TOKEN, TAR, TOKENS, records_of, write_text
+from neucodec_workflow.dataset.consistency import codec_identity, codec_label
 from neucodec_workflow.dataset.derive import FOREIGN, WITHOUT_REPORT, WORKFLOW
 from neucodec_workflow.dataset.stats import audit_totals
 from neucodec_workflow.plan import stale
@@ -49,7 +50,7 @@ from neucodec_workflow.storage.streams import describe
 CONFIG = "config/config.yaml"  # the Snakefile's configfile, relative to the working directory
 SCHEMA = "config/config.schema.yaml"  # beside the Snakefile
 CACHE = ".snakemake/neucodec_workflow/status_footers.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: summaries carry the codec
 SUMMARY = "shards.parquet"  # summarize's table in the output: one row per shard (dataset/stats.shard_table)
 # what a row must hold to stand for a token file's footer (stats.SHARD_COLUMNS; older tables lack some: not used)
 SUMMARY_COLUMNS = (
@@ -66,6 +67,8 @@ SUMMARY_COLUMNS = (
     "device",
     "host",
     "random_weights",
+    "codec",
+    "codec_id",
     "audit_segments",
     "audit_tokens",
     "audit_matching_tokens",
@@ -207,10 +210,19 @@ def read_footer_local(path: str) -> Any:
 
 
 def summarize(metadata: Any) -> dict[str, Any]:
-    """What status needs from one token file's footer (small enough to cache 5,000 of): the record's kind, audio
-    seconds, wall seconds, device, rejects by reason, audit. For a token file without a report (foreign), the audio
-    is estimated from the size of its ``neucodec_tokens`` column (``estimated``)."""
+    """What status needs from one token file's footer (small enough to cache 5,000 of): the record's kind, the codec
+    (``consistency.codec_identity``; None: foreign) and its id, audio seconds, wall seconds, device, rejects by
+    reason, audit. For a token file without a report (foreign), the audio is estimated from the size of its
+    ``neucodec_tokens`` column (``estimated``)."""
     provenance, report = records_of(metadata.metadata or {})
+    return {**_footer_summary(metadata, provenance, report), **_codec(provenance)}
+
+
+def _codec(provenance: dict[str, Any]) -> dict[str, Any]:
+    return {"codec": codec_identity(provenance), "codec_id": provenance.get("codec_id")}
+
+
+def _footer_summary(metadata: Any, provenance: dict[str, Any], report: dict[str, Any] | None) -> dict[str, Any]:
     rows = int(metadata.num_rows)
     if report is not None:
         audit = report.get("audit")
@@ -270,6 +282,10 @@ def summary_of_row(row: dict[str, Any]) -> dict[str, Any]:
     """The footer summary (``summarize``) that a shard's row of shards.parquet stands for: its derived report's
     numbers, which for a token file of this workflow are its encode report's. For a foreign token file (or one
     without a report) the row's audio is exact (the report counts the tokens): not ``estimated``."""
+    return {**_row_summary(row), "codec": row["codec"], "codec_id": row["codec_id"]}
+
+
+def _row_summary(row: dict[str, Any]) -> dict[str, Any]:
     rows = int(row["token_file_rows"])
     audio = float(row["audio_seconds"] or 0.0)
     random_weights = bool(row["random_weights"])
@@ -651,6 +667,12 @@ def status(
     for s in workflow:
         rejects.update(summaries[s]["rejects_by_reason"])
     audit = audit_totals([{"shard": s, "audit": summaries[s]["audit"]} for s in workflow])
+    codecs: dict[str, dict[str, Any]] = {}  # the done shards' codecs (a mix: summarize refuses it)
+    for s in done:
+        if s in summaries and summaries[s].get("codec") is not None:
+            c = codecs.setdefault(summaries[s]["codec"], {"shards": 0, "codec_ids": set()})
+            c["shards"] += 1
+            c["codec_ids"].add(summaries[s].get("codec_id"))
     return {
         "corpus": listing.corpus,
         "generated_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
@@ -683,6 +705,11 @@ def status(
         "rejects_by_reason": dict(sorted(rejects.items())),
         "audit": audit,
         "random_weights": any(summaries[s]["random_weights"] for s in summaries),
+        "codecs": [
+            {"codec": k, "label": codec_label(k, c["codec_ids"]), "shards": c["shards"]}
+            for k, c in sorted(codecs.items(), key=lambda kc: (-kc[1]["shards"], kc[0]))
+        ],
+        "codec_unknown": sum(1 for s in done if s in summaries and summaries[s].get("codec") is None),
         "failed_shards": dict(sorted(jobs.failed.items())),
         "running_shards": dict(sorted(jobs.running.items())),
         "cost": {
@@ -748,6 +775,13 @@ def render(st: dict[str, Any], limit: int = 10) -> str:
     )
     if st["random_weights"]:
         lines.append("weights  RANDOM (codec.weights: random): these tokens are not neucodec tokens")
+    codecs = [f"{c['label']} {c['shards']} shards" for c in st["codecs"]]
+    if st["codec_unknown"]:
+        codecs.append(f"unknown (foreign, no provenance) {st['codec_unknown']} shards")
+    lines.append(
+        f"codecs   {'; '.join(codecs) or 'none yet'}"
+        + ("  MIXED: summarize refuses to make one dataset of them" if len(st["codecs"]) > 1 else "")
+    )
     for title, items in (("failed", st["failed_shards"]), ("running", st["running_shards"])):
         for i, (shard, what) in enumerate(items.items()):
             if i == limit:
@@ -780,11 +814,44 @@ def parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print one JSON object")
     st.add_argument("--watch", nargs="?", type=float, const=60.0, metavar="SECONDS", help="refresh every 60 s (or N)")
     st.add_argument("--no-cache", action="store_true", help="read every footer, keep no cache")
+    rd = sub.add_parser(
+        "rederive",
+        help="remove shard reports, so that the next snakemake derives those shards' reports and dataset parts again "
+        "(from their token files: no encoding)",
+        description="Remove the given shard reports (local paths or s3:// URLs; S3 settings from the environment, "
+        "as for status). The next `snakemake` (same arguments) derives those shards again, in batches. summarize "
+        "prints this command, with the reports of the parts made otherwise than the run makes them.",
+    )
+    rd.add_argument("reports", nargs="*", help="report paths or s3:// URLs ({output}/shards/{shard}.json)")
+    rd.add_argument("--from", dest="from_file", type=Path, help="a file listing them, one a line")
     return ap
+
+
+def rederive(opts: argparse.Namespace) -> int:
+    from neucodec_workflow.dataset.consistency import forget_reports
+
+    reports = list(opts.reports)
+    if opts.from_file is not None:
+        reports += [line.strip() for line in opts.from_file.read_text().splitlines() if line.strip()]
+    if not reports:
+        print("neucodec-workflow rederive: no reports given", file=sys.stderr)
+        return 2
+    removed = forget_reports(reports)
+    print(
+        f"removed {len(removed)} of {len(reports)} shard reports: run snakemake again (same arguments) to derive "
+        "those shards' reports and dataset parts again (no encoding)"
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     opts = parser().parse_args(argv)
+    if opts.command == "rederive":
+        try:
+            return rederive(opts)
+        except (OSError, S3Error) as exc:
+            print(f"neucodec-workflow rederive: {exc}", file=sys.stderr)
+            return 2
     directory: Path = opts.directory
     snakefile = opts.snakefile or (directory / "Snakefile" if (directory / "Snakefile").exists() else None)
     try:

@@ -36,6 +36,10 @@ Even full mode cannot catch a flipped byte that decodes to another valid value (
 stored uncompressed) unless it changes a column's min or max: the token files carry no page checksums. Only
 re-encoding tells such tokens apart (``snakemake audit``).
 
+The codec of each file read (its provenance: ``consistency.codec_identity``) is counted in the report (``codecs``):
+two known codecs are ``mixed`` (no bad file, but summarize refuses to make one dataset of them); foreign files are
+``unknown``.
+
 A missing token file is a shard not encoded yet: listed as ``missing``, not bad. A file that cannot be read for other
 reasons (access denied, the store unreachable after retries) is an ``error``: not judged either way, but it fails
 the run too (the check is incomplete).
@@ -54,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from neucodec_workflow.contract import PROVENANCE_KEY, REPORT_KEY, records_of, write_json
+from neucodec_workflow.dataset.consistency import codec_identity, codec_label
 from neucodec_workflow.storage.s3 import S3Settings, is_s3, split_url
 
 log = logging.getLogger(__name__)
@@ -371,10 +376,17 @@ def check_footer(metadata: Any, size: int, head: bytes) -> dict[str, Any]:
         check.notes.append("foreign token file (no record): rows and tokens not compared with a record")
     elif REPORT_KEY not in (metadata.metadata or {}):
         check.notes.append("no report in the file (written before reports travelled inside it): rows not compared")
+    provenance: Any = {}
+    try:
+        provenance = json.loads((metadata.metadata or {}).get(PROVENANCE_KEY) or b"{}")
+    except ValueError:
+        pass  # a problem already (_records)
     return {
         "problems": check.problems,
         "notes": check.notes,
         "record": kind,
+        "codec": codec_identity(provenance) if isinstance(provenance, dict) else None,
+        "codec_id": provenance.get("codec_id") if isinstance(provenance, dict) else None,
         "report": report,
         "rows": rows,
         "tokens": footer_tokens,
@@ -542,7 +554,7 @@ def verify_file(shard: str, path: str, *, full: bool = False, client: Any = None
     requests, bytes_read}``: ``status`` ok / bad / missing (not encoded yet) / error (could not be checked); ``ok``
     is None for a missing file (nothing to judge)."""
     out: dict[str, Any] = {"shard": shard, "path": path, "status": OK, "ok": True, "problems": [], "notes": []}
-    out.update(record=None, rows=None, tokens=None, size=None, requests=0, bytes_read=0)
+    out.update(record=None, codec=None, codec_id=None, rows=None, tokens=None, size=None, requests=0, bytes_read=0)
     counted = _Counted(client or S3Settings.from_env().client()) if is_s3(path) else None
     try:
         metadata, size, head, data = _read(path, full, counted, out)
@@ -550,6 +562,7 @@ def verify_file(shard: str, path: str, *, full: bool = False, client: Any = None
         out["problems"] += footer["problems"]
         out["notes"] += footer["notes"]
         out.update(record=footer["record"], rows=footer["rows"], tokens=footer["tokens"])
+        out.update(codec=footer["codec"], codec_id=footer["codec_id"])
         if data is not None:
             out["problems"] += check_rows(io.BytesIO(data), metadata, footer)
     except Missing:
@@ -592,6 +605,7 @@ def verify_shards(
         "mode": "full" if full else "footer",
         "shards": len(shards),
         "checked": checked,
+        "codecs": codecs_of_results(results),
         "ok": len(by[OK]),
         "bad": {r["shard"]: r["problems"] for r in by[BAD]},
         "missing": [r["shard"] for r in by[MISSING]],
@@ -603,6 +617,31 @@ def verify_shards(
         "seconds": time.perf_counter() - t0,
         "results": results,
     }
+
+
+def codecs_of_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The codecs of the token files whose footer was read (``consistency.codec_counts``: each known codec with its
+    shards and their names; ``unknown``: foreign files without provenance; ``mixed``: more than one known codec,
+    which summarize refuses to make one dataset of)."""
+    read = [r for r in results if r["record"] is not None]
+    codecs: dict[str, dict[str, Any]] = {}
+    for r in read:
+        if r["codec"] is None:
+            continue
+        c = codecs.setdefault(r["codec"], {"codec": r["codec"], "codec_ids": set(), "shards": []})
+        c["codec_ids"].add(str(r["codec_id"]))
+        c["shards"].append(r["shard"])
+    known = [
+        {
+            "codec": c["codec"],
+            "label": codec_label(c["codec"], c["codec_ids"]),
+            "shards": len(c["shards"]),
+            "shard_names": sorted(c["shards"]),
+        }
+        for c in sorted(codecs.values(), key=lambda c: (-len(c["shards"]), c["codec"]))
+    ]
+    unknown = sum(1 for r in read if r["codec"] is None)
+    return {"codecs": known, "unknown": unknown, "mixed": len(known) > 1}
 
 
 def _common_notes(results: Iterable[dict[str, Any]]) -> dict[str, int]:
@@ -629,6 +668,17 @@ def failure(summary: dict[str, Any], where: str, listed: int = 20) -> str | None
     if errors:
         parts.append(f"{len(errors)} token file(s) could not be checked: {named(errors)}")
     return ". ".join(parts) + f" (every problem: {where})" if parts else None
+
+
+def codecs_line(codecs: dict[str, Any]) -> str:
+    """The codecs found, for people: each with its shard count, the foreign files, and a warning for a mix."""
+    parts = [f"{c['label']}: {c['shards']} shard(s)" for c in codecs["codecs"]]
+    if codecs["unknown"]:
+        parts.append(f"unknown (foreign token files, no provenance): {codecs['unknown']} shard(s)")
+    line = "codecs: " + ("; ".join(parts) or "none read")
+    if codecs["mixed"]:
+        line += " -- MIXED: summarize refuses to make one dataset of tokens of different codecs"
+    return line
 
 
 def write_report(path: str, report: dict[str, Any], client: Any = None) -> None:
@@ -659,6 +709,7 @@ def run(
         f"{len(summary['bad'])} bad, {len(summary['missing'])} missing (not encoded yet), {len(summary['errors'])} "
         f"not checked; {summary['requests']} requests, {summary['bytes_read']} bytes read; report: {report_path}"
     )
+    note(codecs_line(summary["codecs"]))
     message = failure(summary, report_path)
     if message:
         raise VerifyError(message)

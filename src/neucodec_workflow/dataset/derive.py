@@ -31,7 +31,14 @@ from neucodec_workflow.contract import (
     records_of,
     write_json,
 )
-from neucodec_workflow.dataset.formats import HF, FormatWriter
+from neucodec_workflow.dataset.formats import (
+    HF,
+    SETTINGS_KEY,
+    FormatWriter,
+    fingerprint,
+    format_settings,
+    row_settings,
+)
 from neucodec_workflow.dataset.sft import (
     FIELDS,
     SftError,
@@ -156,11 +163,13 @@ def derive_shard(
     """Write the shard's report (``report_path``) and its part of each format and split (``parts``: format -> split
     -> where to write it; zero rows is a valid part) from its token file and metadata; return the report. Formats
     other than ``hf`` are written by ``writer`` (formats.py). In the hf dataset (and its index) a part lives at
-    ``data/{split}/{shard}.parquet``. ``tokens_mtime``: the token file's modification time where the source does not
-    tell it (an S3 object's LastModified); a local path's is read from the file. The report keeps it
-    (``token_file.mtime``, with ``bytes``): the status command uses a shard's row of shards.parquet instead of the
-    token file's footer while both still match the file. ``on_part(path)``: called as soon as a part is written
-    (the derive job uploads it from there)."""
+    ``data/{split}/{shard}.parquet``. Each format's fingerprint (what shaped its parts: ``formats.row_settings``, the
+    format's settings and environment) goes into the report (``sft.fingerprint``), each part's summary and, for parquet
+    parts, the part's key-value metadata (``formats.SETTINGS_KEY``). ``tokens_mtime``: the token file's modification
+    time where the source does not tell it (an S3 object's LastModified); a local path's is read from the file. The
+    report keeps it (``token_file.mtime``, with ``bytes``): the status command uses a shard's row of shards.parquet
+    instead of the token file's footer while both still match the file. ``on_part(path)``: called as soon as a part
+    is written (the derive job uploads it from there)."""
     if tokens_mtime is None:
         tokens_mtime = _mtime(tokens_source)  # before reading: a file replaced meanwhile then matches no more
     tokens, provenance, encoded = read_token_file(shard, tokens_source)
@@ -187,11 +196,22 @@ def derive_shard(
     others = {fmt: paths for fmt, paths in parts.items() if fmt != HF}
     if others and writer is None:
         raise SftError(f"shard {shard}: formats {sorted(others)} need a FormatWriter")
+    # what shapes each format's parts: recorded in the report, in each part's summary (the index) and in the parts'
+    # key-value metadata; summarize refuses to tie together parts made otherwise (dataset/consistency.py)
+    shaped_by = row_settings(validation_fraction, mapping)
+    fingerprints = {
+        fmt: fingerprint({**shaped_by, **format_settings(HF, {})}, {})
+        if fmt == HF
+        else writer.fingerprint(fmt, shaped_by)  # type: ignore[union-attr]
+        for fmt in parts
+    }
     written: dict[str, dict[str, Any]] = {}
     for split, path in parts.get(HF, {}).items():
+        metadata = {SETTINGS_KEY: json.dumps(fingerprints[HF], sort_keys=True)}
         written[split] = {
             "path": part_path(split, shard),
-            **write_part(path, rows[split_of == split], rows_per_row_group),
+            **write_part(path, rows[split_of == split], rows_per_row_group, metadata),
+            "fingerprint": fingerprints[HF]["sha256"],
         }
         if on_part is not None:
             on_part(path)
@@ -200,9 +220,12 @@ def derive_shard(
         assert writer is not None
         in_formats[fmt] = {}
         for split, path in paths.items():
-            in_formats[fmt][split] = writer.write(
-                fmt, shard, split, rows[split_of == split].reset_index(drop=True), path
-            )
+            in_formats[fmt][split] = {
+                **writer.write(
+                    fmt, shard, split, rows[split_of == split].reset_index(drop=True), path, fingerprints[fmt]
+                ),
+                "fingerprint": fingerprints[fmt]["sha256"],
+            }
             if on_part is not None:
                 on_part(path)
     by_reason = Counter(str(r.reason) for r in excluded)
@@ -221,6 +244,7 @@ def derive_shard(
             "rows_per_split": {split: int((split_of == split).sum()) for split in sorted({*split_of, *written})},
             "parts": written,
             "formats": in_formats,
+            "fingerprint": fingerprints,
             "excluded_by_reason": dict(sorted(by_reason.items())),
             "excluded": [r.as_dict() for r in excluded],
             "per_language": group_totals(rows, "language"),

@@ -14,6 +14,8 @@ neutts             neutts/data/{split}/{shard}.parquet         neutts/README.md 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -44,15 +46,92 @@ def summary_files(fmt: str, splits: list[str]) -> dict[str, str]:
     return {"card": "README.md"}
 
 
+# What shaped a part (its fingerprint): the settings that change its rows, under the names a user sets them by, and
+# the identity of what else makes them (the tokenizer's vocabulary, espeak-ng). Versions of the workflow's own rules:
+# raise one when a change of the code changes the rows it makes (its parts are then re-derived, never mixed).
+ROWS_VERSION = 1  # sft.shard_rows: which token rows become dataset rows, and how
+FORMAT_VERSIONS = {HF: 1, MULTILINGUAL_TTS: 1, NEUTTS: 1}  # each format's own rows
+SETTINGS_KEY = "neucodec_workflow.sft"  # a part's key-value metadata (parquet): its fingerprint
+
+
+def row_settings(validation_fraction: float, columns: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that shape every format's rows: which metadata columns, which split."""
+    out = {
+        "workflow.rows_version": ROWS_VERSION,
+        "sft.validation_fraction": float(validation_fraction),
+        **{f"columns.{k}": columns[k] for k in sorted(columns)},
+    }
+    return dict(json.loads(json.dumps(out, sort_keys=True)))  # as a report stores them (tuples as lists, ...)
+
+
+def format_settings(fmt: str, sft: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of one format that shape its rows (``sft`` config names; ``workflow.*``: the code's own)."""
+    from dataclasses import asdict
+
+    out: dict[str, Any] = {f"workflow.{fmt}_version": FORMAT_VERSIONS[fmt]}
+    if fmt == MULTILINGUAL_TTS:
+        out[f"sft.{fmt}.tokenizer"] = str(sft[fmt]["tokenizer"])
+        configured = set(sft[fmt])
+        for k, v in asdict(mtts_settings(sft)).items():
+            out[f"sft.{fmt}.{k}" if k in configured else f"workflow.{fmt}.{k}"] = v
+    elif fmt == NEUTTS:
+        out.update({f"sft.{fmt}.{k}": v for k, v in asdict(neutts_settings(sft)).items()})
+    elif fmt != HF:
+        raise ValueError(f"unknown format {fmt!r} (known: {FORMATS})")
+    return dict(json.loads(json.dumps(out, sort_keys=True)))
+
+
+def current_settings(fmt: str, sft: Mapping[str, Any], columns: Mapping[str, Any]) -> dict[str, Any]:
+    """What a part of ``fmt`` derived with this config records under ``settings``."""
+    return {**row_settings(float(sft["validation_fraction"]), columns), **format_settings(fmt, sft)}
+
+
+def fingerprint(settings: Mapping[str, Any], environment: Mapping[str, Any]) -> dict[str, Any]:
+    """A part's fingerprint: the settings and environment that shaped it, and their sha256."""
+    body = {"settings": dict(settings), "environment": dict(environment)}
+    return {**body, "sha256": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()}
+
+
+def environment(fmt: str, sft: Mapping[str, Any]) -> dict[str, Any]:
+    """What shapes a format's rows besides the settings, here and now: the tokenizer's identity (a hash of its
+    vocabulary, merges and added tokens, not its name) for ``multilingual_tts``; espeak-ng's and phonemizer's
+    versions for ``neutts``. Loads the tokenizer (once per process)."""
+    if fmt == MULTILINGUAL_TTS:
+        from neucodec_workflow.dataset.mtts import load_tokenizer
+
+        return {"tokenizer_sha256": load_tokenizer(str(sft[fmt]["tokenizer"])).identity}
+    if fmt == NEUTTS:
+        from neucodec_workflow.dataset.neutts import provenance
+
+        return provenance()
+    return {}
+
+
 class FormatWriter:
     """Writes one shard's part of one split in the formats other than ``hf`` (which derive.py writes itself), from
     the ``sft`` config section. The tokenizer and the espeak backends load once per job, on first use."""
 
     def __init__(self, sft: Mapping[str, Any]) -> None:
         self.sft = sft
+        self._environment: dict[str, dict[str, Any]] = {}
 
-    def write(self, fmt: str, shard: str, split: str, rows: pd.DataFrame, path: str | Path) -> dict[str, Any]:
-        """The part's summary for the shard report (rows, drops by reason, and what summarize needs)."""
+    def fingerprint(self, fmt: str, rows: Mapping[str, Any]) -> dict[str, Any]:
+        """What shapes a part of ``fmt``: ``rows`` (``row_settings``), the format's settings and its environment."""
+        if fmt not in self._environment:
+            self._environment[fmt] = environment(fmt, self.sft)
+        return fingerprint({**rows, **format_settings(fmt, self.sft)}, self._environment[fmt])
+
+    def write(
+        self,
+        fmt: str,
+        shard: str,
+        split: str,
+        rows: pd.DataFrame,
+        path: str | Path,
+        fingerprint: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The part's summary for the shard report (rows, drops by reason, and what summarize needs).
+        ``fingerprint``: what shaped it, also in the file where the format has key-value metadata (parquet)."""
         if fmt == MULTILINGUAL_TTS:
             from neucodec_workflow.dataset.mtts import load_tokenizer, mtts_part
 
@@ -64,7 +143,10 @@ class FormatWriter:
         if fmt == NEUTTS:
             from neucodec_workflow.dataset.neutts import neutts_part
 
-            return neutts_part(shard, rows, neutts_settings(self.sft), Path(path), int(self.sft["rows_per_row_group"]))
+            metadata = {SETTINGS_KEY: json.dumps(fingerprint, sort_keys=True)} if fingerprint else None
+            return neutts_part(
+                shard, rows, neutts_settings(self.sft), Path(path), int(self.sft["rows_per_row_group"]), metadata
+            )
         raise ValueError(f"unknown format {fmt!r} (known: {FORMATS})")
 
 
@@ -111,12 +193,20 @@ def write_summary_files(
     from neucodec_workflow.dataset.stats import codecs_of
 
     splits = [name.removeprefix("index_") for name in paths if name.startswith("index_")]
+    # what shaped the parts: the same for every report (summarize checked it first: consistency.check_reports)
+    shaped = next((r["sft"].get("fingerprint", {}).get(fmt) for r in reports), None)
 
     if fmt == HF:
         from neucodec_workflow.dataset.stats import dataset_card, dataset_index
 
         write_json(paths["index"], dataset_index(reports))
-        write_text(paths["card"], dataset_card(reports, stats))  # type: ignore[arg-type]
+        card = dataset_card(reports, stats)  # type: ignore[arg-type]
+        if shaped:
+            card += (
+                "\nWhat shaped every part (each shard report's `sft.fingerprint`, each part's parquet key-value "
+                f"metadata `{SETTINGS_KEY}`):\n\n```json\n{json.dumps(shaped, indent=2, sort_keys=True)}\n```\n"
+            )
+        write_text(paths["card"], card)
     elif fmt == MULTILINGUAL_TTS:
         from neucodec_workflow.dataset import mtts
 
@@ -124,7 +214,7 @@ def write_summary_files(
             entries = [r["sft"]["formats"][fmt][split]["mds"] for r in reports]
             write_json(paths[f"index_{split}"], mtts.merge_index(entries))
         totals = stats["sft_formats"].get(fmt, {})
-        write_text(paths["card"], mtts.card_text(totals, len(reports), dict(sft[fmt]), codecs_of(reports)))
+        write_text(paths["card"], mtts.card_text(totals, len(reports), dict(sft[fmt]), codecs_of(reports), shaped))
     elif fmt == NEUTTS:
         from neucodec_workflow.dataset.neutts import card_text
 

@@ -35,6 +35,7 @@ import pandas as pd
 import xxhash
 
 from neucodec_workflow.contract import publishing
+from neucodec_workflow.dataset.consistency import codec_lines
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -477,6 +478,50 @@ class SpeechTokenizer:
         """Speech codes (0..65535) as token ids."""
         return np.uint32(self.speech_base) + np.asarray(codes).astype(np.uint32)
 
+    @functools.cached_property
+    def identity(self) -> str:
+        """What makes this tokenizer's ids, as a sha256 (not its name: a Hub id or a directory can change under the
+        same name): its vocabulary and merges, its added tokens (with how each is matched), its normalizer and
+        pre-tokenizer. The dataset parts record it (``formats.FormatWriter.fingerprint``)."""
+        spec = json.loads(self.backend.to_str())
+        model = spec.get("model") or {}
+        merges = [m.split(" ", 1) if isinstance(m, str) else list(m) for m in model.get("merges") or []]
+        keys = ("id", "content", "single_word", "lstrip", "rstrip", "normalized", "special")
+        identity = {
+            "model": {"type": model.get("type"), "vocab": model.get("vocab"), "merges": merges},
+            "added_tokens": [{k: t.get(k) for k in keys} for t in spec.get("added_tokens") or []],
+            "normalizer": spec.get("normalizer"),
+            "pre_tokenizer": spec.get("pre_tokenizer"),
+        }
+        return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+    @functools.cached_property
+    def _added(self) -> np.ndarray:
+        """Whether each id is one of the tokenizer's added tokens (special, speech or other)."""
+        added = np.zeros(self.backend.get_vocab_size(with_added_tokens=True) + 1, bool)
+        added[list(self.backend.get_added_tokens_decoder())] = True
+        return added
+
+    def added_inside(self, heads: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """For each head ``<|im_start|>{text}<|speech_start|>`` (as ``heads`` returns them), the first added token id
+        the tokenizer read inside ``{text}`` (-1: none). A transcript holding ``<|im_end|>`` or ``<|s_12|>`` is
+        tokenized as those tokens: a row with it would be a corrupt training row."""
+        found = np.full(len(starts), -1, np.int64)
+        if not len(starts):
+            return found
+        ids = heads.astype(np.int64)
+        inside = self._added[np.minimum(ids, len(self._added) - 1)]
+        inside[starts] = False  # the template's own <|im_start|> and <|speech_start|>
+        inside[starts + lengths - 1] = False
+        hit = np.logical_or.reduceat(inside, starts)
+        for k in np.flatnonzero(hit).tolist():
+            lo = int(starts[k])
+            found[k] = int(ids[lo + int(np.argmax(inside[lo : lo + int(lengths[k])]))])
+        return found
+
+    def token(self, token_id: int) -> str:
+        return str(self.backend.id_to_token(token_id))
+
 
 def _spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """The positions ``starts[k] .. starts[k] + lengths[k] - 1`` of every span, one after the other."""
@@ -693,7 +738,8 @@ def _utterances(
 
 def build_rows(shard: str, rows: pd.DataFrame, tokenizer: SpeechTokenizer, settings: MttsSettings) -> Built:
     """The shard's TTS rows (in shard order) and voice-cloning rows (speaker by speaker, in order of first
-    appearance), as spans; every segment or pair left out is a ``Reject`` with its reason."""
+    appearance), as spans; every segment or pair left out is a ``Reject`` with its reason (a text or speaker name
+    the tokenizer reads as its own tokens: ``text_has_special_tokens``, found on the tokenized row)."""
     n = len(rows)
     texts = [str(t).strip() for t in rows["text"].tolist()]
     chars = np.fromiter(map(len, texts), np.int64, n)
@@ -728,13 +774,20 @@ def build_rows(shard: str, rows: pd.DataFrame, tokenizer: SpeechTokenizer, setti
     # TTS rows: <|im_start|>{speaker}: {text}<|speech_start|>{speech}<|im_end|>
     prefix, prefix_len = tokenizer.heads([f"{names[i]}: {texts[i]}" for i in ok.tolist()])
     prefix_start = np.cumsum(prefix_len) - prefix_len
+    # a text or speaker name the tokenizer reads as its own tokens (<|im_end|>, <|s_12|>, ...): a corrupt row
+    special = tokenizer.added_inside(prefix, prefix_start, prefix_len)
+    for k in np.flatnonzero(special >= 0).tolist():
+        i, token = int(ok[k]), tokenizer.token(int(special[k]))
+        where = "the text" if token in texts[i] else f"the speaker name {names[i]!r}"
+        dropped.append((i, Reject(ids[i], Reason.TEXT_HAS_SPECIAL_TOKENS, f"{where} holds the token {token}")))
     tts_len = prefix_len + n_codes[ok] + 1
     fits = tts_len <= block
     dropped += [
         (int(i), Reject(ids[i], Reason.LONGER_THAN_BLOCK, f"{tts_len[k]} tokens > block {block}"))
         for k, i in enumerate(ok.tolist())
-        if not fits[k]
+        if not fits[k] and special[k] < 0
     ]
+    fits &= special < 0
     tts, tts_len = ok[fits], tts_len[fits]
 
     # voice-cloning pairs among the written rows with a speaker and a long enough text
@@ -765,6 +818,9 @@ def build_rows(shard: str, rows: pd.DataFrame, tokenizer: SpeechTokenizer, setti
     # voice-cloning rows: two utterances <|im_start|>{text}<|speech_start|>{speech}<|im_end|>
     in_pairs = np.unique(np.concatenate([ref, target]))
     part, part_len = tokenizer.heads([texts[i] for i in in_pairs.tolist()])
+    if (tokenizer.added_inside(part, np.cumsum(part_len) - part_len, part_len) >= 0).any():
+        # cannot happen: each paired text passed the check above inside its TTS row ("{speaker}: {text}")
+        raise MttsError(f"shard {shard}: a voice-cloning text holds one of the tokenizer's own tokens")
     utterance_len = np.zeros(n, np.int64)
     utterance_len[in_pairs] = part_len + n_codes[in_pairs] + 1
     vc_len = utterance_len[ref] + utterance_len[target]
@@ -968,12 +1024,17 @@ cu_seq_lens = np.concatenate([[0], np.cumsum(block["attention_mask"])])  # label
 
 
 def card_text(
-    splits: dict[str, dict[str, Any]], n_shards: int, sft: dict[str, Any], codecs: list[dict[str, Any]]
+    splits: dict[str, dict[str, Any]],
+    n_shards: int,
+    sft: dict[str, Any],
+    codecs: list[dict[str, Any]],
+    fingerprint: dict[str, Any] | None = None,
 ) -> str:
     """README.md of the multilingual_tts folder: what the blocks hold, per split (rows by kind, blocks, tokens, rows
     left out by reason, voice-cloning pairs), the settings and tokenizer, how the trainer reads them, and the codec
     provenance (with a warning on top when random test weights made the tokens). ``splits``: split -> the shards'
-    part summaries added up (``stats.format_totals``)."""
+    part summaries added up (``stats.format_totals``); ``fingerprint``: what shaped the parts (the same for all:
+    ``consistency.check_reports``), with the tokenizer's identity."""
     random = any(c.get("random_weights") for c in codecs)
     lines = [
         "# neucodec tokens for Multilingual-TTS",
@@ -1001,5 +1062,15 @@ def card_text(
             f"{t.get('tokens', 0)} | {t.get('speech_tokens', 0)} | {left} |"
         )
     lines += ["", "Reading it as the trainer does:", "", "```python", READER.rstrip("\n"), "```", ""]
-    lines += ["Codec provenance:", "", "```json", json.dumps(codecs, indent=2), "```", ""]
+    if fingerprint:
+        lines += [
+            "What shaped every part (each shard report's `sft.fingerprint`; summarize refuses parts made otherwise):",
+            "",
+            "```json",
+            json.dumps(fingerprint, indent=2, sort_keys=True),
+            "```",
+            "",
+        ]
+    lines += ["Codec provenance (the codecs that made the tokens, with their shards):", "", *codec_lines(codecs), ""]
+    lines += ["```json", json.dumps(codecs, indent=2), "```", ""]
     return "\n".join(lines)

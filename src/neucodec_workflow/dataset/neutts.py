@@ -5,7 +5,8 @@
 
 A row is left out under the first of these it fails, in this order (counted by reason, listed in the shard report):
 the upstream filters in upstream order — empty text, a digit (``\\d``), an acronym (``(?:[a-zA-Z]\\.){2,}`` or
-``[A-Z]{2,}``), a last character not in ``.,?!``, a ``£`` or ``$`` — then a duration over ``max_seconds`` (when set),
+``[A-Z]{2,}``), a last character not in ``.,?!``, a ``£`` or ``$`` — then a text holding a token of the prompt's kind
+(``<|...|>``, ``SPECIAL_TOKEN``), a duration over ``max_seconds`` (when set),
 a language without an espeak-ng voice, and phonemes with nothing but punctuation. The text is stripped of leading and
 trailing whitespace first (upstream checks the raw text, so ``"Hello. "`` would fail its final-punctuation check for
 nothing) and written stripped: upstream's ``data_filter`` passes every written row.
@@ -30,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neucodec_workflow.contract import SECONDS_PER_TOKEN, publishing
+from neucodec_workflow.dataset.consistency import codec_lines
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,10 @@ ACRONYM_NO_PERIOD = re.compile(r"(?:[A-Z]){2,}")
 DIGIT = re.compile(r"\d")
 FINAL_PUNCTUATION = ".,?!"
 CURRENCY = ("£", "$")
+# the syntax of the tokens the NeuTTS prompt is made of (<|TEXT_PROMPT_START|>, <|speech_12|>, <|im_end|>, ...): a
+# text holding one is no transcript of the speech (its phonemes would spell the markup), and a trainer that puts text
+# in the prompt would read it as that token
+SPECIAL_TOKEN = re.compile(r"<\|[^<>|\s]*\|>")
 
 # EspeakBackend's settings in finetune.py; only the voice differs by language
 BACKEND = {
@@ -251,6 +257,8 @@ def neutts_rows(rows: pd.DataFrame, settings: NeuttsSettings) -> tuple[pd.DataFr
         rows.index, rows["segment_id"], texts, rows["duration"], rows["language"], strict=True
     ):
         failed = upstream_reason(text)
+        if failed is None and (token := SPECIAL_TOKEN.search(text)):
+            failed = Reason.TEXT_HAS_SPECIAL_TOKENS, f"the text holds {token.group()!r}"
         if failed is None and settings.max_seconds is not None and duration > settings.max_seconds:
             failed = Reason.NEUTTS_TOO_LONG, f"{duration:.3f} s > {settings.max_seconds} s"
         if failed is None:
@@ -316,14 +324,20 @@ def provenance() -> dict[str, Any]:
 
 
 def neutts_part(
-    shard: str, rows: pd.DataFrame, settings: NeuttsSettings, path: Path, rows_per_row_group: int
+    shard: str,
+    rows: pd.DataFrame,
+    settings: NeuttsSettings,
+    path: Path,
+    rows_per_row_group: int,
+    metadata: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write one shard's part of one split (``rows`` from ``sft.shard_rows``) as a parquet file, atomically (zero rows
     is a valid, empty part); return its summary for the shard report: rows, bytes, sha256, hours, rows left out by
-    reason and each of them, rows per espeak-ng voice, and the espeak-ng that made the phones."""
+    reason and each of them, rows per espeak-ng voice, and the espeak-ng that made the phones. ``metadata``: more
+    key-value metadata for the file (what shaped the part: ``formats.FormatWriter.fingerprint``)."""
     check_settings(settings)
     kept, dropped = neutts_rows(rows, settings)
-    schema = SCHEMA.with_metadata({"neutts": json.dumps(provenance())})
+    schema = SCHEMA.with_metadata({"neutts": json.dumps(provenance()), **(metadata or {})})
     with publishing(path) as tmp:
         if len(kept):
             table = _table(kept).replace_schema_metadata(schema.metadata)
@@ -470,9 +484,9 @@ def card_text(
         "## Rows left out",
         "",
         "Under the first check a row fails: empty text; a digit; an acronym (`(?:[a-zA-Z]\\.){2,}` or two capitals in",
-        "a row); a last character not in `.,?!`; `£` or `$` (finetune.py's `data_filter`, in its order); longer than",
-        "the configured maximum; a language without an espeak-ng voice; phonemes of punctuation only. Each is listed",
-        "per shard in the shard reports.",
+        "a row); a last character not in `.,?!`; `£` or `$` (finetune.py's `data_filter`, in its order); a token of",
+        "the prompt's kind (`<|...|>`) in the text; longer than the configured maximum; a language without an",
+        "espeak-ng voice; phonemes of punctuation only. Each is listed per shard in the shard reports.",
         "",
         f"Left out: {dict(sorted(dropped_by_reason.items())) or 'none'}",
         "",
@@ -500,5 +514,6 @@ def card_text(
         "",
     ]
     if codecs:
-        lines += ["Codec provenance:", "", "```json", json.dumps(codecs, indent=2), "```", ""]
+        lines += ["Codec provenance (the codecs that made the tokens, with their shards):", "", *codec_lines(codecs)]
+        lines += ["", "```json", json.dumps(codecs, indent=2), "```", ""]
     return "\n".join(lines)

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from neucodec_workflow.contract import SECONDS_PER_TOKEN, candidates, pick_column, publishing, tokens_of
+from neucodec_workflow.dataset.consistency import codec_lines
 from neucodec_workflow.records import Reason, Reject
 
 log = logging.getLogger(__name__)
@@ -153,15 +154,20 @@ def shard_rows(shard: str, tokens: pd.DataFrame, fields: pd.DataFrame) -> tuple[
     return rows.reset_index(drop=True), excluded
 
 
-def write_part(path: str | Path, rows: pd.DataFrame, rows_per_row_group: int) -> dict[str, Any]:
+def write_part(
+    path: str | Path, rows: pd.DataFrame, rows_per_row_group: int, metadata: dict[str, str] | None = None
+) -> dict[str, Any]:
     """One shard's rows of one split as a parquet file of the dataset (zero rows is a valid, empty part), written
-    atomically; returns what the dataset's index records about it: rows, bytes, sha256, hours."""
+    atomically; returns what the dataset's index records about it: rows, bytes, sha256, hours. ``metadata``: the
+    file's key-value metadata besides the schema's (what shaped the part: ``formats.FormatWriter.fingerprint``)."""
     with publishing(path) as tmp:
         if len(rows):
             table = pa.Table.from_pandas(rows, schema=SCHEMA, preserve_index=False)
+            if metadata:
+                table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
             pq.write_table(table, tmp, row_group_size=rows_per_row_group, compression="zstd")
         else:  # no row group at all: datasets' parquet reader takes a 0-row group's size as its batch size
-            pq.ParquetWriter(tmp, SCHEMA, compression="zstd").close()
+            pq.ParquetWriter(tmp, SCHEMA.with_metadata(metadata) if metadata else SCHEMA, compression="zstd").close()
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
         size = tmp.stat().st_size
     return {
@@ -243,5 +249,6 @@ def card_text(
     if excluded_by_reason:
         lines += ["", f"Encoded segments left out (listed per shard in the shard reports): {excluded_by_reason}"]
     lines += ["", *stats_lines]
-    lines += ["", "Codec provenance:", "", "```json", json.dumps(codecs, indent=2), "```", ""]
+    lines += ["", "Codec provenance (the codecs that made the tokens, with their shards):", "", *codec_lines(codecs)]
+    lines += ["", "```json", json.dumps(codecs, indent=2), "```", ""]
     return "\n".join(lines)

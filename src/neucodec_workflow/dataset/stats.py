@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from neucodec_workflow.dataset.consistency import codec_identity
 from neucodec_workflow.dataset.sft import card_text
 from neucodec_workflow.records import AuditTotals, CorpusStats, GroupTotals
 
@@ -119,6 +120,7 @@ SHARD_COLUMNS = {
     "started_at": pa.timestamp("s", tz="UTC"),
     "finished_at": pa.timestamp("s", tz="UTC"),
     "codec_id": pa.string(),
+    "codec": pa.string(),  # what makes two shards' tokens the same codec's (consistency.codec_identity; null: foreign)
     "mode": pa.string(),
     "random_weights": pa.bool_(),
     "audit_segments": pa.int64(),  # the encode job's inline audit (null: none)
@@ -152,6 +154,7 @@ def shard_table(reports: Iterable[dict[str, Any]]) -> pa.Table:
             "started_at": _timestamp(r.get("started_at")),
             "finished_at": _timestamp(r.get("finished_at")),
             "codec_id": p.get("codec_id"),
+            "codec": codec_identity(p),
             "mode": p.get("mode"),
             "random_weights": bool(p.get("random_weights")),
             "audit_segments": audit.get("segments"),
@@ -215,11 +218,12 @@ def dataset_index(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def codecs_of(reports: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The distinct codecs (id, revision, weights, random or not) that made the shards' tokens: every card shows them
-    (which codec made a dataset is what its users ask first)."""
+    """The distinct codecs (id, revision, weights, random or not) that made the shards' tokens, with their shard
+    counts (foreign token files: all null): every card shows them (which codec made a dataset is what its users ask
+    first)."""
     keys = ("codec_id", "revision", "weights_sha256", "random_weights", "seed")
-    found = {json.dumps({k: r["provenance"].get(k) for k in keys}, sort_keys=True) for r in reports}
-    return [json.loads(c) for c in sorted(found)]
+    found = Counter(json.dumps({k: r["provenance"].get(k) for k in keys}, sort_keys=True) for r in reports)
+    return [{**json.loads(c), "shards": n} for c, n in sorted(found.items())]
 
 
 def dataset_card(reports: list[dict[str, Any]], stats: CorpusStats) -> str:
