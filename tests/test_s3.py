@@ -565,11 +565,12 @@ def test_read_ahead_resumes_after_a_broken_connection() -> None:
 
 @pytest.mark.workflow
 @pytest.mark.faults
-def test_failed_derive_job_takes_back_what_it_sent(server: Any, client: Any, checkpoint: Path, tmp_path: Path) -> None:
-    """A derive batch whose second shard's token file is unreadable: the job has sent the first shard's part and
-    report by then; the run fails naming the shard, Snakemake removes what the job sent (it knows it from the job's
-    receipt) and nothing else of the batch is in the bucket (no digest either); once the file is fixed the plain
-    rerun completes."""
+def test_bad_token_file_in_a_derive_batch_costs_the_others_nothing(
+    server: Any, client: Any, checkpoint: Path, tmp_path: Path
+) -> None:
+    """A derive batch whose second shard's token file is unreadable: the job goes past it, sends every shard's
+    report and part (the bad one's report records why, its part is empty), and summarize refuses naming the shard;
+    once the file is fixed the plain rerun re-derives that shard alone and completes."""
     from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
 
     prefix, shards = "failed-derive", ["a/shard-0", "a/shard-1", "a/shard-2"]
@@ -587,18 +588,28 @@ def test_failed_derive_job_takes_back_what_it_sent(server: Any, client: Any, che
         )
 
     r = run(cmd(), env)
-    assert r.returncode != 0, "an unreadable token file must fail its derive job"
+    assert r.returncode != 0, "summarize must refuse a corpus with a shard it could not derive"
     assert "a/shard-1" in r.stdout + r.stderr
     from neucodec_workflow.testing.storage_probe import read
 
     sent = [o["query"] for o in read(probe) if o["op"] == "job_store"]
-    # shard-0's part went out first, then its report
-    assert sent == [f"{out}/sft_dataset/data/train/a/shard-0.parquet", f"{out}/shards/a/shard-0.json"], sent
-    assert keys(client, f"{prefix}/out") == [], "what the failed job sent stayed in the bucket"
+    for shard in shards:  # each shard's part, then its report
+        assert sent.index(f"{out}/sft_dataset/data/train/{shard}.parquet") < sent.index(f"{out}/shards/{shard}.json")
+    failed = json.loads(client.get_object(Bucket=BUCKET, Key=f"{prefix}/out/shards/a/shard-1.json")["Body"].read())
+    assert failed["record"] == "failed" and failed["error"], failed
+    assert f"{prefix}/out/stats.json" not in keys(client, f"{prefix}/out")
+    mtimes = {s: client.head_object(Bucket=BUCKET, Key=f"{prefix}/out/shards/{s}.json")["LastModified"] for s in shards}
+    probe.unlink()
 
     client.put_object(Bucket=BUCKET, Key=f"{prefix}/corpus/a/shard-1/neucodec_tokens.parquet", Body=good)
     again = run(cmd(), env)
     assert again.returncode == 0, again.stderr[-3000:]
+    resent = [o["query"] for o in read(probe) if o["op"] == "job_store" and "/shards/" in o["query"]]
+    assert resent == [f"{out}/shards/a/shard-1.json"], resent
+    for shard in ("a/shard-0", "a/shard-2"):
+        assert (
+            client.head_object(Bucket=BUCKET, Key=f"{prefix}/out/shards/{shard}.json")["LastModified"] == mtimes[shard]
+        )
     present = set(keys(client, f"{prefix}/out"))
     for shard in shards:
         assert f"{prefix}/out/shards/{shard}.json" in present
