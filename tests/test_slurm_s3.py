@@ -29,14 +29,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO
+from test_s3 import ACCESS_KEY, SECRET  # the S3 sentinels (test_secret_scan allows them)
 from test_slurm import RUN_TIMEOUT_S, TEST_OVERRIDES, cluster, slurm_jobs  # noqa: F401 (cluster: a fixture)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
 BUCKET = "corpus"
 SHARDS = ["a/shard-0", "a/shard-1", "b/shard-0"]
-ACCESS_KEY = "AKIALOOPBACKTEST"
-SECRET = "SENTINEL-s3cret-cluster-3b9d"
 ENCODE_COMMENT = "rule_encode_encode_shard"
 TOKENS = "neucodec_tokens.parquet"
 
