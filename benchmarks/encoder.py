@@ -151,8 +151,8 @@ def main() -> int:
     ap.add_argument(
         "--transformers-batch-sizes",
         default=None,
-        help="batch sizes tried for transformers' NeuCodecModel, comma-separated (default: 1,2,4 on CPU, 1,8,32 on "
-        "GPU; empty: skip it)",
+        help="batch sizes tried for transformers' NeuCodecModel, comma-separated (default in exact mode: 1,2,4 on CPU, "
+        "8,32 on GPU; in fast mode none: its run would repeat exact mode's; empty: skip it)",
     )
     args = ap.parse_args()
     allocator = "glibc default" if args.default_malloc or not keep_freed_memory() else "glibc, freed blocks kept"
@@ -163,9 +163,9 @@ def main() -> int:
     gpu = device.startswith("cuda")
     segments = args.segments or (200 if gpu else 6)
     batch_seconds = args.batch_seconds or (600.0 if gpu else 60.0)
-    bs_arg = (
-        args.transformers_batch_sizes if args.transformers_batch_sizes is not None else ("1,8,32" if gpu else "1,2,4")
-    )
+    bs_arg = args.transformers_batch_sizes
+    if bs_arg is None:  # transformers' path has no fast mode: fast-mode runs leave it to exact-mode ones
+        bs_arg = "" if args.mode == "fast" else "8,32" if gpu else "1,2,4"
     hf_batch_sizes = [int(b) for b in bs_arg.split(",") if b.strip()]
 
     load_start = os.getloadavg()[0]
