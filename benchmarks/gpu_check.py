@@ -206,6 +206,7 @@ def shard_job(check: Check, args, work: Path) -> dict:
 
 def run_steps(check: Check, args, skip: set[str], work: Path) -> None:
     common = ["--device", args.device, "--weights", args.weights, "--longest", str(args.longest)]
+    cpu = args.device == "cpu"
     bench = [check.python, "benchmarks/encoder.py", *common, "--segments", str(args.segments)]
     profile = [check.python, "benchmarks/profile_engine.py", *common, "--segments", str(args.profile_segments)]
     variants = [check.python, "benchmarks/variants.py", *common, "--segments", str(args.profile_segments)]
@@ -218,7 +219,8 @@ def run_steps(check: Check, args, skip: set[str], work: Path) -> None:
             150,
         ),
         ("variants", variants, 90),
-        ("bench_exact", [*bench, "--mode", "exact"], 120),
+        # transformers' NeuCodecModel beside the engine at its default batch sizes on a GPU; one size in a CPU dry-run
+        ("bench_exact", [*bench, "--mode", "exact", *(["--transformers-batch-sizes", "1"] if cpu else [])], 120),
         ("bench_fast", [*bench, "--mode", "fast"], 120),
         ("shard_job", [], 0),
         ("profile_exact", [*profile, "--mode", "exact"], 60),
