@@ -218,7 +218,8 @@ def run_steps(check: Check, args, skip: set[str], work: Path) -> None:
             [check.python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
             150,
         ),
-        ("variants", variants, 90),
+        # a CPU dry-run's fast variants run bf16 on the CPU: minutes for one clip without AVX-512 (torch's slow path)
+        ("variants", variants, 600 if cpu else 90),
         # transformers' NeuCodecModel beside the engine at its default batch sizes on a GPU; one size in a CPU dry-run
         ("bench_exact", [*bench, "--mode", "exact", *(["--transformers-batch-sizes", "1"] if cpu else [])], 120),
         ("bench_fast", [*bench, "--mode", "fast"], 120),
