@@ -76,21 +76,30 @@ NEED_EVERY_ENCODE_JOB = (
 )
 
 
-def every_encode_job_needed(argv: list[str]) -> bool:
-    """Whether the Snakemake command line ``argv`` (this process's, profiles included: Snakemake's own parser) sets
-    an option of ``NEED_EVERY_ENCODE_JOB``. True too when ``argv`` is not a Snakemake command line (the API, a job):
-    the encode rule then matches every shard, as Snakemake alone would."""
+def _snakemake_args(argv: list[str]) -> Any:
+    """``argv`` parsed by Snakemake's own parser (profiles included), or None when it is not a Snakemake command line
+    (the API, ``python -c``) or does not parse."""
     import contextlib
     import io
 
     from snakemake.cli import parse_args
 
     if not argv or Path(argv[0]).name not in ("snakemake", "__main__.py"):
-        return True
+        return None
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # the profile notice, printed once already
             _, args = parse_args(argv[1:])
     except (SystemExit, Exception):
+        return None
+    return args
+
+
+def every_encode_job_needed(argv: list[str]) -> bool:
+    """Whether the Snakemake command line ``argv`` (this process's, profiles included: Snakemake's own parser) sets
+    an option of ``NEED_EVERY_ENCODE_JOB``. True too when ``argv`` is not a Snakemake command line (the API, a job):
+    the encode rule then matches every shard, as Snakemake alone would."""
+    args = _snakemake_args(argv)
+    if args is None:
         return True
     return any(getattr(args, name, None) not in (None, False, [], set(), "") for name in NEED_EVERY_ENCODE_JOB)
 
@@ -99,17 +108,8 @@ def job_shards(argv: list[str]) -> list[str] | None:
     """The shards a job's own Snakemake process runs (a cluster job, or a job of a group): the ``shard`` wildcards of
     the target jobs on its command line ``argv`` (``--target-jobs rule:shard=...``, Snakemake's own parser), in order,
     once each. None when a target job has no shard (codec_fit reads the whole corpus), or there is none: plan all."""
-    import contextlib
-    import io
-
-    from snakemake.cli import parse_args
-
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            _, args = parse_args(argv[1:])  # --target-jobs parsed: TargetSpec(rulename, wildcards_dict) each
-    except (SystemExit, Exception):
-        return None
-    specs = args.target_jobs or []
+    args = _snakemake_args(argv)
+    specs = (args.target_jobs if args is not None else None) or []  # TargetSpec(rulename, wildcards_dict) each
     shards: list[str] = []
     for spec in specs:
         shard = dict(spec.wildcards_dict or {}).get("shard")
