@@ -2,7 +2,7 @@
 #
 # The record: a shard is done when its token file exists. Everything in {output} is derived from the token files
 # (and the metadata), cheaply, and re-made when missing: deleting {output} never re-encodes.
-#   {corpus}/{shard}/neucodec_tokens.parquet    tokens per segment (contract: ../shared/docs/contracts.md), with the
+#   {corpus}/{shard}/neucodec_tokens.parquet    tokens per segment (schema: README "Outputs"), with the
 #                                               encode job's report (every segment, rejects with reason, speed,
 #                                               device, audit) and provenance in its parquet key-value metadata
 #   {output}/shards/{shard}.json                per-shard report (foreign token files: what can be known)

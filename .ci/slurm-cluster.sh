@@ -14,7 +14,7 @@
 # figures are configured (SLURM_TEST_CPUS, SLURM_TEST_MEM_MB, SLURM_TEST_GPUS) rather than detected
 # (SlurmdParameters=config_overrides), so a production profile's requests are accepted as they are.
 # Exit status 77 means "cannot run here" (not root, no apt, packages missing): callers skip.
-# Every wait is bounded. Facts behind the settings: ../shared/docs/cluster.md.
+# Every wait is bounded. What each setting is for: docs/cluster.md, "The SLURM test".
 set -euo pipefail
 
 PACKAGES=(munge slurmctld slurmd slurm-client)
@@ -117,7 +117,7 @@ AutoDetect=off
 NodeName=$host Name=gpu File=$DIR/dev/nvidia[0-$((gpus - 1))]
 EOF
   cat >"$DIR/slurm.conf" <<EOF
-# Test cluster written by .ci/slurm-cluster.sh; see ../shared/docs/cluster.md.
+# Test cluster written by .ci/slurm-cluster.sh; see docs/cluster.md.
 ClusterName=neucodec-test
 SlurmctldHost=$host(127.0.0.1)
 SlurmctldPort=$ctld_port

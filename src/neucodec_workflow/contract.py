@@ -1,4 +1,4 @@
-"""The data contracts (../shared/docs/contracts.md): shard file names, 16 kHz / 320-sample frames, the per-shard
+"""The data contracts (README "Outputs"): shard file names, 16 kHz / 320-sample frames, the per-shard
 ``neucodec_tokens.parquet`` (written atomically, read), and atomic JSON. No torch: the dataset side imports this.
 
 The token file is the record of a shard: besides the three contract columns, its parquet key-value metadata holds
