@@ -69,7 +69,7 @@ ceph:
 	  echo "Ceph ($(CEPH_PACKAGES)) not available (needs root and apt): tests/test_ceph.py is skipped"
 
 demo: setup espeak
-	$(PY) -m neucodec_workflow.testing.demo --weights $(WEIGHTS)
+	$(PY) -m neucodec_workflow.demo --weights $(WEIGHTS)
 	@echo "--- where the run stands (neucodec-workflow status; docs/watching.md):"
 	$(VENV)/bin/neucodec-workflow status --config corpus=demo/corpus output=demo/output
 	@echo "--- the HTML report (snakemake --report; docs/watching.md): open demo/report.html in a browser"

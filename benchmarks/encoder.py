@@ -35,13 +35,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
 from neucodec_workflow.engine.codec import build_neucodec, load_codec
 from neucodec_workflow.engine.device import pick_device
 from neucodec_workflow.engine.engine import Engine, EngineConfig
 from neucodec_workflow.engine.numerics import numerics
+from neucodec_workflow.engine.probe import speech_like
 from neucodec_workflow.shard.audio import decode_member, iter_flac_members
 from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
-from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import transformers_neucodec  # noqa: E402  (benchmarks/ is not a package)

@@ -26,6 +26,7 @@ from record import put_corpus, shard_name  # benchmarks/record.py, beside this s
 from s3_requests import env_for
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # tests/support/: the loopback S3 server
 
 
 def job_process(repo: Path, endpoint: str, bucket: str, work: Path, shard: str) -> float:
@@ -69,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old", type=Path, help="another checkout to compare with (A/B, alternating)")
     args = ap.parse_args(argv)
 
+    from support.loopback_s3 import LoopbackS3
+
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     trees = {"this": REPO, **({"old": args.old.resolve()} if args.old else {})}
     with LoopbackS3() as server, tempfile.TemporaryDirectory() as tmp:

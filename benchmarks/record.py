@@ -11,7 +11,7 @@ codec weights ``random`` on the CPU, ``--cores 2``, one bucket per run; a markdo
    jobs; every report and part is checked, stats.json must count every shard;
 3. one new real shard (FLAC in a tar) added to --base-shards finished ones whose derived outputs a previous run made:
    jobs, wall without the encode job (its benchmark TSV), the objects written;
-4. peak of .snakemake/storage under neucodec_workflow.testing.storage_probe (every transfer recorded) in run 3 and in
+4. peak of .snakemake/storage under tests/support/storage_probe.py (every transfer recorded) in run 3 and in
    an adoption of --probe-shards shards (the probe walks the storage directory at each transfer: too slow for run 2
    itself), against the size of two token files plus one dataset part.
 """
@@ -37,6 +37,7 @@ from typing import Any
 from s3_requests import env_for  # benchmarks/s3_requests.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # tests/support/: the loopback S3 server, the storage probe
 JOB_STATS = re.compile(r"^Job stats:\n.*\n.*\n((?:\S+\s+\d+\n)+)", re.M)
 JOB_START = re.compile(r"^(?:local)?rule (\S+):$")
 JOB_FIELD = re.compile(r"^\s+(log|jobid|wildcards): (.*)$")
@@ -110,7 +111,7 @@ def log_span(path: str | None, t0: float) -> tuple[float, float] | None:
 def snakemake(server: Any, bucket: str, work: Path, *extra: str, probe: Path | None = None) -> dict[str, Any]:
     """The real Snakemake CLI (python -m snakemake; with ``probe`` under the storage probe). Counts its requests,
     stamps each line of its output on arrival, and times every job: start, first and last line of its log, end."""
-    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+    from support.loopback_s3 import snakemake_s3_command
 
     cfg = [f"output=s3://{bucket}/out", f"local_dir={work / 'local'}"]  # after the command's own --config: they win
     cmd = snakemake_s3_command(REPO, work, f"s3://{bucket}/corpus", "random", *cfg, *extra, probe=probe)
@@ -168,7 +169,7 @@ def summarize_reading(work: Path) -> str:
 
 
 def probe_peak(probe: Path, client: Any, bucket: str) -> dict[str, Any]:
-    from neucodec_workflow.testing.storage_probe import read
+    from support.storage_probe import read
 
     ops = read(probe)
     top = max(ops, key=lambda o: o["storage_bytes"])
@@ -219,7 +220,7 @@ def adopt(server: Any, client: Any, n: int, tmp: Path, probe: bool = False) -> d
 
 
 def add_one(server: Any, client: Any, base: int, tmp: Path) -> dict[str, Any]:
-    from neucodec_workflow.testing.loopback_s3 import shard_bytes
+    from support.loopback_s3 import shard_bytes
 
     bucket, work, new = "record-add", tmp / "add", "part-new/shard-new"
     put_corpus(client, bucket, base)
@@ -291,8 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     opts = ap.parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
 
+    from support.loopback_s3 import LoopbackS3
+
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     runs = {
         1: lambda: dry_run(server, client, opts.shards, tmp),

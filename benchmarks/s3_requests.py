@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # tests/support/: the loopback S3 server
 BUCKET = "bench"
 PENDING = re.compile(r"^\s*wildcards: shard=(\S+)", re.M)
 
@@ -48,7 +49,7 @@ def env_for(endpoint: str, stock: bool = False) -> dict[str, str]:
 
 
 def args_for(workdir: Path, prefix: str, weights: str, *extra: str) -> list[str]:
-    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+    from support.loopback_s3 import snakemake_s3_command
 
     return snakemake_s3_command(REPO, workdir, f"s3://{BUCKET}/{prefix}", weights, *extra)
 
@@ -116,7 +117,7 @@ def dir_bytes(path: Path) -> int:
 
 
 def real_run(server: Any, client: Any, n: int, weights: str, tmp: Path) -> dict[str, Any]:
-    from neucodec_workflow.testing.loopback_s3 import shard_bytes
+    from support.loopback_s3 import shard_bytes
 
     prefix = f"run-{n}"
     workdir = tmp / prefix
@@ -175,9 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-run", action="store_true")
     opts = ap.parse_args(argv)
 
+    from support.loopback_s3 import LoopbackS3
+
     from neucodec_workflow.engine.codec import save_random_checkpoint
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="s3bench-") as tmp_s, LoopbackS3() as server:

@@ -12,8 +12,9 @@ Throughput: a synthetic shard (``--segments`` utterances of 2-20 s at 50 tokens/
 (``pairs_per_speaker=0``) and once with the default voice-cloning pairs; the time its tokenizer calls take is measured
 inside the same call. The text parts go through tiktoken (``mtts.FastBPE``, where it reproduces the tokenizer); the
 old way (the same tokenizer, text parts through the tokenizers library) runs call for call alternating with it, so
-that the ratio of the two sees the same machine load. The tokenizer is the test one (``testing/tokenizer.py``: the
-model's class, byte-level BPE, the model's special and speech tokens) unless ``--tokenizer``. Upstream = render every
+that the ratio of the two sees the same machine load. The tokenizer is the test one
+(``neucodec_workflow/demo/tokenizer.py``: the model's class, byte-level BPE, the model's special and speech tokens)
+unless ``--tokenizer``. Upstream = render every
 row with its ``<|s_N|>`` strings and tokenize the whole string (same backend, same core), on ``--upstream-rows`` rows
 of each kind; its ids are checked equal to ours; packing and writing are not counted for it (so the ratio is a lower
 bound). Each timing: a warm-up, then the best of ``--repeats``; the ratio to the old way: median, min and max over
@@ -61,7 +62,7 @@ from neucodec_workflow.dataset.mtts import (  # noqa: E402
     speaker_names,
 )
 from neucodec_workflow.dataset.sft import metadata_fields, shard_rows  # noqa: E402
-from neucodec_workflow.testing.tokenizer import WORDS, build_test_tokenizer, sample_text  # noqa: E402
+from neucodec_workflow.demo.tokenizer import WORDS, build_test_tokenizer, sample_text  # noqa: E402
 
 COLUMNS = {
     "segment_id": "segment_id",

@@ -48,6 +48,7 @@ from record import foreign_shard, shard_name  # benchmarks/record.py, beside thi
 from s3_requests import env_for
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # tests/support/: the loopback S3 server
 BUCKET = "status-bench"
 S3_OUTPUT = f"s3://{BUCKET}/out"
 LOCAL_OUTPUT = "local"  # a local output, relative to the look's working directory: logs and shards.parquet there
@@ -245,8 +246,9 @@ def scenario(
 
 
 def run_s3(n: int, new: int, tmp: Path, footer_look: bool = True) -> list[dict[str, Any]]:
+    from support.loopback_s3 import LoopbackS3
+
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as server:
         client = S3Settings(endpoint_url=server.endpoint, access_key="AKIABENCH", secret_key="bench-secret").client()

@@ -9,6 +9,7 @@ import torch
 import torchaudio.functional as AF
 from conftest import clip, float_wav_bytes
 
+from neucodec_workflow.demo.corpus import flac_bytes
 from neucodec_workflow.shard.audio import (
     HOP,
     Clip,
@@ -19,7 +20,6 @@ from neucodec_workflow.shard.audio import (
     segment_id_of,
     to_mono_16k,
 )
-from neucodec_workflow.testing.synth import flac_bytes
 
 
 def test_segment_id_from_nested_member():

@@ -23,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from support.ceph import CephUnavailable, LoopbackCeph, find_binaries
 from test_s3 import (  # the S3 Snakemake helpers
     ACCESS_KEY,
     BUCKET,
@@ -34,8 +35,6 @@ from test_s3 import (  # the S3 Snakemake helpers
     put_shard,
     run,
 )
-
-from neucodec_workflow.testing.ceph import CephUnavailable, LoopbackCeph, find_binaries
 
 try:
     find_binaries()
@@ -97,7 +96,7 @@ def ceph_env(ceph: Any, home: Path) -> dict[str, str]:
 
 
 def command(workdir: Path, checkpoint: Path, *extra: str) -> list[str]:
-    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+    from support.loopback_s3 import snakemake_s3_command
 
     return snakemake_s3_command(
         REPO, workdir, f"s3://{BUCKET}/{CORPUS}", str(checkpoint), *extra, output=f"s3://{BUCKET}/{OUT}"

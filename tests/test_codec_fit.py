@@ -14,7 +14,7 @@ from conftest import clip
 
 from neucodec_workflow.codec_fit import log_mel_distance, sample_fits, si_sdr
 from neucodec_workflow.contract import HOP, METADATA, SAMPLE_RATE, TAR, TOKENS, write_tokens
-from neucodec_workflow.testing.synth import Member, flac_bytes, write_shard
+from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
 
 COLUMNS = {"segment_id": "segment_id", "language": "language"}
 

@@ -214,7 +214,7 @@ def test_multilingual_tts_tokenizer_and_block_size_changes_are_refused(tmp_path,
     """The tokenizer is recorded by what it is (a hash of its vocabulary, merges and added tokens), not by its name:
     another tokenizer in the same directory makes the old parts stale; so does another block size."""
     from neucodec_workflow.dataset.mtts import load_tokenizer
-    from neucodec_workflow.testing.tokenizer import build_test_tokenizer
+    from neucodec_workflow.demo.tokenizer import build_test_tokenizer
 
     monkeypatch.setenv("RAYON_NUM_THREADS", "1")
     corpus, out, directory = tmp_path / "corpus", tmp_path / "out", tmp_path / "tokenizer"
@@ -353,10 +353,10 @@ def test_a_stale_local_copy_of_a_token_file_is_not_read(tmp_path, monkeypatch):
     """A killed run left a local copy of a shard's token file; the shard was encoded again elsewhere and its object
     replaced. The derive job reads the object (the copy is not what S3 holds), and still uses a copy that is."""
     pytest.importorskip("moto")
+    from support.loopback_s3 import LoopbackS3
     from test_s3 import ACCESS_KEY, SECRET
 
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     corpus = tmp_path / "corpus"
     make_shard(corpus, "a/s0", n=10)
@@ -462,10 +462,10 @@ def test_snakemake_refuses_a_mixed_dataset_and_the_printed_command_fixes_it(tmp_
 @pytest.mark.s3
 def test_rederive_removes_reports_in_s3(tmp_path, monkeypatch, capsys):
     pytest.importorskip("moto")
+    from support.loopback_s3 import LoopbackS3
     from test_s3 import ACCESS_KEY, SECRET
 
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as server:
         for key, value in {"ENDPOINT_URL": server.endpoint, "ACCESS_KEY": ACCESS_KEY, "SECRET_KEY": SECRET}.items():

@@ -1,4 +1,4 @@
-"""S3 faults: a fault-injecting proxy (testing/fault_proxy.py) on 127.0.0.1 in front of the loopback moto server.
+"""S3 faults: a fault-injecting proxy (support/fault_proxy.py) on 127.0.0.1 in front of the loopback moto server.
 
 HTTP 503 SlowDown, 500 InternalError, connection resets in the middle of a response body, delays of seconds, at a
 seeded rate. Our readers (storage/streams.py) retry with botocore's backoff and resume broken bodies by byte range;
@@ -120,7 +120,7 @@ def test_read_that_stays_broken_names_the_object(monkeypatch: pytest.MonkeyPatch
 @pytest.fixture(scope="module")
 def loopback() -> Iterator[Any]:
     pytest.importorskip("moto")
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+    from support.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as s3:
         yield s3
@@ -138,7 +138,7 @@ def direct(loopback: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def proxy(loopback: Any) -> Iterator[Any]:
-    from neucodec_workflow.testing.fault_proxy import FaultProxy
+    from support.fault_proxy import FaultProxy
 
     with FaultProxy(loopback.endpoint, rate=0.0, seed=13) as p:
         assert p.endpoint.startswith("http://127.0.0.1:")
@@ -206,9 +206,10 @@ def test_workflow_through_faults(
     and then the plain rerun (faults still on) completes."""
     import random
 
+    from support.loopback_s3 import snakemake_s3_command
+
     from neucodec_workflow.engine.reference import reference_tokens
     from neucodec_workflow.shard.audio import decode_member, iter_flac_members
-    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
 
     prefix = f"faults-{seed}"
     put_shard(direct, f"{prefix}/corpus", "enc/shard-0", seed=30)

@@ -15,7 +15,7 @@ import yaml
 from conftest import run_snakemake, simple_shard
 
 from neucodec_workflow.contract import SCHEMA
-from neucodec_workflow.testing.tokenizer import build_test_tokenizer
+from neucodec_workflow.demo.tokenizer import build_test_tokenizer
 
 pytestmark = pytest.mark.workflow
 TOKENS = "neucodec_tokens.parquet"

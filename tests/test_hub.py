@@ -11,9 +11,9 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
+from support.loopback_hub import FAKE_TOKEN, LoopbackHub
 
 from neucodec_workflow.dataset.hub import HubFile, push_dataset
-from neucodec_workflow.testing.loopback_hub import FAKE_TOKEN, LoopbackHub
 
 # huggingface_hub's own LFS PUT passes a file object as `data=`, which its HTTP client deprecates
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")

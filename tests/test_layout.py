@@ -66,7 +66,7 @@ def test_the_formats_tokenizer_loads_where_there_is_no_torch(tmp_path):
         HIDE_TORCH
         + f"""
 from neucodec_workflow.dataset.mtts import load_tokenizer
-from neucodec_workflow.testing.tokenizer import build_test_tokenizer
+from neucodec_workflow.demo.tokenizer import build_test_tokenizer
 tok = load_tokenizer(str(build_test_tokenizer(__import__("pathlib").Path({str(tmp_path)!r}))))
 assert "torch" not in sys.modules
 print(type(tok.tokenizer).__name__, tok.speech_base)

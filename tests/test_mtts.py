@@ -1,6 +1,6 @@
 """The multilingual_tts format (dataset/mtts.py) against real components: a real byte-level BPE tokenizer of the
-model's class with the model's special and speech tokens (testing/tokenizer.py), and mosaicml-streaming's own
-``MDSWriter`` and ``LocalDataset`` with the trainer's uint32 encoding."""
+model's class with the model's special and speech tokens (demo/tokenizer.py, the demo's), and mosaicml-streaming's
+own ``MDSWriter`` and ``LocalDataset`` with the trainer's uint32 encoding."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ from neucodec_workflow.dataset.mtts import (
     write_mds,
 )
 from neucodec_workflow.dataset.sft import shard_rows
+from neucodec_workflow.demo.tokenizer import build_test_tokenizer, sample_text
 from neucodec_workflow.records import Reason
-from neucodec_workflow.testing.tokenizer import build_test_tokenizer, sample_text
 
 EDGE_TEXTS = [
     "  Hello   world, twice  ",

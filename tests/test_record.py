@@ -113,7 +113,7 @@ def test_deleted_report_is_rederived_not_reencoded(encoded):
 def test_push_to_a_loopback_hub_sends_only_what_changed(encoded):
     """sft.push_to_hub against a loopback HTTP server implementing the Hub calls huggingface_hub makes (no Hub can be
     reached from here): every part and the card arrive; after a re-derivation that changes nothing, nothing is sent."""
-    from neucodec_workflow.testing.loopback_hub import FAKE_TOKEN, LoopbackHub
+    from support.loopback_hub import FAKE_TOKEN, LoopbackHub
 
     root, _, config, _ = encoded
     pushed = {**config, "sft": json.dumps({"push_to_hub": "org/tokens"})}
@@ -141,7 +141,7 @@ def test_push_never_leaks_the_hf_token(encoded):
     """HF_TOKEN is a sentinel: after a push the hub refuses (401), one whose commit fails (500, a traceback in the
     job's log) and one that succeeds, and Snakemake's report, it is in no stdout/stderr and no file of the work
     directory (logs, outputs, receipts, .snakemake metadata, report.html)."""
-    from neucodec_workflow.testing.loopback_hub import LoopbackHub
+    from support.loopback_hub import LoopbackHub
 
     root, _, config, _ = encoded
     pushed = {**config, "sft": json.dumps({"push_to_hub": "org/leak-check"})}

@@ -37,7 +37,7 @@ PENDING = re.compile(r"^\s*wildcards: shard=(\S+)", re.M)
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
     pytest.importorskip("moto")
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+    from support.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as s3:
         assert s3.endpoint.startswith("http://127.0.0.1:")
@@ -76,7 +76,7 @@ def s3_env(endpoint: str, home: Path) -> dict[str, str]:
 
 
 def put_shard(client: Any, prefix: str, shard: str, *, seed: int, corrupt: bool = False, seconds: float = 1.0) -> int:
-    from neucodec_workflow.testing.loopback_s3 import shard_bytes
+    from support.loopback_s3 import shard_bytes
 
     tar, meta = shard_bytes(2, seconds, seed=seed, corrupt=corrupt)
     client.put_object(Bucket=BUCKET, Key=f"{prefix}/{shard}/audio.tar", Body=tar)
@@ -90,8 +90,8 @@ def keys(client: Any, prefix: str) -> list[str]:
 
 
 def snakemake_args(workdir: Path, prefix: str, checkpoint: Path, *extra: str, probe: Path | None = None) -> list[str]:
-    """The real Snakemake CLI; with ``probe``, its storage transfers are recorded there (testing/storage_probe.py)."""
-    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+    """The real Snakemake CLI; with ``probe``, its storage transfers are recorded there (support/storage_probe.py)."""
+    from support.loopback_s3 import snakemake_s3_command
 
     return snakemake_s3_command(REPO, workdir, f"s3://{BUCKET}/{prefix}", str(checkpoint), *extra, probe=probe)
 
@@ -164,7 +164,7 @@ def assert_local_storage_bounded(probe: Path, client: Any, uploaded: list[str], 
     happen, so no peak can be missed): no input was downloaded, exactly the token files ``uploaded`` were sent, each
     by its encode job (never by Snakemake) and gone from local disk at the next record, and never more than one token
     file plus one other output at once (one encode job runs at a time; the derive job reads the object)."""
-    from neucodec_workflow.testing.storage_probe import read
+    from support.storage_probe import read
 
     ops = read(probe)
     assert ops, "the storage probe recorded nothing"
@@ -198,7 +198,7 @@ def part_keys(shard: str) -> list[str]:
 def assert_sent_one_at_a_time(probe: Path, sent_by_job: list[str]) -> None:
     """The derive job uploaded every report and part itself (never Snakemake), each from a staging file in the local
     storage prefix that was gone before the next one was written: at no record were two of them on local disk."""
-    from neucodec_workflow.testing.storage_probe import read
+    from support.storage_probe import read
 
     ops = read(probe)
     sent = [o for o in ops if o["op"] == "job_store"]
@@ -454,8 +454,9 @@ def test_dataset_in_s3_from_adopted_token_files(server: Any, client: Any, checkp
     what the job uploads itself is known from its receipt); one report or part on local disk at a time; summarize
     reads the reports from the job's digest; nothing left on local disk; a deleted report is re-derived (that
     shard only), and summarize then reads both digests, no report one by one."""
-    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
-    from neucodec_workflow.testing.tokenizer import build_test_tokenizer
+    from support.loopback_s3 import snakemake_s3_command
+
+    from neucodec_workflow.demo.tokenizer import build_test_tokenizer
 
     tokenizer = build_test_tokenizer(tmp_path / "tokenizer")
     formats = f"sft={{'formats': [hf, multilingual_tts, neutts], 'multilingual_tts': {{'tokenizer': '{tokenizer}'}}}}"
@@ -571,7 +572,7 @@ def test_bad_token_file_in_a_derive_batch_costs_the_others_nothing(
     """A derive batch whose second shard's token file is unreadable: the job goes past it, sends every shard's
     report and part (the bad one's report records why, its part is empty), and summarize refuses naming the shard;
     once the file is fixed the plain rerun re-derives that shard alone and completes."""
-    from neucodec_workflow.testing.loopback_s3 import snakemake_s3_command
+    from support.loopback_s3 import snakemake_s3_command
 
     prefix, shards = "failed-derive", ["a/shard-0", "a/shard-1", "a/shard-2"]
     for i, shard in enumerate(shards):
@@ -590,7 +591,7 @@ def test_bad_token_file_in_a_derive_batch_costs_the_others_nothing(
     r = run(cmd(), env)
     assert r.returncode != 0, "summarize must refuse a corpus with a shard it could not derive"
     assert "a/shard-1" in r.stdout + r.stderr
-    from neucodec_workflow.testing.storage_probe import read
+    from support.storage_probe import read
 
     sent = [o["query"] for o in read(probe) if o["op"] == "job_store"]
     for shard in shards:  # each shard's part, then its report

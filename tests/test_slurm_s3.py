@@ -82,8 +82,9 @@ class Recorder:
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     pytest.importorskip("moto")
+    from support.loopback_s3 import LoopbackS3, shard_bytes
+
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3, shard_bytes
 
     with LoopbackS3() as server:
         client = S3Settings(
@@ -351,7 +352,7 @@ def test_job_cancelled_while_it_sends_a_multipart_upload(cluster, s3, random_ckp
 
 def test_cluster_run_through_faults(cluster, s3, random_ckpt, tmp_path):  # noqa: F811
     """The same run with 5 % of requests failing (throttling, 500, resets, delays): completes, same tokens."""
-    from neucodec_workflow.testing.fault_proxy import FaultProxy
+    from support.fault_proxy import FaultProxy
 
     server, client, rec = s3
     work = tmp_path / "work"

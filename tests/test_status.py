@@ -26,10 +26,11 @@ from conftest import REPO, run_snakemake, simple_shard
 
 from neucodec_workflow import status as st
 from neucodec_workflow.contract import HOP, SCHEMA, SECONDS_PER_TOKEN
+from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
+from neucodec_workflow.engine.probe import speech_like
 from neucodec_workflow.progress import Progress, Tick, line
 from neucodec_workflow.records import Clip
 from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
-from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
 
 JSON_KEYS = {"shards", "done", "pending", "failed", "hours_done", "eta_hours"}
 PROGRESS = re.compile(r"INFO neucodec_workflow\.progress: progress shard (\S+): (\d+)/(\d+) segments, .*ETA (\S+)(.*)")
@@ -296,7 +297,7 @@ def test_status_s3_counts_and_requests(
     """The same corpus in a loopback S3 bucket: same counts; one listing plus one ranged GET per new footer, then a
     refresh is the listing alone."""
     pytest.importorskip("moto")
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+    from support.loopback_s3 import LoopbackS3
 
     corpus, out = local_corpus["corpus"], local_corpus["out"]
     with LoopbackS3() as server:
@@ -345,9 +346,10 @@ def s3_corpus(server: Any, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> Any
 def test_footer_longer_than_one_ranged_read() -> None:
     """A report with many rejects makes a footer longer than the first 64 KiB tail: exactly one more GET."""
     pytest.importorskip("moto")
+    from support.loopback_s3 import LoopbackS3
+
     from neucodec_workflow.contract import REPORT_KEY
     from neucodec_workflow.storage.s3 import S3Settings
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
 
     buf = io.BytesIO()
     report = {
@@ -486,7 +488,7 @@ def test_status_first_look_from_shards_parquet_s3(
     the corpus. A first look: the listing plus one GET of shards.parquet, no footer; a refresh: the listing alone.
     Token files written again: their footers, and one conditional GET ('not modified') of the unchanged table."""
     pytest.importorskip("moto")
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+    from support.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as server:
         client = s3_corpus(server, local_corpus["corpus"], monkeypatch)

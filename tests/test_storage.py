@@ -1,6 +1,6 @@
 """Fast unit tests of the storage package (inventory, shard lists) and the upstream version policy.
 
-The S3 tests use the counting moto server on 127.0.0.1 (testing/loopback_s3.py) with fake keys, never AWS.
+The S3 tests use the counting moto server on 127.0.0.1 (support/loopback_s3.py) with fake keys, never AWS.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BUCKET, OTHER = "inventory-bucket", "other-bucket"
 @pytest.fixture(scope="module")
 def server() -> Iterator[Any]:
     pytest.importorskip("moto")
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+    from support.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as s3:
         yield s3

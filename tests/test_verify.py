@@ -287,7 +287,7 @@ def test_verify_shards_summary(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def s3_server() -> Iterator[Any]:
     pytest.importorskip("moto")
-    from neucodec_workflow.testing.loopback_s3 import LoopbackS3
+    from support.loopback_s3 import LoopbackS3
 
     with LoopbackS3() as server:
         yield server

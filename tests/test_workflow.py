@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_snakemake, simple_shard
 
+from neucodec_workflow.demo.corpus import Member, write_shard
 from neucodec_workflow.engine.reference import reference_tokens
 from neucodec_workflow.shard.audio import decode_member, iter_flac_members
-from neucodec_workflow.testing.synth import Member, write_shard
 
 pytestmark = pytest.mark.workflow
 
@@ -166,7 +166,7 @@ def test_lint_is_clean(project):
 
 
 def test_demo_corpus_layout(tmp_path):
-    from neucodec_workflow.testing.synth import DEMO_SHARDS, make_demo_corpus
+    from neucodec_workflow.demo.corpus import DEMO_SHARDS, make_demo_corpus
 
     make_demo_corpus(tmp_path, use_espeak=False)
     for shard, _, sr, channels in DEMO_SHARDS:

@@ -17,7 +17,9 @@ The package is grouped by the systems it holds, whose risks differ (README: Layo
               run; patches the storage plugin inside Snakemake at parse time), ``streams`` (what jobs read),
               ``discovery`` (the shard list)
 ``dataset/``  the training data, no torch: ``sft`` (the Hugging Face dataset), ``stats`` (``stats.json``)
-``testing/``  synthetic corpora (``synth``), the loopback S3 server, the demo: product code never imports it
+``demo/``     ``make demo`` (``python -m neucodec_workflow.demo``): the demo corpus (``corpus``: synthetic shards in
+              the contract's layout), an offline tokenizer for the demo's formats (``tokenizer``); the tests' rigs
+              (loopback servers, probes) live in tests/support/, outside the package
 """
 
 __version__ = "0.1.0"

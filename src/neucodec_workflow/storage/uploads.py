@@ -34,9 +34,6 @@ from neucodec_workflow.storage.streams import describe
 
 log = logging.getLogger(__name__)
 
-#: ``module:function`` called as ``function(staging, url)`` before each upload (the tests' storage probe records local
-#: disk there: testing/storage_probe.py)
-OBSERVER_ENV = "NEUCODEC_UPLOAD_OBSERVER"
 MULTIPART_BYTES = 8 * 1024 * 1024  # boto3's default multipart threshold: smaller files go in one PUT
 #: Bytes from which a file is sent as a multipart upload (default 8 MiB; parts of at least 8 MiB, the last smaller)
 MULTIPART_ENV = "NEUCODEC_S3_MULTIPART_BYTES"
@@ -89,8 +86,6 @@ class Uploader:
         staging = Path(staging)
         bucket, key = split_url(url)
         size = staging.stat().st_size
-        if os.environ.get(OBSERVER_ENV):
-            _observer(os.environ[OBSERVER_ENV])(staging, url)
         etag = None
         threshold = multipart_bytes()
         try:  # one PUT (a multipart upload from the threshold on); botocore retries throttling and 5xx
@@ -121,13 +116,6 @@ class Uploader:
             write_json(self.receipts / f"{uuid.uuid4().hex}.json", {"uploads": self.sent})
         except OSError as err:  # the parts are in the store; Snakemake's check after the job will say which it misses
             log.error("could not write the upload receipt in %s: %s", self.receipts, err)
-
-
-def _observer(spec: str) -> Any:
-    import importlib
-
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def read_receipts(directory: Path, seen: set[str]) -> list[dict[str, Any]]:

@@ -90,7 +90,8 @@ def shard_bytes(
     import numpy as np
     import pandas as pd
 
-    from neucodec_workflow.testing.synth import Member, flac_bytes, speech_like, write_shard
+    from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
+    from neucodec_workflow.engine.probe import speech_like
 
     rng = np.random.default_rng(seed)
     ids = [f"seg{seed:05d}_{i:02d}" for i in range(n_segments)]
@@ -124,8 +125,8 @@ def snakemake_s3_command(
 ) -> list[str]:
     """The real Snakemake CLI on ``repo``'s workflow for an S3 ``corpus``, run in ``workdir`` (output there, or at
     ``output``: a path or an s3:// URL), on the CPU, with this interpreter. With ``probe``, its storage transfers are
-    recorded there (``storage_probe``)."""
-    cli = ["-m", "snakemake"] if probe is None else ["-m", "neucodec_workflow.testing.storage_probe", str(probe)]
+    recorded there (``storage_probe``, run as a file: it needs no ``PYTHONPATH``)."""
+    cli = ["-m", "snakemake"] if probe is None else [str(Path(__file__).with_name("storage_probe.py")), str(probe)]
     return [
         sys.executable,
         *cli,

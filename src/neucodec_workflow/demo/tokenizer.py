@@ -1,6 +1,7 @@
 """A small real tokenizer shaped like the Multilingual-TTS one (Qwen3's byte-level BPE, then ``<|speech_start|>`` and
-``<|s_0|>`` … ``<|s_65535|>`` added in that order), and multilingual sample text: for tests and benchmarks, which
-cannot reach the Hub. The BPE is trained in a second on text from ``sample_text``, so ids and merges are realistic;
+``<|s_0|>`` … ``<|s_65535|>`` added in that order), and multilingual sample text: the demo's default
+``multilingual_tts`` tokenizer (``--tokenizer test``), also used by the tests and benchmarks, none of which reach
+the Hub. The BPE is trained in a second on text from ``sample_text``, so ids and merges are realistic;
 it is saved as a transformers directory whose ``tokenizer_config.json`` names ``Qwen2Tokenizer``, the class
 ``AutoTokenizer`` loads for Qwen3-1.7B-Base."""
 

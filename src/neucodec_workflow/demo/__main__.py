@@ -1,7 +1,7 @@
 """``make demo``: build the small local corpus, run the workflow on it (all three training-data formats), say where
 everything is.
 
-python -m neucodec_workflow.testing.demo [--weights random|neuphonic/neucodec|PATH] [--tokenizer test|HUB_ID|DIR]
+python -m neucodec_workflow.demo [--weights random|neuphonic/neucodec|PATH] [--tokenizer test|HUB_ID|DIR]
     [--cores N]
 """
 
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from neucodec_workflow.dataset.formats import FORMATS
+from neucodec_workflow.demo.corpus import make_demo_corpus
+from neucodec_workflow.demo.tokenizer import build_test_tokenizer
 from neucodec_workflow.jobs import RANDOM_BANNER
-from neucodec_workflow.testing.synth import make_demo_corpus
-from neucodec_workflow.testing.tokenizer import build_test_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 Selenium): screenshots and the page's JavaScript errors. Used by tests/test_report.py and to make the README's
 screenshot:
 
-    python -m neucodec_workflow.testing.browser demo/report.html docs/report.png
-    python -m neucodec_workflow.testing.browser demo/report.html docs/report-hours.png --result hours_per_language.svg
+    python tests/support/browser.py demo/report.html docs/report.png
+    python tests/support/browser.py demo/report.html docs/report-hours.png --result hours_per_language.svg
 """
 
 from __future__ import annotations

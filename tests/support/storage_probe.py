@@ -1,6 +1,6 @@
-"""Run the real Snakemake CLI with every transfer of the S3 storage plugin recorded (tests only).
+"""Run the real Snakemake CLI with every transfer of the S3 storage plugin recorded (tests and benchmarks only).
 
-    python -m neucodec_workflow.testing.storage_probe RECORD.jsonl SNAKEMAKE_ARGS...
+    python tests/support/storage_probe.py RECORD.jsonl SNAKEMAKE_ARGS...
 
 Wraps, in the main Snakemake process (the only one that downloads storage inputs and uploads storage outputs of local
 jobs), ``StorageObject.retrieve_object`` (a download), ``StorageObject.store_object`` (an upload) and
@@ -12,9 +12,9 @@ prefix at that moment). Every byte that lands in the local storage prefix arrive
 job wrote, so these records bound local disk use exactly, which a directory poll cannot (it can miss a peak).
 
 A derive job uploads its dataset parts itself (storage/uploads.py) from staging files in the same prefix. The probe
-passes its record file to job processes in ``NEUCODEC_STORAGE_PROBE`` and names ``job_upload`` in
-``NEUCODEC_UPLOAD_OBSERVER``, which ``uploads.Uploader`` calls before each upload: one ``job_store`` line, with the
-staging file at its full size.
+passes its record file to job processes in ``NEUCODEC_STORAGE_PROBE`` and puts the tests' ``sitecustomize`` on their
+``PYTHONPATH`` (``hooks.environ``), whose wrapper of ``uploads.Uploader.send`` calls ``job_upload`` before each
+upload: one ``job_store`` line, with the staging file at its full size.
 """
 
 from __future__ import annotations
@@ -26,8 +26,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-from neucodec_workflow.storage.uploads import OBSERVER_ENV
 
 _LOCK = threading.Lock()
 PROBE_ENV = "NEUCODEC_STORAGE_PROBE"  # the record file, for job processes
@@ -61,8 +59,10 @@ def install(record: str | Path) -> None:
     from snakemake_storage_plugin_s3 import StorageObject
 
     record = Path(record).resolve()  # Snakemake changes into --directory later
-    os.environ[PROBE_ENV] = str(record)  # job processes call job_upload before each upload they make
-    os.environ[OBSERVER_ENV] = "neucodec_workflow.testing.storage_probe:job_upload"  # not __name__: run as __main__
+    from support.hooks import environ
+
+    # job processes call job_upload before each upload they make (support/hooks.py wraps Uploader.send)
+    os.environ.update(environ(os.environ, **{PROBE_ENV: str(record)}))
     prefixes: list[Path] = []
 
     def write(op: str, query: str, local: Path, prefix: Path | None) -> None:
@@ -131,6 +131,7 @@ def read(record: str | Path) -> list[dict[str, Any]]:
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file: ``support`` from tests/
     install(sys.argv[1])
     from snakemake.cli import main as snakemake_main
 

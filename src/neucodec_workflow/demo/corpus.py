@@ -1,4 +1,5 @@
-"""Synthetic audio and shards in the contract's layout: for tests, the demo and benchmarks."""
+"""Synthetic audio and shards in the contract's layout: the demo corpus; the tests and benchmarks build theirs
+with the same functions."""
 
 from __future__ import annotations
 
