@@ -7,22 +7,19 @@ and how many voice-cloning pairs the within-shard choice keeps.
 
 Throughput: a synthetic shard (``--segments`` utterances of 2-20 s at 50 tokens/s, multilingual text at 2.5 words/s,
 ``--speakers`` speakers of Zipf-like sizes, 5 % without a speaker) through ``sft.shard_rows`` (not timed), then
-``mtts_part`` end to end: tokenize the text parts, speech ids by arithmetic, packing, the MDS file written and hashed
-(to ``--out``, default the temp dir; the previous call's file is removed first, untimed). Once with TTS rows only
-(``pairs_per_speaker=0``) and once with the default voice-cloning pairs; the time its tokenizer calls take is measured
-inside the same call. The text parts go through tiktoken (``mtts.FastBPE``, where it reproduces the tokenizer); the
-old way (the same tokenizer, text parts through the tokenizers library) runs call for call alternating with it, so
-that the ratio of the two sees the same machine load. The tokenizer is the test one
+``mtts_part`` end to end: tokenize the text parts (the tokenizer's ``tokenizers`` backend, in batches), speech ids by
+arithmetic, packing, the MDS file written and hashed (to ``--out``, default the temp dir; the previous call's file is
+removed first, untimed). Once with TTS rows only (``pairs_per_speaker=0``) and once with the default voice-cloning
+pairs; the time its tokenizer calls take is measured inside the same call. The tokenizer is the test one
 (``neucodec_workflow/demo/tokenizer.py``: the model's class, byte-level BPE, the model's special and speech tokens)
-unless ``--tokenizer``. Upstream = render every
-row with its ``<|s_N|>`` strings and tokenize the whole string (same backend, same core), on ``--upstream-rows`` rows
-of each kind; its ids are checked equal to ours; packing and writing are not counted for it (so the ratio is a lower
-bound). Each timing: a warm-up, then the best of ``--repeats``; the ratio to the old way: median, min and max over
-the repeats. Beside wall time, the CPU time the process used (user + system) per call: on a machine other processes
-load, what a call costs its one core.
+unless ``--tokenizer``. Upstream = render every row with its ``<|s_N|>`` strings and tokenize the whole string (same
+backend, same core), on ``--upstream-rows`` rows of each kind; its ids are checked equal to ours; packing and writing
+are not counted for it (so the ratio is a lower bound). Each timing: a warm-up, then the best of ``--repeats``. Beside
+wall time, the CPU time the process used (user + system) per call: on a machine other processes load, what a call
+costs its one core.
 
-Pair coverage: ordered pairs (different texts, both at least 5 characters) of each speaker, capped at 50,000 per
-speaker, over the whole corpus, against what pairs made within each shard keep (capped per speaker and shard), for
+Pair coverage: ordered pairs (different texts, both at least 5 characters) of each speaker, capped at the default
+``pairs_per_speaker`` per speaker, over the whole corpus, against what pairs made within each shard keep (capped per speaker and shard), for
 a synthetic corpus whose speakers spread over the shards (sorted by speaker, or shuffled) and, with ``--corpus``, a
 real corpus (its ``*/metadata.parquet`` files only, default column names).
 Prints tables, then one JSON line (the last line) for results files.
@@ -38,7 +35,6 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -46,21 +42,22 @@ import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from neucodec_workflow.dataset.mtts import (  # noqa: E402
+from neucodec_workflow.dataset.formats import MULTILINGUAL_TTS, schema_defaults  # noqa: E402
+from neucodec_workflow.dataset.mtts import load_tokenizer, mtts_part  # noqa: E402
+from neucodec_workflow.dataset.mtts_rows import (  # noqa: E402
     MttsSettings,
-    SpeechTokenizer,
     build_rows,
-    load_tokenizer,
-    mtts_part,
     render_tts,
     render_vc,
     speaker_names,
 )
+from neucodec_workflow.dataset.mtts_tokenizer import SpeechTokenizer  # noqa: E402
 from neucodec_workflow.dataset.sft import metadata_fields, shard_rows  # noqa: E402
 from neucodec_workflow.demo.tokenizer import WORDS, build_test_tokenizer, sample_text  # noqa: E402
 
@@ -72,8 +69,9 @@ COLUMNS = {
     "duration": "duration",
     "dataset": "dataset",
 }
-CAP = MttsSettings().pairs_per_speaker
-MIN_REF = MttsSettings().min_ref_chars
+DEFAULTS = MttsSettings.from_config(schema_defaults(MULTILINGUAL_TTS))  # the config schema's defaults
+CAP = DEFAULTS.pairs_per_speaker
+MIN_REF = DEFAULTS.min_ref_chars
 
 
 def speaker_sizes(rng: np.random.Generator, n: int, speakers: int) -> np.ndarray:
@@ -159,27 +157,19 @@ def timed_part(
 
 def throughput(
     tokenizer: SpeechTokenizer,
-    old: SpeechTokenizer,
     rows: pd.DataFrame,
     settings: MttsSettings,
     repeats: int,
     out: Path,
     upstream_rows: int,
 ) -> dict:
-    """``mtts_part`` end to end with ``tokenizer`` (text parts through tiktoken where it reproduces the tokenizer)
-    and with ``old`` (the same tokenizer, text parts through the tokenizers library: the way before), alternating
-    call by call so that both see the same machine load; and the upstream way on a subset."""
-    ways = {"new": timed_part(tokenizer, rows, settings, out), "old": timed_part(old, rows, settings, out)}
-    for part in ways.values():
-        part()  # warm-up
-    runs: dict[str, list[tuple[dict, float, float, float]]] = {way: [] for way in ways}
-    for _ in range(repeats):
-        for way, part in ways.items():
-            runs[way].append(part())
-    summary, wall, tokenizer_s, _ = min(runs["new"], key=lambda r: r[1])
-    _, old_wall, old_tokenizer_s, _ = min(runs["old"], key=lambda r: r[1])
-    cpu, old_cpu = (min(r[3] for r in runs[way]) for way in ("new", "old"))
-    ratios = sorted(o[1] / n[1] for n, o in zip(runs["new"], runs["old"], strict=True))
+    """``mtts_part`` end to end with ``tokenizer`` (a warm-up, then the best of ``repeats`` calls), and the upstream
+    way on a subset."""
+    part = timed_part(tokenizer, rows, settings, out)
+    part()  # warm-up
+    runs = [part() for _ in range(repeats)]
+    summary, wall, tokenizer_s, _ = min(runs, key=lambda r: r[1])
+    cpu = min(r[3] for r in runs)
 
     built = build_rows("bench", rows, tokenizer, settings)
     texts = [t.strip() for t in rows["text"].tolist()]
@@ -229,17 +219,6 @@ def throughput(
         "speech_tokens_per_s_without_tokenizer": speech / (wall - tokenizer_s),
         "cpu_seconds": round(cpu, 4),
         "speech_tokens_per_cpu_s": speech / cpu,
-        "tiktoken": tokenizer.fast is not None,
-        "old_way": {
-            "seconds": round(old_wall, 4),
-            "speech_tokens_per_s": speech / old_wall,
-            "tokenizer_seconds": round(old_tokenizer_s, 4),
-            "tokenizer_share": old_tokenizer_s / old_wall,
-            "cpu_seconds": round(old_cpu, 4),
-            "speech_tokens_per_cpu_s": speech / old_cpu,
-        },
-        # old wall / new wall of the calls made one after the other: the spread the machine's load leaves
-        "speedup_over_old": {"min": ratios[0], "median": ratios[len(ratios) // 2], "max": ratios[-1]},
         "upstream": upstream,
     }
     # the same rows' mix the upstream way: its rate per kind, weighted by our rows' speech tokens
@@ -337,17 +316,14 @@ def main() -> int:
         t0 = time.perf_counter()
         tokenizer = load_tokenizer(name)
         load_s = time.perf_counter() - t0
-        old = copy.copy(tokenizer)
-        old.fast = None  # the way before: text parts through the tokenizers library
         rows = synthetic_rows(rng, args.segments, args.speakers, args.language)
         out = Path(tempfile.mkdtemp(dir=args.out, prefix="bench-sft-")) if args.out else Path(tmp)
         try:
             runs = [
                 throughput(
                     tokenizer,
-                    old,
                     rows,
-                    MttsSettings(pairs_per_speaker=pairs),
+                    replace(DEFAULTS, pairs_per_speaker=pairs),
                     args.repeats,
                     out,
                     args.upstream_rows,
@@ -367,23 +343,18 @@ def main() -> int:
         f"{'test (Qwen2Tokenizer class)' if not args.tokenizer else name} loaded in {load_s:.1f} s; one core "
         f"(cpu {cpu}, {platform.processor() or platform.machine()})"
     )
-    print(f"text parts: {'tiktoken (FastBPE)' if tokenizer.fast else 'the tokenizers library (no FastBPE)'}")
     print(
         f"{'rows':<22} {'speech tok':>11} {'MDS MB':>8} {'wall s':>7} {'M speech tok/s':>15} {'tokenizer':>10} "
-        f"{'M/s w/o tok':>12} {'M/cpu-s':>8} {'old M/s':>8} {'old tok':>8} {'old M/cpu-s':>12} "
-        f"{'x old (min-max)':>16} {'upstream M/s':>13} {'speedup':>8}"
+        f"{'M/s w/o tok':>12} {'M/cpu-s':>8} {'upstream M/s':>13} {'speedup':>8}"
     )
     for r in runs:
         label = f"TTS {r['rows']['tts']}" + (
             f" + VC {r['rows']['voice_cloning']}" if r["rows"]["voice_cloning"] else ""
         )
-        o, x = r["old_way"], r["speedup_over_old"]
         print(
             f"{label:<22} {r['speech_tokens']:>11,} {r['mds_bytes'] / 1e6:>8.0f} {r['seconds']:>7.3f} "
             f"{r['speech_tokens_per_s'] / 1e6:>15.2f} {r['tokenizer_share']:>9.0%} "
             f"{r['speech_tokens_per_s_without_tokenizer'] / 1e6:>12.1f} {r['speech_tokens_per_cpu_s'] / 1e6:>8.2f} "
-            f"{o['speech_tokens_per_s'] / 1e6:>8.2f} {o['tokenizer_share']:>7.0%} "
-            f"{o['speech_tokens_per_cpu_s'] / 1e6:>12.2f} {x['median']:>5.2f} ({x['min']:.2f}-{x['max']:.2f}) "
             f"{r.get('upstream_speech_tokens_per_s', 0) / 1e6:>13.3f} {r.get('speedup', 0):>7.1f}x"
         )
     print(f"\nvoice-cloning pairs kept within shards (cap {CAP:,} per speaker; per shard within shards)")

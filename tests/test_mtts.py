@@ -1,4 +1,4 @@
-"""The multilingual_tts format (dataset/mtts.py) against real components: a real byte-level BPE tokenizer of the
+"""The multilingual_tts format (dataset/mtts*.py) against real components: a real byte-level BPE tokenizer of the
 model's class with the model's special and speech tokens (demo/tokenizer.py, the demo's), and mosaicml-streaming's
 own ``MDSWriter`` and ``LocalDataset`` with the trainer's uint32 encoding."""
 
@@ -6,36 +6,32 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from neucodec_workflow.dataset import mtts
-from neucodec_workflow.dataset.mtts import (
-    IM_START,
+from neucodec_workflow.dataset import mtts_mds
+from neucodec_workflow.dataset.formats import MULTILINGUAL_TTS, NEUTTS, schema_defaults
+from neucodec_workflow.dataset.mtts import load_tokenizer, mtts_part
+from neucodec_workflow.dataset.mtts_mds import (
     MDS_COLUMNS,
     MDS_HASHES,
     MDS_SIZE_LIMIT,
-    SPEECH_START,
-    MttsError,
-    MttsSettings,
     Packed,
-    SpeechTokenizer,
-    build_rows,
-    load_tokenizer,
     mds_config,
     merge_index,
-    mtts_part,
     pack,
-    render_tts,
-    render_vc,
-    speaker_names,
-    speaker_pairs,
     write_mds,
 )
+from neucodec_workflow.dataset.mtts_pairs import speaker_pairs
+from neucodec_workflow.dataset.mtts_rows import MttsSettings, build_rows, render_tts, render_vc, speaker_names
+from neucodec_workflow.dataset.mtts_tokenizer import IM_START, SPEECH_START, MttsError, SpeechTokenizer
+from neucodec_workflow.dataset.neutts import NeuttsSettings
 from neucodec_workflow.dataset.sft import shard_rows
 from neucodec_workflow.demo.tokenizer import build_test_tokenizer, sample_text
 from neucodec_workflow.records import Reason
@@ -49,7 +45,7 @@ EDGE_TEXTS = [
     "123 numbers first",
     ", starts with a comma",
     "emoji 😀 in the middle",
-    "almost a token: <|s_5 and im_end|> and <speech_start> here",  # '<' sends it through the tokenizers library
+    "almost a token: <|s_5 and im_end|> and <speech_start> here",  # no token: kept
     "中文没有空格的句子。",
     "ends with a space before a colon :",
     "'s apostrophe first",
@@ -57,6 +53,12 @@ EDGE_TEXTS = [
     "Ünïcödé ÀÉÎÕÜ ß ø å",
 ]
 SPEAKERS = ["alice", "bob", "spk:1", "名字", None, ""]
+DEFAULTS = MttsSettings.from_config(schema_defaults(MULTILINGUAL_TTS))  # what the workflow runs with by default
+
+
+def settings_with(**changes: Any) -> MttsSettings:
+    """The default settings (the config schema's), with ``changes``."""
+    return replace(DEFAULTS, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ def test_ids_equal_the_tokenized_rendered_rows(tokenizer: SpeechTokenizer) -> No
     n = 200
     texts = [EDGE_TEXTS[i] if i < len(EDGE_TEXTS) else sample_text(rng, int(rng.integers(1, 15))) for i in range(n)]
     rows = corpus(rng, n, texts=texts)
-    settings = MttsSettings(pairs_per_speaker=40)
+    settings = settings_with(pairs_per_speaker=40)
     built = build_rows("s1", rows, tokenizer, settings)
     assert built.tts == n and built.voice_cloning > 100 and not built.rejects
     hf = tokenizer.tokenizer
@@ -167,7 +169,7 @@ def test_texts_holding_the_tokenizers_own_tokens_are_left_out(tokenizer: SpeechT
     speakers = ["alice"] * n
     speakers[6] = "bob<|im_start|>"  # the speaker name goes into the TTS row too
     rows = corpus(rng, n, texts=texts, speakers=speakers, tokens=(60, 61))
-    summary = mtts_part("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=100), tmp_path / "s1.mds", "s1.mds")
+    summary = mtts_part("s1", rows, tokenizer, settings_with(pairs_per_speaker=100), tmp_path / "s1.mds", "s1.mds")
     ids = rows["segment_id"].tolist()
     dropped = {d["segment_id"]: d for d in summary["dropped"]}
     assert sorted(dropped) == sorted(ids[i] for i in (1, 2, 3, 4, 6))
@@ -177,7 +179,7 @@ def test_texts_holding_the_tokenizers_own_tokens_are_left_out(tokenizer: SpeechT
     assert "speaker name" in dropped[ids[6]]["detail"] and "<|im_start|>" in dropped[ids[6]]["detail"]
     assert summary["dropped_by_reason"] == {"text_has_special_tokens": 5}
     assert summary["rows"]["tts"] == n - 5
-    built = build_rows("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=100))
+    built = build_rows("s1", rows, tokenizer, settings_with(pairs_per_speaker=100))
     left_out = {1, 2, 3, 4, 6}
     assert not left_out & {int(t) for t in built.rows.target} and not left_out & {int(r) for r in built.rows.ref}
     special = {tokenizer.im_start, tokenizer.im_end, tokenizer.speech_start}
@@ -193,7 +195,7 @@ def test_speaker_names_render_null_as_unknown(tokenizer: SpeechTokenizer) -> Non
     assert names.tolist() == ["ds_a", "ds_unknown", "ds_unknown", "unknown_a", "ds_b", "ds_a", "ds_b", "ds_unknown"]
     assert has_speaker.tolist() == [True, False, False, True, True, True, True, False]
     with pytest.raises(ValueError, match="speaker_format"):
-        MttsSettings(speaker_format="{dataset}_{gender}")
+        settings_with(speaker_format="{dataset}_{gender}")
 
 
 def test_tokenizer_checks_name_the_tokenizer(tokenizer: SpeechTokenizer) -> None:
@@ -227,16 +229,16 @@ def test_tokenizer_checks_name_the_tokenizer(tokenizer: SpeechTokenizer) -> None
     ]
 
 
-@pytest.mark.parametrize("chunk", [mtts.CHUNK_TOKENS, 5000])
+@pytest.mark.parametrize("chunk", [mtts_mds.CHUNK_TOKENS, 5000])
 def test_mds_file_and_entry_identical_to_mdswriter(
     tokenizer: SpeechTokenizer, uint32_encoding, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
 ) -> None:
     from streaming import MDSWriter
 
-    monkeypatch.setattr(mtts, "CHUNK_TOKENS", chunk)  # 5000: the file is encoded in many pieces
+    monkeypatch.setattr(mtts_mds, "CHUNK_TOKENS", chunk)  # 5000: the file is encoded in many pieces
     rows = corpus(np.random.default_rng(3), 60, tokens=(100, 600))
-    packed = packed_of("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=10, block_tokens=4096))
-    assert len(packed) > 5 and packed.tokens > 10 * chunk or chunk == mtts.CHUNK_TOKENS
+    packed = packed_of("s1", rows, tokenizer, settings_with(pairs_per_speaker=10, block_tokens=4096))
+    assert len(packed) > 5 and packed.tokens > 10 * chunk or chunk == mtts_mds.CHUNK_TOKENS
     entry = write_mds(tmp_path / "mine" / "s1.mds", packed, "s1.mds")
     with MDSWriter(
         out=str(tmp_path / "lib"), columns=MDS_COLUMNS, compression=None, hashes=MDS_HASHES, size_limit=MDS_SIZE_LIMIT
@@ -252,7 +254,7 @@ def test_mds_file_and_entry_identical_to_mdswriter(
 
 def test_zero_blocks_is_a_valid_empty_file(tokenizer: SpeechTokenizer, tmp_path: Path) -> None:
     rows = corpus(np.random.default_rng(4), 3, texts=["x", "y", "z"])  # all too short
-    summary = mtts_part("s1", rows, tokenizer, MttsSettings(), tmp_path / "s1.mds", "s1.mds")
+    summary = mtts_part("s1", rows, tokenizer, settings_with(), tmp_path / "s1.mds", "s1.mds")
     config = mds_config()
     data = (tmp_path / "s1.mds").read_bytes()
     assert data == np.array([0, 8 + len(config)], np.uint32).tobytes() + config
@@ -265,7 +267,7 @@ def test_local_dataset_opens_merged_parts(tokenizer: SpeechTokenizer, uint32_enc
     from streaming import LocalDataset
 
     rng = np.random.default_rng(5)
-    settings = MttsSettings(pairs_per_speaker=20, block_tokens=2048)
+    settings = settings_with(pairs_per_speaker=20, block_tokens=2048)
     root = tmp_path / "multilingual_tts" / "train"
     expected, entries = [], []
     for shard, n in (("a", 40), ("group/b", 30), ("c", 0)):
@@ -291,7 +293,7 @@ def test_blocks_hold_the_rows_and_decode_to_the_stored_tokens(
 
     rng = np.random.default_rng(6)
     rows = corpus(rng, 80, tokens=(50, 800))
-    settings = MttsSettings(pairs_per_speaker=15, block_tokens=3000)
+    settings = settings_with(pairs_per_speaker=15, block_tokens=3000)
     summary = mtts_part("s1", rows, tokenizer, settings, tmp_path / "s1.mds", "s1.mds")
     (tmp_path / "index.json").write_text(json.dumps(merge_index([summary["mds"]])))
     dataset = LocalDataset(local=str(tmp_path))
@@ -340,8 +342,8 @@ def test_pack_edge_cases() -> None:
 def test_exact_fit_and_rows_longer_than_a_block(tokenizer: SpeechTokenizer, tmp_path: Path) -> None:
     rng = np.random.default_rng(7)
     rows = corpus(rng, 12, texts=[f"utterance number {i}" for i in range(12)], speakers=["a"] * 12, tokens=(100, 300))
-    lengths = build_rows("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=0)).rows.lengths
-    exact = MttsSettings(pairs_per_speaker=0, block_tokens=int(lengths[0] + lengths[1]))
+    lengths = build_rows("s1", rows, tokenizer, settings_with(pairs_per_speaker=0)).rows.lengths
+    exact = settings_with(pairs_per_speaker=0, block_tokens=int(lengths[0] + lengths[1]))
     packed = packed_of("s1", rows, tokenizer, exact)
     assert packed.bounds[1] == 2 and len(packed.block(0)["input_ids"]) == exact.block_tokens
 
@@ -349,7 +351,7 @@ def test_exact_fit_and_rows_longer_than_a_block(tokenizer: SpeechTokenizer, tmp_
     counts = rows["token_count"].to_numpy()
     block = int(np.sort(lengths)[-2]) + 1
     longest = int(np.argmax(lengths))
-    settings = MttsSettings(pairs_per_speaker=1000, block_tokens=block)
+    settings = settings_with(pairs_per_speaker=1000, block_tokens=block)
     summary = mtts_part("s1", rows, tokenizer, settings, tmp_path / "s1.mds", "s1.mds")
     dropped = summary["dropped"]
     too_long = [d for d in dropped if d["reason"] == "longer_than_block"]
@@ -381,7 +383,7 @@ def test_pairs_same_speaker_distinct_texts_both_orders_capped_and_seeded(tokeniz
         vc = built.rows.ref >= 0
         return list(zip(built.rows.ref[vc].tolist(), built.rows.target[vc].tolist(), strict=True))
 
-    everything = pairs(MttsSettings(pairs_per_speaker=10_000))
+    everything = pairs(settings_with(pairs_per_speaker=10_000))
     assert len(set(everything)) == len(everything)
     allowed = {
         (i, j)
@@ -393,16 +395,16 @@ def test_pairs_same_speaker_distinct_texts_both_orders_capped_and_seeded(tokeniz
         and min(len(stripped[i]), len(stripped[j])) >= 5
     }
     assert set(everything) == allowed and all((j, i) in allowed for i, j in allowed)
-    capped = pairs(MttsSettings(pairs_per_speaker=7))
+    capped = pairs(settings_with(pairs_per_speaker=7))
     assert set(capped) <= allowed and len(set(capped)) == len(capped)
     per_speaker = pd.Series([names[i] for i, _ in capped]).value_counts()
     possible = pd.Series([names[i] for i, _ in allowed]).value_counts()
     assert per_speaker.to_dict() == {name: min(7, p) for name, p in possible.items()}
     assert possible.max() > 7 and possible.min() < 7
-    assert capped == pairs(MttsSettings(pairs_per_speaker=7))
-    assert capped != pairs(MttsSettings(pairs_per_speaker=7, seed=1))
-    assert pairs(MttsSettings(pairs_per_speaker=0)) == []
-    summary = build_rows("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=7)).pairs
+    assert capped == pairs(settings_with(pairs_per_speaker=7))
+    assert capped != pairs(settings_with(pairs_per_speaker=7, seed=1))
+    assert pairs(settings_with(pairs_per_speaker=0)) == []
+    summary = build_rows("s1", rows, tokenizer, settings_with(pairs_per_speaker=7)).pairs
     assert summary == {"speakers": len(per_speaker), "possible": len(allowed), "kept": len(capped)}
 
 
@@ -431,7 +433,7 @@ def test_every_drop_is_counted_by_reason(tokenizer: SpeechTokenizer, tmp_path: P
     durations = np.full(n, 3.0)
     durations[3] = 20.5  # over max_seconds
     rows = corpus(rng, n, texts=texts, durations=durations, tokens=(20, 21))
-    settings = MttsSettings(pairs_per_speaker=5)
+    settings = settings_with(pairs_per_speaker=5)
     summary = mtts_part("s1", rows, tokenizer, settings, tmp_path / "s1.mds", "s1.mds")
     ids = rows["segment_id"].tolist()
     assert [(d["segment_id"], d["reason"]) for d in summary["dropped"]] == [
@@ -454,225 +456,26 @@ def test_a_part_over_what_one_mds_file_can_address_is_refused(
     tokenizer: SpeechTokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = corpus(np.random.default_rng(10), 20)
-    packed = packed_of("s1", rows, tokenizer, MttsSettings(pairs_per_speaker=5))
-    monkeypatch.setattr(mtts, "MDS_SIZE_LIMIT", 10_000)
+    packed = packed_of("s1", rows, tokenizer, settings_with(pairs_per_speaker=5))
+    monkeypatch.setattr(mtts_mds, "MDS_SIZE_LIMIT", 10_000)
     with pytest.raises(MttsError, match=r"train/s1.mds: \d+ bytes, over the 10000 an MDS file can address"):
         write_mds(tmp_path / "s1.mds", packed, "train/s1.mds")
     assert not list(tmp_path.iterdir())  # nothing written, no temp file left
 
 
-# --- text parts through tiktoken (mtts.FastBPE): ids identical to the tokenizers library's ---
+def test_default_settings_are_the_config_schemas() -> None:
+    """The schema owns the defaults: the settings built from them are those Snakemake's validation fills in."""
+    from snakemake.utils import validate
 
+    from neucodec_workflow.dataset.formats import SCHEMA, mtts_settings, neutts_settings
 
-def rendered_ids(tokenizer: SpeechTokenizer, texts: list[str]) -> list[list[int]]:
-    """``<|im_start|>{text}<|speech_start|>`` through the transformers tokenizer itself (not our backend copy)."""
-    return tokenizer.tokenizer([f"{IM_START}{t}{SPEECH_START}" for t in texts], add_special_tokens=False).input_ids
-
-
-def per_text(ids: np.ndarray, lengths: np.ndarray) -> list[list[int]]:
-    return [a.tolist() for a in np.split(ids, np.cumsum(lengths)[:-1])] if len(lengths) else []
-
-
-def varied_texts(rng: np.random.Generator, n: int) -> list[str]:
-    """Sample text in every language, with speaker prefixes, random Unicode from all planes (combining marks,
-    spaces of every kind, digits of other scripts, emoji, unassigned and private-use code points), ASCII noise,
-    contractions and whitespace runs."""
-    spaces = [" ", "  ", "\t", "\n", "\r\n", "\u00a0", "\u2009", "\u3000", "\u200b", "\u2028", "\x0b", "\x85"]
-    pools = [
-        range(0x20, 0x250),  # Latin, symbols
-        range(0x300, 0x370),  # combining diacritics
-        range(0x370, 0x2000),  # Greek .. Ethiopic, Indic, Thai, Georgian, Hangul jamo ...
-        range(0x2000, 0x2C00),  # punctuation, symbols, spaces, letterlike, number forms
-        range(0x3000, 0xA000),  # CJK, kana, Hangul compatibility jamo
-        range(0xAC00, 0xD7A4),  # Hangul syllables
-        range(0xE000, 0x10000),  # private use, compatibility, half/full width, specials
-        range(0x10000, 0x20000),  # SMP: historic scripts, emoji, math letters
-        range(0x20000, 0x110000),  # CJK extensions, unassigned planes, tags, private use planes
-    ]
-    words = ["'s", "'S", "'re", "'VE", "'ll", "'D", "'m", "'t", "don't", "ſ", "K", "123", "٣", "½", "😀", "👍🏽"]
-    out = []
-    for i in range(n):
-        kind = i % 4
-        if kind == 0:
-            out.append(f"spk{i}: " + sample_text(rng, int(rng.integers(1, 40))))
-        elif kind == 1:
-            k = int(rng.integers(1, 40))
-            chosen = [pools[int(j)] for j in rng.integers(0, len(pools), k)]
-            cps = [int(rng.integers(p.start, p.stop)) for p in chosen]
-            out.append("".join(chr(c) for c in cps if not 0xD800 <= c < 0xE000))
-        elif kind == 2:
-            parts = [str(rng.choice(words)) if rng.random() < 0.5 else str(rng.choice(spaces)) for _ in range(12)]
-            out.append("".join(parts) + sample_text(rng, 3))
-        else:
-            out.append("".join(chr(int(c)) for c in rng.integers(1, 128, int(rng.integers(0, 30)))))
-    return out
-
-
-def test_fast_path_is_on_and_its_ids_equal_the_tokenizer_on_varied_text(tokenizer: SpeechTokenizer) -> None:
-    assert tokenizer.fast is not None
-    texts = [*EDGE_TEXTS, *mtts._BATTERY, *varied_texts(np.random.default_rng(11), 4000)]
-    ids, lengths = tokenizer.heads(texts)
-    assert per_text(ids, lengths) == rendered_ids(tokenizer, texts)
-    inner, counts = tokenizer.fast.encode(texts)
-    assert (counts >= 0).mean() > 0.9  # most went through tiktoken (those with "<", NUL, ... did not)
-    assert all(c < 0 for t, c in zip(texts, counts.tolist(), strict=True) if "<" in t or "\0" in t)
-    assert not tokenizer.fast.split_differs
-
-
-def test_test_tokenizer_merges_in_id_order_one_per_token(tokenizer: SpeechTokenizer) -> None:
-    """tiktoken merges by the rank of the merged bytes, the backend by the merge's place in the merges list. The test
-    tokenizer (trained by tokenizers' BpeTrainer) makes each token by one merge, and a later merge makes a token of a
-    higher id, so its ids already rank the merges; FastBPE ranks by merge position anyway and maps ranks to ids."""
-    model = json.loads(tokenizer.backend.to_str())["model"]
-    vocab, merges = model["vocab"], model["merges"]
-    made = [vocab[a + b] for a, b in merges]
-    assert len(set(made)) == len(made) == len(vocab) - 256
-    assert made == sorted(made) and made[0] == 256
-
-
-def edited(tokenizer: SpeechTokenizer, edit) -> SpeechTokenizer:
-    """The test tokenizer with its tokenizer.json edited, as a SpeechTokenizer (its own FastBPE)."""
-    from tokenizers import Tokenizer
-
-    spec = json.loads(tokenizer.backend.to_str())
-    edit(spec)
-    return SpeechTokenizer(SimpleNamespace(backend_tokenizer=Tokenizer.from_str(json.dumps(spec))), "edited")
-
-
-def backend_ids(tokenizer: SpeechTokenizer, texts: list[str]) -> list[list[int]]:
-    return per_text(*tokenizer.encode([f"{IM_START}{t}{SPEECH_START}" for t in texts]))
-
-
-def test_fast_path_with_ids_out_of_merge_order(tokenizer: SpeechTokenizer) -> None:
-    def permute(spec) -> None:  # the same merges; the non-byte tokens' ids shuffled among themselves
-        vocab = spec["model"]["vocab"]
-        tokens = sorted((t for t, i in vocab.items() if i >= 256), key=vocab.get)
-        ids = [vocab[t] for t in tokens]
-        for t, i in zip(tokens, np.random.default_rng(12).permutation(ids).tolist(), strict=True):
-            vocab[t] = i
-
-    permuted = edited(tokenizer, permute)
-    assert permuted.fast is not None
-    texts = varied_texts(np.random.default_rng(13), 1000)
-    assert per_text(*permuted.heads(texts)) == backend_ids(permuted, texts)
-    assert per_text(*permuted.heads(texts)) != per_text(*tokenizer.heads(texts))
-
-
-def test_tokens_no_merge_reaches_are_left_out_of_the_ranks(tokenizer: SpeechTokenizer) -> None:
-    """A merge (x, yz) after (x, y) and (y, z): BPE on "xyz" stops at [xy, z], so xyz is never produced; tiktoken,
-    which merges any adjacent pair whose concatenation is a token, would make it unless it is left out."""
-    model = json.loads(tokenizer.backend.to_str())["model"]
-    vocab, merges = model["vocab"], [tuple(m) for m in model["merges"]]
-    first = {a + b: i for i, (a, b) in enumerate(merges)}
-    x, y, z = next(
-        (a, b, d)
-        for a, b in merges
-        for c, d in merges
-        if b == c
-        and a.isalpha()
-        and b.isalpha()
-        and d.isalpha()
-        and a.isascii()
-        and b.isascii()
-        and d.isascii()
-        and first[a + b] < first[c + d]
-        and a + b + d not in vocab
-    )
-
-    def add(spec) -> None:
-        spec["model"]["vocab"][x + y + z] = max(a["id"] for a in spec["added_tokens"]) + 1
-        spec["model"]["merges"].append([x, y + z])
-
-    extra = edited(tokenizer, add)
-    assert extra.fast is not None and extra.fast.unreachable == 1
-    texts = [x + y + z, f"{x}{y}{z} {x}{y}{z}s", "a" + x + y + z, *varied_texts(np.random.default_rng(14), 200)]
-    got = per_text(*extra.heads(texts))
-    assert got == backend_ids(extra, texts)
-    assert all(extra.backend.token_to_id(x + y + z) not in ids for ids in got)
-
-
-def added(spec: dict, content: str) -> dict:
-    """One more added token."""
-    new = max(t["id"] for t in spec["added_tokens"]) + 1
-    return {
-        "id": new,
-        "content": content,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": False,
-        "special": True,
+    config = {"corpus": "c", "output": "o"}
+    validate(config, str(SCHEMA))
+    assert {fmt: schema_defaults(fmt) for fmt in (MULTILINGUAL_TTS, NEUTTS)} == {
+        fmt: config["sft"][fmt] for fmt in (MULTILINGUAL_TTS, NEUTTS)
     }
-
-
-def second_split(model: dict) -> list[str]:
-    """A merge that makes a token already made by another merge (tiktoken-converted tokenizers list every split)."""
-    vocab, merges = model["vocab"], {tuple(m) for m in model["merges"]}
-    return next(
-        [t[:k], t[k:]]
-        for t in vocab
-        for k in range(1, len(t))
-        if t[:k] in vocab and t[k:] in vocab and (t[:k], t[k:]) not in merges
+    assert (
+        mtts_settings(config["sft"]) == DEFAULTS
+        and DEFAULTS.block_tokens == config["sft"][MULTILINGUAL_TTS]["block_tokens"]
     )
-
-
-@pytest.mark.parametrize(
-    "edit, why",
-    [
-        (lambda s: s.update(normalizer={"type": "NFKC"}), "normalizer"),
-        (lambda s: s["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\s+|\S+"), "pre-tokenizer"),
-        (lambda s: s["model"].update(ignore_merges=True), "ignore_merges"),
-        (lambda s: s["model"]["merges"].append(second_split(s["model"])), "made by more than one merge"),
-        (lambda s: s["added_tokens"].append(added(s, "<|im_start|>user")), "added token '<|im_start|>user'"),
-    ],
-)
-def test_tokenizers_tiktoken_cannot_reproduce_go_through_the_library(
-    tokenizer: SpeechTokenizer, caplog: pytest.LogCaptureFixture, edit, why: str
-) -> None:
-    with caplog.at_level("WARNING", logger="neucodec_workflow.dataset.mtts"):
-        other = edited(tokenizer, edit)
-    assert other.fast is None
-    assert "tokenizer edited: text through the tokenizers library (" in caplog.text
-    assert why in caplog.text
-    texts = varied_texts(np.random.default_rng(15), 100)
-    assert per_text(*other.heads(texts)) == backend_ids(other, texts)
-
-
-def test_characters_split_differently_go_through_the_library(
-    tokenizer: SpeechTokenizer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The probes read each class of character correctly; a character whose split they find differing (faked here)
-    sends its texts to the tokenizers library."""
-    fast = tokenizer.fast
-    assert fast is not None
-    pieces = {c: [p for p, _ in fast._pre_tokenizer.pre_tokenize_str(f"!{c}a")] for c in "é١\u00a0¿"}
-    assert [len(p) for p in pieces.values()] == [1, 3, 2, 2]  # letter, digit, space ("!" | " a"), other ("!¿" | "a")
-    fresh = SpeechTokenizer(tokenizer.tokenizer, "fresh")
-    assert fresh.fast is not None
-    same_split = fresh.fast._same_split
-    monkeypatch.setattr(fresh.fast, "_same_split", lambda probe: "ß" not in probe and same_split(probe))
-    texts = ["Straße", "Strasse", "groß und klein", "ss"]
-    with caplog.at_level("WARNING", logger="neucodec_workflow.dataset.mtts"):
-        _, counts = fresh.fast.encode(texts)
-    assert (counts >= 0).tolist() == [False, True, False, True]
-    assert "1 characters are split differently by tiktoken and the tokenizers library (U+00DF)" in caplog.text
-    assert per_text(*fresh.heads(texts)) == backend_ids(fresh, texts)
-
-
-def test_nfc_inert_characters_are_left_as_they_are_by_the_tokenizer(tokenizer: SpeechTokenizer) -> None:
-    """Every code point ``_nfc_inert`` passes, in a sequence with every other such code point and after each kind
-    of character, comes out of the tokenizer's own normalizer unchanged (texts of them skip it)."""
-    inert = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000 and mtts._nfc_inert(chr(c))]
-    assert len(inert) > 250_000 and "é" in inert and "가" in inert and "\u0301" not in inert and "ா" not in inert
-    text = "".join(inert)
-    normalizer = tokenizer.backend.normalizer
-    assert normalizer.normalize_str(text) == text
-    rng = np.random.default_rng(16)
-    shuffled = "".join(rng.permutation(np.array(inert, dtype=object)).tolist())
-    assert normalizer.normalize_str(shuffled) == shuffled
-
-
-def test_pre_tokenizer_regex_is_qwen2s() -> None:
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    assert mtts.QWEN2_SPLIT == PRETOKENIZE_REGEX
+    assert neutts_settings(config["sft"]) == NeuttsSettings.from_config(schema_defaults(NEUTTS))

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from neucodec_workflow.dataset import neutts
+from neucodec_workflow.dataset.formats import NEUTTS, schema_defaults
 from neucodec_workflow.dataset.neutts import (
     READER,
     VOICES,
@@ -30,6 +33,12 @@ from neucodec_workflow.dataset.neutts import (
 from neucodec_workflow.records import Reason
 
 R = Reason
+DEFAULTS = NeuttsSettings.from_config(schema_defaults(NEUTTS))  # what the workflow runs with by default
+
+
+def settings_with(**changes: Any) -> NeuttsSettings:
+    """The default settings (the config schema's), with ``changes``."""
+    return replace(DEFAULTS, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +145,7 @@ def test_batched_phonemes_equal_one_call_per_row_as_upstream(espeak):
 
 
 def test_language_codes_to_voices(espeak):
-    s = NeuttsSettings()
+    s = settings_with()
     cases = {
         "en": "en-us",
         "EN": "en-us",
@@ -161,7 +170,7 @@ def test_language_codes_to_voices(espeak):
         "": "en-us",
     }
     assert {code: voice_of(code, s) for code in cases} == cases
-    custom = NeuttsSettings(default_language="ms", language_voices={"my": "ms", "EN": "en-GB"})
+    custom = settings_with(default_language="ms", language_voices={"my": "ms", "EN": "en-GB"})
     assert voice_of("my", custom) == "ms" and voice_of(None, custom) == "ms"
     assert voice_of("en-AU", custom) == "en-gb"  # an override of the primary subtag beats the built-in map
     assert set(VOICES.values()) <= set(espeak_voices().values())  # the built-in map names only real voices
@@ -169,12 +178,12 @@ def test_language_codes_to_voices(espeak):
 
 def test_config_errors_are_raised_not_counted(espeak):
     with pytest.raises(NeuttsError, match="lacks.*'xx': 'no-such-voice'"):
-        check_settings(NeuttsSettings(language_voices={"xx": "no-such-voice"}))
+        check_settings(settings_with(language_voices={"xx": "no-such-voice"}))
     with pytest.raises(NeuttsError, match="default_language 'tlh' has no espeak-ng voice"):
-        check_settings(NeuttsSettings(default_language="tlh"))
+        check_settings(settings_with(default_language="tlh"))
     with pytest.raises(NeuttsError, match="max_seconds"):
-        check_settings(NeuttsSettings(max_seconds=0))
-    check_settings(NeuttsSettings(default_language="ms", language_voices={"my": "MS"}, max_seconds=20.0))
+        check_settings(settings_with(max_seconds=0))
+    check_settings(settings_with(default_language="ms", language_voices={"my": "MS"}, max_seconds=20.0))
 
 
 def test_missing_espeak_says_make_espeak(monkeypatch):
@@ -187,7 +196,7 @@ def test_missing_espeak_says_make_espeak(monkeypatch):
     monkeypatch.setattr(neutts, "_espeak_backend", lambda: NoLibrary)
     try:
         with pytest.raises(NeuttsError, match="make espeak"):
-            check_settings(NeuttsSettings())
+            check_settings(settings_with())
     finally:
         espeak_voices.cache_clear()
 
@@ -232,7 +241,7 @@ ROWS = [
     ("marks", "...", "en", 1.0),  # phonemes of punctuation only
     ("ok-gb", "The quick brown fox jumps over the lazy dog.", "en-GB", 3.0),
 ]
-SETTINGS = NeuttsSettings(max_seconds=10.0)
+SETTINGS = settings_with(max_seconds=10.0)
 KEPT = ["ok-en", "ok-ms", "ok-es", "ok-null", "ok-gb"]
 PHONES = {seg: dict((t, p) for _, t, p in KNOWN_PHONES)[text.strip()] for seg, text, _, _ in ROWS if seg in KEPT}
 
@@ -300,7 +309,7 @@ def test_texts_holding_prompt_tokens_are_left_out(espeak, tmp_path):
             ("ok", "A pipe | and a <b>tag</b> are fine.", "en", 1.0),
         ]
     )
-    summary = neutts_part("s0", rows, NeuttsSettings(), tmp_path / "s0.parquet", rows_per_row_group=10)
+    summary = neutts_part("s0", rows, settings_with(), tmp_path / "s0.parquet", rows_per_row_group=10)
     assert [(d["segment_id"], d["reason"]) for d in summary["dropped"]] == [
         ("tok", "text_has_special_tokens"),
         ("eot", "text_has_special_tokens"),

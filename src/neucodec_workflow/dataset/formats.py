@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 HF, MULTILINGUAL_TTS, NEUTTS = "hf", "multilingual_tts", "neutts"
 FORMATS = (HF, MULTILINGUAL_TTS, NEUTTS)
 ROOTS = {HF: "sft_dataset", MULTILINGUAL_TTS: "multilingual_tts", NEUTTS: "neutts"}
+SCHEMA = Path(__file__).resolve().parents[3] / "config" / "config.schema.yaml"  # in the source tree
 
 
 def part_path(fmt: str, split: str, shard: str) -> str:
@@ -157,27 +158,26 @@ def describe(summary: Mapping[str, Any]) -> str:
 
 
 def mtts_settings(sft: Mapping[str, Any]):
-    from neucodec_workflow.dataset.mtts import MttsSettings
+    from neucodec_workflow.dataset.mtts_rows import MttsSettings
 
-    c = sft[MULTILINGUAL_TTS]
-    return MttsSettings(
-        block_tokens=int(c["block_tokens"]),
-        speaker_format=str(c["speaker_format"]),
-        pairs_per_speaker=int(c["pairs_per_speaker"]),
-        max_seconds=float(c["max_seconds"]),
-        seed=int(c["seed"]),
-    )
+    return MttsSettings.from_config(sft[MULTILINGUAL_TTS])
 
 
 def neutts_settings(sft: Mapping[str, Any]):
     from neucodec_workflow.dataset.neutts import NeuttsSettings
 
-    c = sft[NEUTTS]
-    return NeuttsSettings(
-        default_language=str(c["default_language"]),
-        language_voices=dict(c["language_voices"]),
-        max_seconds=None if c["max_seconds"] is None else float(c["max_seconds"]),
-    )
+    return NeuttsSettings.from_config(sft[NEUTTS])
+
+
+def schema_defaults(fmt: str) -> dict[str, Any]:
+    """The ``sft.<fmt>`` section as the workflow runs it when the config sets none of it: the defaults of
+    ``config/config.schema.yaml``, which owns them (Snakemake's ``validate`` fills them in). For code that builds a
+    format's settings without the workflow's config (tests, benchmarks); read from the source tree."""
+    import yaml  # type: ignore[import-untyped]
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    section = schema["properties"]["sft"]["properties"][fmt]["properties"]
+    return {key: spec["default"] for key, spec in section.items()}
 
 
 def write_summary_files(
@@ -208,13 +208,14 @@ def write_summary_files(
             )
         write_text(paths["card"], card)
     elif fmt == MULTILINGUAL_TTS:
-        from neucodec_workflow.dataset import mtts
+        from neucodec_workflow.dataset.mtts_card import card_text as mtts_card
+        from neucodec_workflow.dataset.mtts_mds import merge_index
 
         for split in splits:
             entries = [r["sft"]["formats"][fmt][split]["mds"] for r in reports]
-            write_json(paths[f"index_{split}"], mtts.merge_index(entries))
+            write_json(paths[f"index_{split}"], merge_index(entries))
         totals = stats["sft_formats"].get(fmt, {})
-        write_text(paths["card"], mtts.card_text(totals, len(reports), dict(sft[fmt]), codecs_of(reports), shaped))
+        write_text(paths["card"], mtts_card(totals, len(reports), dict(sft[fmt]), codecs_of(reports), shaped))
     elif fmt == NEUTTS:
         from neucodec_workflow.dataset.neutts import card_text
 

@@ -21,7 +21,7 @@ import logging
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +130,23 @@ class NeuttsError(RuntimeError):
 
 @dataclass(frozen=True)
 class NeuttsSettings:
-    """The ``sft.neutts`` config: the language of rows without one, the corpus's language codes mapped to espeak-ng
-    voices (over ``VOICES``), and an optional cap on a row's duration in seconds."""
+    """The ``sft.neutts`` config (``from_config``: its defaults are the config schema's, their only owner): the
+    language of rows without one, the corpus's language codes mapped to espeak-ng voices (over ``VOICES``), and an
+    optional cap on a row's duration in seconds."""
 
-    default_language: str = "en"
-    language_voices: Mapping[str, str] = field(default_factory=dict)
-    max_seconds: float | None = None
+    default_language: str
+    language_voices: Mapping[str, str]
+    max_seconds: float | None
+
+    @classmethod
+    def from_config(cls, section: Mapping[str, Any]) -> NeuttsSettings:
+        """The settings of a validated ``sft.neutts`` config section (Snakemake's ``validate`` fills in the schema's
+        defaults)."""
+        return cls(
+            default_language=str(section["default_language"]),
+            language_voices=dict(section["language_voices"]),
+            max_seconds=None if section["max_seconds"] is None else float(section["max_seconds"]),
+        )
 
 
 def _norm(code: str) -> str:
