@@ -427,17 +427,52 @@ def neutts_train_dataset(path, tokenizer, max_len=2048, split="train"):
 '''
 
 
-def card_text(
-    splits: dict[str, dict[str, Any]],
-    n_shards: int,
-    dropped_by_reason: dict[str, int],
-    codecs: list[dict[str, Any]] | None = None,
-) -> str:
-    """README.md of the neutts dataset: ``dataset_info`` (features, splits) and ``configs`` whose data files are the
-    glob ``data/{split}/**/*.parquet`` (a new shard's part needs no other change), then how a NeuTTS trainer reads it.
-    ``splits``: split -> the shards' part summaries added up (rows, bytes, hours, languages). A split without rows is
-    left out of ``configs``: ``load_dataset`` fails on a split with no data. ``codecs``: what made the tokens
-    (``stats.codecs_of``), shown at the end, with a warning on top when random test weights did."""
+# The card's fixed text: the columns, why rows are left out, how the phonemes are made, how a trainer reads it
+# ({reader}: READER)
+CARD_COLUMNS = """\
+| column | |
+|---|---|
+| `segment_id` | the corpus's segment id |
+| `text` | the transcript, stripped of leading and trailing whitespace |
+| `phones` | espeak-ng phonemes of `text` (below) |
+| `codes` | 50 Hz neucodec FSQ codes (0-65535): the speech |
+| `duration` | seconds |
+| `language` | the espeak-ng voice that made `phones` |"""
+CARD_LEFT_OUT = """\
+## Rows left out
+
+Under the first check a row fails: empty text; a digit; an acronym (`(?:[a-zA-Z]\\.){2,}` or two capitals in
+a row); a last character not in `.,?!`; `£` or `$` (finetune.py's `data_filter`, in its order); a token of
+the prompt's kind (`<|...|>`) in the text; longer than the configured maximum; a language without an
+espeak-ng voice; phonemes of punctuation only. Each is listed per shard in the shard reports."""
+CARD_PHONEMES_AND_TRAINING = """\
+## Phonemes
+
+`phonemizer.backend.EspeakBackend(language=<voice>, preserve_punctuation=True, with_stress=True,
+words_mismatch="ignore", language_switch="remove-flags")`, then `" ".join(phones.split())`: finetune.py's
+phonemization, with the voice of each row's language (English of any region: `en-us`, as upstream). The
+espeak-ng and phonemizer versions are in each part's parquet metadata (`neutts`). The released NeuTTS
+checkpoints were trained on `en-us` phonemes: an English fine-tune keeps the rows with `language == "en-us"`.
+
+## Training with it
+
+In `examples/finetune.py`, build the train dataset with `neutts_train_dataset` below instead of
+`load_dataset(...).filter(data_filter).map(partial_preprocess, ...)`; the stored `phones` replace the
+on-the-fly phonemization, so no espeak-ng is needed to train:
+
+```python
+{reader}
+
+
+# tokenizer = AutoTokenizer.from_pretrained(config.restore_from); this dataset's directory or Hub id:
+train_dataset = neutts_train_dataset("path/to/neutts", tokenizer, max_len=config.max_seq_len)
+```
+"""
+
+
+def _card_data(splits: dict[str, dict[str, Any]]) -> Any:
+    """The card's YAML header (``huggingface_hub.DatasetCardData``): ``configs`` globbing each split's parts and
+    ``dataset_info`` (features, splits), for the splits with rows (``load_dataset`` fails on a split without)."""
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from huggingface_hub import DatasetCardData
@@ -454,75 +489,60 @@ def card_text(
             }
         )
         DatasetInfosDict({"default": DatasetInfo(features=features(), splits=split_dict)}).to_dataset_card_data(card)
-    lines = [
-        "---",
-        card.to_yaml(),
-        "---",
-        "",
-        "# neucodec tokens for NeuTTS",
-        "",
-        *(
-            ["> **WARNING: encoded with RANDOM test weights: these are not real neucodec tokens.**", ""]
-            if any(c.get("random_weights") for c in codecs or [])
-            else []
-        ),
-        f"The segments of {n_shards} shards that pass NeuTTS's own filters (neuphonic/neutts-air",
-        "`examples/finetune.py`), one row each, with the phonemes its trainer would compute. Each shard's rows are",
-        "its own file, `data/{split}/{shard}.parquet`.",
-        "",
-        "| column | |",
-        "|---|---|",
-        "| `segment_id` | the corpus's segment id |",
-        "| `text` | the transcript, stripped of leading and trailing whitespace |",
-        "| `phones` | espeak-ng phonemes of `text` (below) |",
-        "| `codes` | 50 Hz neucodec FSQ codes (0-65535): the speech |",
-        "| `duration` | seconds |",
-        "| `language` | the espeak-ng voice that made `phones` |",
-        "",
-        "| split | rows | hours |",
-        "|---|---|---|",
-    ]
+    return card
+
+
+def _card_rows(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """Rows and hours per split, and rows per espeak-ng voice."""
+    lines = ["| split | rows | hours |", "|---|---|---|"]
     lines += [f"| {n} | {int(s.get('rows', 0))} | {float(s.get('hours', 0.0)):.3f} |" for n, s in splits.items()]
-    if not loadable:
+    if not any(s.get("rows") for s in splits.values()):
         lines += ["", "No row has passed the filters yet: there is nothing to load."]
     voices: Counter[str] = Counter()
     for s in splits.values():
         voices.update(s.get("languages", {}))
     if voices:
         lines += ["", "Rows per espeak-ng voice: " + ", ".join(f"{v} {n}" for v, n in sorted(voices.items()))]
-    lines += [
+    return lines
+
+
+def card_text(
+    splits: dict[str, dict[str, Any]],
+    n_shards: int,
+    dropped_by_reason: dict[str, int],
+    codecs: list[dict[str, Any]] | None = None,
+) -> str:
+    """README.md of the neutts dataset: ``dataset_info`` (features, splits) and ``configs`` whose data files are the
+    glob ``data/{split}/**/*.parquet`` (a new shard's part needs no other change), then how a NeuTTS trainer reads it.
+    ``splits``: split -> the shards' part summaries added up (rows, bytes, hours, languages). A split without rows is
+    left out of ``configs``: ``load_dataset`` fails on a split with no data. ``codecs``: what made the tokens
+    (``stats.codecs_of``), shown at the end, with a warning on top when random test weights did."""
+    random = any(c.get("random_weights") for c in codecs or [])
+    lines = [
+        "---",
+        _card_data(splits).to_yaml(),
+        "---",
         "",
-        "## Rows left out",
+        "# neucodec tokens for NeuTTS",
         "",
-        "Under the first check a row fails: empty text; a digit; an acronym (`(?:[a-zA-Z]\\.){2,}` or two capitals in",
-        "a row); a last character not in `.,?!`; `£` or `$` (finetune.py's `data_filter`, in its order); a token of",
-        "the prompt's kind (`<|...|>`) in the text; longer than the configured maximum; a language without an",
-        "espeak-ng voice; phonemes of punctuation only. Each is listed per shard in the shard reports.",
+        *(
+            ["> **WARNING: encoded with RANDOM test weights: these are not real neucodec tokens.**", ""]
+            if random
+            else []
+        ),
+        f"The segments of {n_shards} shards that pass NeuTTS's own filters (neuphonic/neutts-air",
+        "`examples/finetune.py`), one row each, with the phonemes its trainer would compute. Each shard's rows are",
+        "its own file, `data/{split}/{shard}.parquet`.",
+        "",
+        CARD_COLUMNS,
+        "",
+        *_card_rows(splits),
+        "",
+        CARD_LEFT_OUT,
         "",
         f"Left out: {dict(sorted(dropped_by_reason.items())) or 'none'}",
         "",
-        "## Phonemes",
-        "",
-        "`phonemizer.backend.EspeakBackend(language=<voice>, preserve_punctuation=True, with_stress=True,",
-        'words_mismatch="ignore", language_switch="remove-flags")`, then `" ".join(phones.split())`: finetune.py\'s',
-        "phonemization, with the voice of each row's language (English of any region: `en-us`, as upstream). The",
-        "espeak-ng and phonemizer versions are in each part's parquet metadata (`neutts`). The released NeuTTS",
-        'checkpoints were trained on `en-us` phonemes: an English fine-tune keeps the rows with `language == "en-us"`.',
-        "",
-        "## Training with it",
-        "",
-        "In `examples/finetune.py`, build the train dataset with `neutts_train_dataset` below instead of",
-        "`load_dataset(...).filter(data_filter).map(partial_preprocess, ...)`; the stored `phones` replace the",
-        "on-the-fly phonemization, so no espeak-ng is needed to train:",
-        "",
-        "```python",
-        READER.rstrip("\n"),
-        "",
-        "",
-        "# tokenizer = AutoTokenizer.from_pretrained(config.restore_from); this dataset's directory or Hub id:",
-        'train_dataset = neutts_train_dataset("path/to/neutts", tokenizer, max_len=config.max_seq_len)',
-        "```",
-        "",
+        CARD_PHONEMES_AND_TRAINING.format(reader=READER.rstrip("\n")),
     ]
     if codecs:
         lines += ["Codec provenance (the codecs that made the tokens, with their shards):", "", *codec_lines(codecs)]
