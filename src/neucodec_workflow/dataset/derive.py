@@ -174,25 +174,9 @@ def derive_shard(
         tokens_mtime = _mtime(tokens_source)  # before reading: a file replaced meanwhile then matches no more
     tokens, provenance, encoded = read_token_file(shard, tokens_source)
     fields = read_metadata(shard, metadata_source, mapping)
-    if encoded is not None:
-        record, report = WORKFLOW, dict(encoded)
-    else:
-        record, report = (WITHOUT_REPORT if provenance else FOREIGN), adopted_accounting(shard, tokens, fields)
-        report["codec"] = provenance
-        log.warning("shard %s: %s token file (no encode report inside): adopted as it is", shard, record)
+    record, report = _encode_report(shard, tokens, fields, provenance, encoded)
     rows, excluded = shard_rows(shard, tokens, fields)
-    split_of = pd.Series(
-        [
-            speaker_split(d, s, i, validation_fraction)
-            for d, s, i in zip(rows["dataset"], rows["speaker"], rows["segment_id"], strict=True)
-        ],
-        index=rows.index,
-        dtype="string",
-    )
-    for fmt, paths in parts.items():
-        unknown = set(split_of) - set(paths)
-        if unknown:
-            raise SftError(f"shard {shard}: rows fall in splits {sorted(unknown)} that have no {fmt} part")
+    split_of = _split_of(shard, rows, parts, validation_fraction)
     others = {fmt: paths for fmt, paths in parts.items() if fmt != HF}
     if others and writer is None:
         raise SftError(f"shard {shard}: formats {sorted(others)} need a FormatWriter")
@@ -205,29 +189,9 @@ def derive_shard(
         else writer.fingerprint(fmt, shaped_by)  # type: ignore[union-attr]
         for fmt in parts
     }
-    written: dict[str, dict[str, Any]] = {}
-    for split, path in parts.get(HF, {}).items():
-        metadata = {SETTINGS_KEY: json.dumps(fingerprints[HF], sort_keys=True)}
-        written[split] = {
-            "path": part_path(split, shard),
-            **write_part(path, rows[split_of == split], rows_per_row_group, metadata),
-            "fingerprint": fingerprints[HF]["sha256"],
-        }
-        if on_part is not None:
-            on_part(path)
-    in_formats: dict[str, dict[str, Any]] = {}
-    for fmt, paths in others.items():
-        assert writer is not None
-        in_formats[fmt] = {}
-        for split, path in paths.items():
-            in_formats[fmt][split] = {
-                **writer.write(
-                    fmt, shard, split, rows[split_of == split].reset_index(drop=True), path, fingerprints[fmt]
-                ),
-                "fingerprint": fingerprints[fmt]["sha256"],
-            }
-            if on_part is not None:
-                on_part(path)
+    written, in_formats = _write_parts(
+        shard, rows, split_of, parts, fingerprints, rows_per_row_group, writer, on_part or (lambda path: None)
+    )
     by_reason = Counter(str(r.reason) for r in excluded)
     report.update(
         record=record,
@@ -245,18 +209,102 @@ def derive_shard(
             "parts": written,
             "formats": in_formats,
             "fingerprint": fingerprints,
-            "excluded_by_reason": dict(sorted(by_reason.items())),
-            "excluded": [r.as_dict() for r in excluded],
-            "per_language": group_totals(rows, "language"),
-            "per_dataset": group_totals(rows, "dataset"),
-            "duration_histogram": {
-                "bin_seconds": DURATION_BIN_SECONDS,
-                "counts": duration_histogram(rows["token_count"]),
-            },
+            **_sft_totals(rows, excluded),
         },
     )
     write_json(report_path, report)
     return report
+
+
+def _write_parts(
+    shard: str,
+    rows: pd.DataFrame,
+    split_of: pd.Series,
+    parts: Mapping[str, Mapping[str, str | Path]],
+    fingerprints: Mapping[str, dict[str, Any]],
+    rows_per_row_group: int,
+    writer: FormatWriter | None,
+    on_part: Callable[[str | Path], object],
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, dict[str, Any]]]]:
+    """Each format's part of each split (hf: ``write_part``; the others: ``writer``), ``on_part`` called after each;
+    returns their summaries: hf's per split, the other formats' per format and split."""
+    written: dict[str, dict[str, Any]] = {}
+    for split, path in parts.get(HF, {}).items():
+        metadata = {SETTINGS_KEY: json.dumps(fingerprints[HF], sort_keys=True)}
+        written[split] = {
+            "path": part_path(split, shard),
+            **write_part(path, rows[split_of == split], rows_per_row_group, metadata),
+            "fingerprint": fingerprints[HF]["sha256"],
+        }
+        on_part(path)
+    in_formats: dict[str, dict[str, Any]] = {}
+    for fmt, paths in parts.items():
+        if fmt == HF:
+            continue
+        assert writer is not None
+        in_formats[fmt] = {}
+        for split, path in paths.items():
+            in_formats[fmt][split] = {
+                **writer.write(
+                    fmt, shard, split, rows[split_of == split].reset_index(drop=True), path, fingerprints[fmt]
+                ),
+                "fingerprint": fingerprints[fmt]["sha256"],
+            }
+            on_part(path)
+    return written, in_formats
+
+
+def _encode_report(
+    shard: str,
+    tokens: pd.DataFrame,
+    fields: pd.DataFrame,
+    provenance: dict[str, Any],
+    encoded: dict[str, Any] | None,
+) -> tuple[str, dict[str, Any]]:
+    """The kind of record a token file is, and the report the shard's report starts from: the encode job's report
+    inside it, else what the file and the metadata tell (``adopted_accounting``)."""
+    if encoded is not None:
+        return WORKFLOW, dict(encoded)
+    record = WITHOUT_REPORT if provenance else FOREIGN
+    report = adopted_accounting(shard, tokens, fields)
+    report["codec"] = provenance
+    log.warning("shard %s: %s token file (no encode report inside): adopted as it is", shard, record)
+    return record, report
+
+
+def _split_of(
+    shard: str, rows: pd.DataFrame, parts: Mapping[str, Mapping[str, str | Path]], validation_fraction: float
+) -> pd.Series:
+    """Each dataset row's split (by speaker); every split must have a part in every format."""
+    split_of = pd.Series(
+        [
+            speaker_split(d, s, i, validation_fraction)
+            for d, s, i in zip(rows["dataset"], rows["speaker"], rows["segment_id"], strict=True)
+        ],
+        index=rows.index,
+        dtype="string",
+    )
+    for fmt, paths in parts.items():
+        unknown = set(split_of) - set(paths)
+        if unknown:
+            raise SftError(f"shard {shard}: rows fall in splits {sorted(unknown)} that have no {fmt} part")
+    return split_of
+
+
+def _sft_totals(rows: pd.DataFrame, excluded: list[Reject]) -> dict[str, Any]:
+    """The report's counts of the dataset rows: rows excluded (by reason, and each), totals per language and per
+    dataset, the duration histogram."""
+    by_reason = Counter(str(r.reason) for r in excluded)
+    return {
+        "excluded_by_reason": dict(sorted(by_reason.items())),
+        "excluded": [r.as_dict() for r in excluded],
+        "per_language": group_totals(rows, "language"),
+        "per_dataset": group_totals(rows, "dataset"),
+        "duration_histogram": {
+            "bin_seconds": DURATION_BIN_SECONDS,
+            "counts": duration_histogram(rows["token_count"]),
+        },
+    }
 
 
 def derive_or_record_failure(
