@@ -224,6 +224,26 @@ def encode_candidates():
     return ANY_SHARD if len(todo) == len(SHARDS) else one_of(todo)
 
 
+ENCODE_LOGS = f"{LOCAL}/logs/encode"
+KEEP_GOING = plan.keep_going(sys.argv)
+
+
+def failure_note_path(shard):
+    return f"{ENCODE_LOGS}/{shard}{plan.FAILURE_NOTE}"
+
+
+def failed_encodes():
+    """--keep-going: the shards whose last encode job failed and whose token file is still missing (their failure
+    notes). Their encode jobs run again, but the final steps (summarize and what follows) go on without them and list
+    them. Empty otherwise: the final steps wait for every shard."""
+    if JOB_SHARDS is not None or not KEEP_GOING:
+        return {}
+    return plan.failed_encodes(ENCODE_LOGS, lambda s: s not in SHARDS or _mtime(shard_path(s, TOKENS)) is not None)
+
+
+FAILED_ENCODES = failed_encodes()
+
+
 def rerun_targets():
     """What the default target lists besides the summary. Snakemake does not re-make a deleted file whose consumers
     are up to date, so: every report (retrieve=False: never downloaded), and a token file or dataset part that is

@@ -71,7 +71,8 @@ rule summarize:
     """Corpus stats and each format's small files (card, index), from the shard reports alone."""
     input:
         # read by the job itself: local files, or in S3 through the derive jobs' digests (storage/digests.py)
-        reports=[r for s in SHARDS for r in derived_files(s)["reports"]],
+        # (--keep-going: without the shards whose encode job failed; common.smk failed_encodes)
+        reports=[r for s in SHARDS if s not in FAILED_ENCODES for r in derived_files(s)["reports"]],
     output:
         **summary_files(),
     log:
@@ -80,7 +81,10 @@ rule summarize:
     conda:
         "../envs/dataset.yaml"
     params:
-        reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS],
+        reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS if s not in FAILED_ENCODES],
+        # --keep-going: shards that failed are listed in stats and on the cards, not refused
+        keep_going=KEEP_GOING,
+        failed_encodes=list(FAILED_ENCODES.values()),
         digests=REPORT_DIGESTS,
         sft=config["sft"],
         columns=config["columns"],

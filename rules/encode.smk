@@ -9,7 +9,7 @@ rule encode_shard:
         # Snakemake checks the object after the job (retrieve=False: it never uploads nor downloads it itself).
         tokens=shard_file("{shard}", TOKENS, retrieve=False),
     log:
-        f"{LOCAL}/logs/encode/{{shard}}.log",
+        f"{ENCODE_LOGS}/{{shard}}.log",
     benchmark:
         f"{LOCAL}/benchmarks/encode/{{shard}}.tsv"
     wildcard_constraints:
@@ -30,6 +30,8 @@ rule encode_shard:
         tokens=lambda wildcards: shard_path(wildcards.shard, TOKENS),
         staging=lambda wildcards: local_copy(shard_path(wildcards.shard, TOKENS)),
         receipts=UPLOAD_RECEIPTS,
+        # a failed job notes its error here, for the next --keep-going run's final steps (plan.failure_note)
+        failure_note=lambda wildcards: failure_note_path(wildcards.shard),
         codec=config["codec"],
         encode=config["encode"],
         columns=config["columns"],

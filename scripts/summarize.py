@@ -13,4 +13,6 @@ summarize_job(
     sft=dict(snakemake.params.sft),  # noqa: F821 (sft.formats: which formats, and what shapes their parts)
     columns=dict(snakemake.params.columns),  # noqa: F821 (the metadata columns: they shape the parts too)
     stale_list=snakemake.params.stale_list,  # noqa: F821 (the reports of parts made otherwise, if any)
+    keep_going=snakemake.params.keep_going,  # noqa: F821 (list the shards that failed, rather than refuse)
+    failed_encodes=list(snakemake.params.failed_encodes),  # noqa: F821 (--keep-going: shards left out, and why)
 )

@@ -255,6 +255,14 @@ def test_a_bad_token_file_is_named_and_costs_the_other_shards_nothing(tmp_path):
         kept[report] = report.stat().st_mtime_ns
     assert json.loads((out / "shards/en/shard-1.json").read_text())["record"] == "failed"
 
+    going = run_snakemake(tmp_path, "--keep-going", config=config)  # asked to go on: listed, not refused
+    assert job_counts(going.stdout + going.stderr) == {"summarize": 1, "report_figures": 1, "all": 1}
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["shards"] == 3 and stats["records"] == {"failed": 1, "foreign": 2}
+    assert [(f["shard"], f["stage"]) for f in stats["failed_shards"]] == [("en/shard-1", "derive")]
+    assert stats["failed_shards"][0]["error"].startswith("shard en/shard-1: cannot read neucodec_tokens.parquet")
+    assert "- `en/shard-1` (derive): shard en/shard-1: cannot read" in (out / "sft_dataset/README.md").read_text()
+
     bad.write_bytes(whole)  # fixed: newer than its report
     again = run_snakemake(tmp_path, config=config)
     counts = job_counts(again.stdout + again.stderr)
@@ -262,4 +270,4 @@ def test_a_bad_token_file_is_named_and_costs_the_other_shards_nothing(tmp_path):
     assert {report: report.stat().st_mtime_ns for report in kept} == kept  # not derived again
     assert json.loads((out / "shards/en/shard-1.json").read_text())["record"] == "foreign"
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["shards"] == 3 and stats["records"] == {"foreign": 3}
+    assert stats["shards"] == 3 and stats["records"] == {"foreign": 3} and stats["failed_shards"] == []

@@ -259,6 +259,10 @@ def test_status_local_counts(local_corpus: dict[str, Any], capsys: pytest.Captur
     encode(corpus / "de/d", "de/d", "cpu")
     s = run_json(capsys, argv)
     assert (s["done"], s["pending"], s["cost"]["footers_read"], s["cost"]["footers_cached"]) == (4, 2, 1, 3)
+    (corpus / "de/d" / "neucodec_tokens.parquet").write_bytes(b"not parquet" * 100)  # unreadable: failed, not done
+    s = run_json(capsys, argv)
+    assert (s["done"], s["pending"], s["failed"]) == (3, 2, 2) and s["unreadable"].keys() == {"de/d"}
+    assert s["failed_shards"]["de/d"].startswith("token file unreadable: ")
     (corpus / "de/d" / "neucodec_tokens.parquet").unlink()  # back to pending, for the other tests
 
     capsys.readouterr()

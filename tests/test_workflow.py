@@ -106,13 +106,29 @@ def test_injected_failure_then_rerun_only_missing(project, first_run):
     assert "shard fr/shard-2: cannot read audio.tar" in (out / "logs" / "encode" / "fr" / "shard-2.log").read_text()
     assert not (bad / "neucodec_tokens.parquet").exists() and not (out / "shards" / "fr" / "shard-2.json").exists()
     assert (corpus / "fr/shard-3" / "neucodec_tokens.parquet").exists()  # the other shard went on
+    assert json.loads((out / "stats.json").read_text())["shards"] == 2  # the final steps waited for every shard
+    note = json.loads((out / "logs" / "encode" / "fr" / "shard-2.failed.json").read_text())
+    assert note["shard"] == "fr/shard-2" and "cannot read audio.tar" in note["error"]
+
+    # asked again to go on without it: its encode job runs (and fails) again, the final steps are made for the rest
+    again = run_snakemake(root, "--keep-going", config=config, check=False)
+    assert again.returncode != 0 and job_counts(again.stdout + again.stderr)["summarize"] == 1
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["shards"] == 3 and stats["encoded"] == 4
+    assert [(f["shard"], f["stage"]) for f in stats["failed_shards"]] == [("fr/shard-2", "encode")]
+    for card in ("sft_dataset/README.md", "multilingual_tts/README.md", "neutts/README.md"):
+        if (out / card).exists():
+            assert "- `fr/shard-2` (encode): " in (out / card).read_text()
+    assert "fr/shard-2" not in json.dumps(json.loads((out / "sft_dataset" / "index.json").read_text()))
+
     (bad / "audio.tar").write_bytes(good_tar)
     dry = run_snakemake(root, "-n", config=config)
     assert pending_shards(dry.stdout + dry.stderr) == ["fr/shard-2"]
     run = run_snakemake(root, config=config)
     assert job_counts(run.stdout + run.stderr)["encode_shard"] == 1
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["shards"] == 4 and stats["encoded"] == 5
+    assert stats["shards"] == 4 and stats["encoded"] == 5 and stats["failed_shards"] == []
+    assert not (out / "logs" / "encode" / "fr" / "shard-2.failed.json").exists()
 
 
 def test_a_shard_with_every_member_corrupt_is_accounted_not_failed(tmp_path):

@@ -360,20 +360,24 @@ def summarize_job(
     columns: dict[str, Any],
     digests: str | None = None,
     stale_list: str | None = None,
+    keep_going: bool = False,
+    failed_encodes: list[dict[str, Any]] | None = None,
 ) -> None:
     """Rule summarize: stats.json, shards.parquet and each format's small files (outputs: ``stats``, ``shards`` and
     ``{format}_{name}`` as in formats.summary_files) from every shard report: local files, or in S3 through the
     derive jobs' digests (``digests``: storage/digests.py). First, the reports must describe one dataset
     (dataset/consistency.py): parts made with this run's settings (``sft``, ``columns``: the config sections) and
     tokens of one codec; else ``MixedDatasetError`` and nothing is written (the stale reports are listed in
-    ``stale_list`` for ``neucodec-workflow rederive``)."""
+    ``stale_list`` for ``neucodec-workflow rederive``). Shards that failed (a derive job's ``record: failed`` reports;
+    ``failed_encodes``: the failure notes of shards left out by planning) make it refuse, naming them, unless
+    ``keep_going`` (the user asked the run to go on without them): then stats and cards list them."""
     import json
 
     import pyarrow.parquet as pq
 
     from neucodec_workflow.contract import publishing
     from neucodec_workflow.dataset.consistency import check_reports
-    from neucodec_workflow.dataset.derive import refuse_failed
+    from neucodec_workflow.dataset.derive import failed_derives, refuse_failed
     from neucodec_workflow.dataset.formats import write_summary_files
     from neucodec_workflow.dataset.stats import corpus_stats, shard_table
     from neucodec_workflow.progress import Progress, Tick
@@ -406,9 +410,10 @@ def summarize_job(
                 texts.append(Path(r).read_text())
                 read(1)
     loaded = [json.loads(text) for text in texts]
-    refuse_failed(loaded, reports)  # shards whose token file or metadata could not be read: named, nothing written
+    if not keep_going:  # shards whose token file or metadata could not be read: named, nothing written
+        refuse_failed(loaded, reports)
     check_reports(loaded, reports, sft, columns, stale_list)  # parts made otherwise, two codecs: named, nothing written
-    summary = corpus_stats(loaded)
+    summary = corpus_stats(loaded, [*(failed_encodes or []), *failed_derives(loaded)])
     write_json(outputs["stats"], summary)
     with publishing(outputs["shards"]) as tmp:
         pq.write_table(shard_table(loaded), tmp, compression="zstd")
@@ -417,6 +422,8 @@ def summarize_job(
         write_summary_files(fmt, loaded, summary, sft, paths)
     if summary["random_weights"]:
         log.warning(RANDOM_BANNER)
+    for failed in summary["failed_shards"]:
+        log.warning("shard %s: left out (%s failed): %s", failed["shard"], failed["stage"], failed["error"])
     log.info(
         "%d shards (%s), %d segments (%d encoded, %d rejected), %.3f h, %d tokens, dataset rows %s",
         summary["shards"],

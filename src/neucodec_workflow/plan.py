@@ -3,12 +3,20 @@ whose derived outputs are missing or older than it (or than the metadata). Adopt
 is then ~50 jobs, not 5,000: Snakemake's scheduler costs time per ready job per round (5,000 one-shard jobs: 384 s of
 scheduling alone, 1,000: 19 s; docs/record.md) and each job is a Python start-up. A batch's size does not bound its
 local disk: with an S3 output its parts are uploaded one at a time by the job (storage/uploads.py). Shards encoded
-in this run get one derive job each, right after their encode job."""
+in this run get one derive job each, right after their encode job.
+
+Under ``--keep-going``, shards whose last encode job failed (its failure note, ``failure_note``) are left out of the
+final steps, which go on for the rest and list them (``failed_encodes``)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import functools
+import json
+import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +87,11 @@ NEED_EVERY_ENCODE_JOB = (
 def _snakemake_args(argv: list[str]) -> Any:
     """``argv`` parsed by Snakemake's own parser (profiles included), or None when it is not a Snakemake command line
     (the API, ``python -c``) or does not parse."""
-    import contextlib
+    return _parsed(tuple(argv))
+
+
+@functools.cache
+def _parsed(argv: tuple[str, ...]) -> Any:
     import io
 
     from snakemake.cli import parse_args
@@ -88,10 +100,17 @@ def _snakemake_args(argv: list[str]) -> Any:
         return None
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # the profile notice, printed once already
-            _, args = parse_args(argv[1:])
+            _, args = parse_args(list(argv[1:]))
     except (SystemExit, Exception):
         return None
     return args
+
+
+def keep_going(argv: list[str]) -> bool:
+    """Whether the Snakemake command line ``argv`` (profiles included: the gpu-cluster and local ones set it) asks
+    the run to go on past failed jobs. Snakemake's own setting is not known yet while the Snakefile is parsed."""
+    args = _snakemake_args(argv)
+    return bool(getattr(args, "keep_going", False))
 
 
 def every_encode_job_needed(argv: list[str]) -> bool:
@@ -118,3 +137,36 @@ def job_shards(argv: list[str]) -> list[str] | None:
         if shard not in shards:
             shards.append(shard)
     return shards or None
+
+
+FAILURE_NOTE = ".failed.json"  # beside the encode job's log: logs/encode/{shard}.failed.json
+
+
+@contextlib.contextmanager
+def failure_note(path: str | Path, shard: str) -> Iterator[None]:
+    """Around an encode job: when it raises, its shard and error are noted at ``path`` (the job still fails); when it
+    succeeds, an earlier note is removed. The next ``--keep-going`` run plans its final steps without that shard."""
+    from neucodec_workflow.contract import write_json
+
+    note = Path(path)
+    try:
+        yield
+    except Exception as exc:
+        when = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        write_json(note, {"shard": shard, "stage": "encode", "error": f"{type(exc).__name__}: {exc}", "time": when})
+        raise
+    note.unlink(missing_ok=True)
+
+
+def failed_encodes(logs: str | Path, done: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
+    """shard -> failure note, for the notes under ``logs`` (one walk) whose shard is not ``done`` (its token file
+    exists: a later run made it)."""
+    notes = {}
+    for folder, _, files in os.walk(logs):
+        for name in files:
+            if name.endswith(FAILURE_NOTE):
+                with contextlib.suppress(OSError, ValueError):
+                    note = json.loads(Path(folder, name).read_text())
+                    if not done(note["shard"]):
+                        notes[note["shard"]] = note
+    return dict(sorted(notes.items()))

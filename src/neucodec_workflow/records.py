@@ -209,3 +209,4 @@ class CorpusStats(TypedDict):
     sft_formats: dict[str, dict[str, dict[str, Any]]]  # format -> split -> totals (rows, drops by reason, ...)
     duration_histogram: dict[str, Any]  # bin_seconds, counts (segments per bin from 0 s), shards_without
     provenance: list[dict[str, Any]]  # shards per (record, codec_id, revision, random_weights, mode)
+    failed_shards: list[dict[str, str]]  # not in the dataset (--keep-going): shard, stage (encode, derive), error

@@ -7,7 +7,8 @@ of each token file (the record: provenance and the encode job's report, ``contra
 
 * **done**: its token file exists and is not older than its ``audio.tar`` / ``metadata.parquet`` (Snakemake's rule);
 * **failed**: not done, and its encode job's log ends with the job's failure line, or the newest Snakemake log
-  reports an error in its ``encode_shard`` job while its job log is quiet;
+  reports an error in its ``encode_shard`` job while its job log is quiet; or its token file exists but its footer
+  cannot be read (the dataset's derive job would record the shard as failed);
 * **pending**: neither (``running`` among them: its job log was written in the last 10 minutes).
 
 A first look takes what it can from the workflow's ``{output}/shards.parquet`` (summarize's row per shard, from the
@@ -605,9 +606,11 @@ def status(
         listing, done, cache, threads, note, summary=lambda: read_summary(config, directory, listing, cache, settings)
     )
     cache.save({f"{listing.corpus}/{s}/{TOKENS}" for s in done if s in footers.summaries})
+    done = [s for s in done if s not in footers.unreadable]  # no dataset can be derived from it: failed, not done
     done_set = set(done)
     not_done = [s for s in listing.shards if s not in done_set]
     jobs = job_states(directory, config, not_done, now)
+    jobs.failed.update({s: f"token file unreadable: {why}" for s, why in footers.unreadable.items()})
     pending = [s for s in not_done if s not in jobs.failed]
 
     summaries = footers.summaries

@@ -348,6 +348,11 @@ class FailedShardsError(SftError):
     """Shards whose reports record that they could not be derived (``derive_or_record_failure``)."""
 
 
+def failed_derives(reports: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The shards whose report records a failure: shard, stage (derive) and error, as stats.json lists them."""
+    return [{"shard": r["shard"], "stage": "derive", "error": r["error"]} for r in reports if r.get("record") == FAILED]
+
+
 def refuse_failed(reports: list[dict[str, Any]], paths: list[str]) -> None:
     """``FailedShardsError`` naming every shard whose report records a failure, with its reason and what to do; a
     dataset, its card and its stats must not go out without them unsaid."""

@@ -190,7 +190,7 @@ def write_summary_files(
     """What ties a format's parts together, from the shard reports alone (``sft``: the config section; ``paths``:
     name -> where, as in ``summary_files``)."""
     from neucodec_workflow.contract import write_json, write_text
-    from neucodec_workflow.dataset.stats import codecs_of
+    from neucodec_workflow.dataset.stats import codecs_of, failed_section
 
     splits = [name.removeprefix("index_") for name in paths if name.startswith("index_")]
     # what shaped the parts: the same for every report (summarize checked it first: consistency.check_reports)
@@ -206,7 +206,6 @@ def write_summary_files(
                 "\nWhat shaped every part (each shard report's `sft.fingerprint`, each part's parquet key-value "
                 f"metadata `{SETTINGS_KEY}`):\n\n```json\n{json.dumps(shaped, indent=2, sort_keys=True)}\n```\n"
             )
-        write_text(paths["card"], card)
     elif fmt == MULTILINGUAL_TTS:
         from neucodec_workflow.dataset.mtts_card import card_text as mtts_card
         from neucodec_workflow.dataset.mtts_mds import merge_index
@@ -215,7 +214,7 @@ def write_summary_files(
             entries = [r["sft"]["formats"][fmt][split]["mds"] for r in reports]
             write_json(paths[f"index_{split}"], merge_index(entries))
         totals = stats["sft_formats"].get(fmt, {})
-        write_text(paths["card"], mtts_card(totals, len(reports), dict(sft[fmt]), codecs_of(reports), shaped))
+        card = mtts_card(totals, len(reports), dict(sft[fmt]), codecs_of(reports), shaped)
     elif fmt == NEUTTS:
         from neucodec_workflow.dataset.neutts import card_text
 
@@ -224,6 +223,7 @@ def write_summary_files(
         for t in totals.values():
             for reason, n in t.get("dropped_by_reason", {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
-        write_text(paths["card"], card_text(totals, len(reports), dropped, codecs_of(reports)))
+        card = card_text(totals, len(reports), dropped, codecs_of(reports))
     else:
         raise ValueError(f"unknown format {fmt!r} (known: {FORMATS})")
+    write_text(paths["card"], card + failed_section(stats))

@@ -27,11 +27,12 @@ def _add_groups(into: dict[str, GroupTotals], groups: dict[str, Any]) -> None:
         t["dataset_hours"] += g["hours"]
 
 
-def corpus_stats(reports: list[dict[str, Any]]) -> CorpusStats:
+def corpus_stats(reports: list[dict[str, Any]], failed: Iterable[dict[str, Any]] = ()) -> CorpusStats:
     """Totals over the shards: segments encoded and rejected by reason, ``audio_hours`` (all encoded audio),
     tokens, speed (shards encoded by this workflow), audit agreement, records by kind, dataset rows per split and
     per language / dataset (``segments``, ``tokens``, ``dataset_hours``: the dataset's rows only, without the
-    encoded segments the dataset step left out)."""
+    encoded segments the dataset step left out), and ``failed_shards`` (``failed``): the shards not in the dataset
+    because a job failed, each with its stage and error."""
     rejects: Counter[str] = Counter()
     excluded: Counter[str] = Counter()
     splits: Counter[str] = Counter()
@@ -67,7 +68,21 @@ def corpus_stats(reports: list[dict[str, Any]]) -> CorpusStats:
         "sft_formats": format_totals(reports),
         "duration_histogram": duration_totals(reports),
         "provenance": provenance_totals(reports),
+        "failed_shards": sorted(failed, key=lambda f: f["shard"]),
     }
+
+
+def failed_section(stats: Mapping[str, Any]) -> str:
+    """What every card says about the shards a job failed on (empty when none): they are not in this dataset."""
+    failed = stats["failed_shards"]
+    if not failed:
+        return ""
+    lines = [
+        f"\n## Shards not in this dataset\n\n{len(failed)} shard(s) failed and were left out (the run was asked to go "
+        "on without them: `--keep-going`). Fix each one and run snakemake again: the dataset is completed then.\n",
+        *(f"- `{f['shard']}` ({f['stage']}): {f['error']}" for f in failed),
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def duration_totals(reports: Iterable[dict[str, Any]]) -> dict[str, Any]:
