@@ -2,8 +2,9 @@
 
 After every kill: nothing half-written under a real name, the next plain run gets past the lock (no ``--unlock``),
 removes the temporary files of the killed jobs, and in the end the tokens equal ``encode_code``'s (what every
-uninterrupted run writes, test_workflow.py) and no temporary file is left. The encoder is slowed per clip by
-``NEUCODEC_TEST_SLOW_CLIP_SECONDS`` (test-only), so a kill aimed mid-encode lands there deterministically: the job's
+uninterrupted run writes, test_workflow.py) and no temporary file is left. The encoder is slowed per clip by a
+wrapper the test installs from outside the product in the runs it starts (support/hooks.py, through a
+``sitecustomize`` on their ``PYTHONPATH``), so a kill aimed mid-encode lands there deterministically: the job's
 temporary token file is open and the output does not exist. Kill times and targets come from a seeded generator.
 The unit tests of ``neucodec_workflow.recovery`` (locks, owner records, temporary files) run without Snakemake.
 """
@@ -27,6 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from conftest import simple_shard, snakemake_command
+from support import hooks
 
 from neucodec_workflow import recovery
 
@@ -184,7 +186,7 @@ def test_sigkill_at_any_moment_then_plain_rerun(tmp_path: Path, random_ckpt: Pat
     def start(slow: float) -> subprocess.Popen[str]:
         return subprocess.Popen(
             command(tmp_path, config),
-            env={**env, "NEUCODEC_TEST_SLOW_CLIP_SECONDS": str(slow)},
+            env=hooks.environ(env, **{hooks.SLOW_CLIP_ENV: str(slow)}),
             cwd=tmp_path,
             start_new_session=True,
             stdout=subprocess.PIPE,

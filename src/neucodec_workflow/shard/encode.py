@@ -11,7 +11,6 @@ read (its tar, its metadata or the metadata's id column) fails its job.
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import time
 from collections import Counter
@@ -148,7 +147,6 @@ def encode_shard(
 
     def rows() -> Iterator[tuple[str, np.ndarray]]:
         for clip, tokens in encoder.encode(clips()):
-            time.sleep(float(os.environ.get("NEUCODEC_TEST_SLOW_CLIP_SECONDS") or 0))  # tests: kills land mid-encode
             if isinstance(tokens, Exception):
                 rejects.append(
                     Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member)
