@@ -1,12 +1,12 @@
 """The workflow against a real S3 server: Ceph's radosgw (Debian's Ceph 16) on 127.0.0.1, over HTTPS.
 
 moto (test_s3.py) runs over plain HTTP, where boto3 never sends its checksum trailers, so it cannot notice a lost
-``request_checksum_calculation = when_required``: radosgw over HTTPS rejects such uploads with HTTP 411
-(../shared/docs/s3-servers.md). A one-node cluster (testing/ceph.py) starts once for this module (~20 s) from the
-binaries ``make ceph`` installs; without them the module is skipped, saying so. The corpus, the tokens and every
-output are objects in a bucket; the client trusts the server's self-signed certificate through ``AWS_CA_BUNDLE``;
-credentials reach Snakemake only through the environment. Two Snakemake runs encode (the first run, and the rerun
-of one deleted token file), one audits.
+``request_checksum_calculation = when_required``: radosgw (Ceph 16) over HTTPS rejects uploads sent with those
+trailers (``STREAMING-UNSIGNED-PAYLOAD-TRAILER``) with HTTP 411 ``MissingContentLength``. A one-node cluster
+(tests/support/ceph.py) starts once for this module (~20 s) from the binaries ``make ceph`` installs; without them
+the module is skipped, saying so. The corpus, the tokens and every output are objects in a bucket; the client trusts
+the server's self-signed certificate through ``AWS_CA_BUNDLE``; credentials reach Snakemake only through the
+environment. Two Snakemake runs encode (the first run, and the rerun of one deleted token file), one audits.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 ``with LoopbackCeph(root, access_key=..., secret_key=...) as ceph: ceph.endpoint, ceph.ca_bundle``
 
-Debian's Ceph 16 (``make ceph``: ``apt-get install radosgw ceph-mon ceph-osd``) has no standalone backend for
-radosgw, so this runs the smallest real cluster (../shared/docs/s3-servers.md): one ``ceph-mon``, one ``ceph-osd``
+Debian's Ceph 16 (``make ceph``: ``apt-get install radosgw ceph-mon ceph-osd``) has no standalone backend for radosgw
+(its SQLite ``dbstore`` came with Ceph 17), so this runs the smallest real cluster: one ``ceph-mon``, one ``ceph-osd``
 (BlueStore on a sparse file under ``root``) and one ``radosgw``, each a child process in the foreground, with one
 ``ceph.conf``: messenger v2 only, no cephx, one replica, every socket on 127.0.0.1 (checked with ``ss -ltnp``), free
-ports picked at start (the OSD takes free ones from Ceph's 6800-7300 range). radosgw serves S3 over HTTP and over
-HTTPS with a self-signed certificate (``ca_bundle``: the certificate clients trust through ``AWS_CA_BUNDLE``).
-Nothing is installed here: a missing binary raises ``CephUnavailable``. On exit every process is stopped by its PID
-and ``root`` is removed; should the test process die first, the daemons get SIGTERM (``setpriv --pdeathsig``).
+ports picked at start (the OSD takes free ones from Ceph's 6800-7300 range). radosgw serves S3 over HTTP and over HTTPS
+with a self-signed certificate (``ca_bundle``: the certificate clients trust through ``AWS_CA_BUNDLE``). Nothing is
+installed here: a missing binary raises ``CephUnavailable``. On exit every process is stopped by its PID and ``root`` is
+removed; should the test process die first, the daemons get SIGTERM (``setpriv --pdeathsig``).
 """
 
 from __future__ import annotations
