@@ -14,6 +14,7 @@
 # make test-slurm : the gpu-cluster profile on a real single-node SLURM (~3 min; root on Debian); CI runs it too
 # make bench      : setup + the encoder benchmark
 # make bench-sft  : setup + the multilingual_tts format benchmark (one core: speech tokens/s, voice-cloning pairs)
+# make bench-jobs : setup + an encode job's fixed cost: Snakemake's encode rule over small shards (one JSON line)
 # make gpu-wheels : the wheels a bare GPU machine lacks (CPython 3.12, manylinux x86_64) into .whl/
 # make gpu-check  : the one-call GPU check (benchmarks/gpu_check.sh) with this machine's device
 VENV ?= .venv
@@ -26,7 +27,7 @@ FAST := not workflow and not slurm and not slow and not gpu_check
 # Suites of their own, after `make test` in CI (.ci/run): they hold `make test` under 30 minutes on 2 cores.
 OWN_STEPS := kills or gpu_check or ceph or slurm or faults or watching
 
-.PHONY: setup espeak chromium ceph demo test lint test-fast test-workflow test-faults test-watching test-kills test-gpu-check test-ceph test-slurm bench bench-sft gpu-wheels gpu-check clean-demo
+.PHONY: setup espeak chromium ceph demo test lint test-fast test-workflow test-faults test-watching test-kills test-gpu-check test-ceph test-slurm bench bench-sft bench-jobs gpu-wheels gpu-check clean-demo
 
 setup: $(STAMP)
 
@@ -116,6 +117,9 @@ bench: setup
 
 bench-sft: setup
 	$(PY) benchmarks/sft.py $(BENCH_ARGS)
+
+bench-jobs: setup
+	$(PY) benchmarks/jobs.py $(BENCH_ARGS)
 
 gpu-wheels: setup
 	$(PY) benchmarks/gpu_wheels.py --dest .whl

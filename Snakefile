@@ -21,7 +21,7 @@
 # Run: snakemake (the default profile in profiles/default applies); see README.md.
 
 
-from neucodec_workflow import recovery
+from neucodec_workflow.workflow import recovery
 
 
 configfile: "config/config.yaml"

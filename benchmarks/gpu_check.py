@@ -183,7 +183,7 @@ def shard_job(check: Check, args, work: Path) -> dict:
     entry = check.step("shard_job", cmd, limit=240 * check.scale)
     tokens = corpus / "bench-shard" / "neucodec_tokens.parquet"
     if tokens.exists():
-        from neucodec_workflow.contract import read_report
+        from neucodec_workflow.record.contract import read_report
 
         report = read_report(tokens) or {}
         job_seconds = entry.get("seconds") or 0

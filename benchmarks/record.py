@@ -56,7 +56,7 @@ def foreign_shard(i: int) -> dict[str, bytes]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from neucodec_workflow.contract import SCHEMA
+    from neucodec_workflow.record.contract import SCHEMA
 
     rng = np.random.default_rng(i)
     ids = [f"seg{i:05d}_{j}" for j in range(3)]

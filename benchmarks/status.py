@@ -67,8 +67,8 @@ def workflow_tokens(i: int) -> bytes:
     """A token file as the encode job writes it: provenance, 15 row groups, the report in the key-value metadata."""
     import numpy as np
 
-    from neucodec_workflow.contract import write_tokens
-    from neucodec_workflow.records import Audit, Reason, Reject, ShardReport
+    from neucodec_workflow.record.contract import write_tokens
+    from neucodec_workflow.record.records import Audit, Reason, Reject, ShardReport
 
     rng = np.random.default_rng(i)
     rows = [(f"seg{i:05d}_{j:03d}", rng.integers(0, 1 << 16, 200, dtype=np.uint16)) for j in range(30)]
@@ -148,9 +148,10 @@ def make_summary(n: int, corpus: str, out: Path, env: dict[str, str]) -> tuple[P
     every shard with a token file, in batches of 100 in two processes, the token files and metadata read from
     ``corpus`` (S3: one GET each; the token file's LastModified from its GET), then ``jobs.summarize_job`` (rule
     summarize) over the reports. Returns the table's path and the seconds it took (setup, not measured)."""
+    from neucodec_workflow.commands.footers import SUMMARY
+    from neucodec_workflow.commands.status import load_config
     from neucodec_workflow.dataset import formats
     from neucodec_workflow.jobs import derive_job, summarize_job
-    from neucodec_workflow.status import SUMMARY, load_config
 
     config = load_config(REPO, overrides=[f"corpus={corpus}", f"output={out}"], snakefile=REPO / "Snakefile")
     sft, splits = config["sft"], ["train"]
@@ -346,7 +347,7 @@ def report(rows: list[dict[str, Any]], argv: list[str]) -> None:
     print(f"\nLoad average at the end: {loads[0]:.1f} {loads[1]:.1f} {loads[2]:.1f} (other work stretches wall times)")
     last = rows[-1]["status"]
     print("\nThe last look's status (human view of the same object):\n\n```")
-    from neucodec_workflow.status import render
+    from neucodec_workflow.commands.status import render
 
     print(render(last))
     print("```")

@@ -8,10 +8,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
-from neucodec_workflow import plan, recovery
-from neucodec_workflow.contract import METADATA, TAR, TOKENS
+from neucodec_workflow.workflow import plan, recovery
+from neucodec_workflow.record.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.dataset import formats
-from neucodec_workflow.plan import derive_batches, one_of
+from neucodec_workflow.workflow.plan import derive_batches, one_of
 from neucodec_workflow.storage import digests, plugin, s3, uploads
 from neucodec_workflow.storage.discovery import shard_list
 
@@ -184,7 +184,7 @@ def _mtime(path):
 
 
 # Shards whose token file exists and whose derived outputs are missing or older: derived in batches (one job per
-# batch, rules derive_batch_N), not one job per shard (neucodec_workflow/plan.py says why). None in a job's process.
+# batch, rules derive_batch_N), not one job per shard (neucodec_workflow/workflow/plan.py says why). None in a job's process.
 DERIVE_BATCHES = (
     derive_batches(
         SHARDS,

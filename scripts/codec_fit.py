@@ -1,10 +1,10 @@
-"""Snakemake script for rule codec_fit: thin; the logic is neucodec_workflow.codec_fit.codec_fit_job."""
+"""Snakemake script for rule codec_fit: thin; the logic is neucodec_workflow.quality.codec_fit.codec_fit_job."""
 
 from neucodec_workflow.jobs import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
-from neucodec_workflow.codec_fit import codec_fit_job  # noqa: E402
+from neucodec_workflow.quality.codec_fit import codec_fit_job  # noqa: E402
 from neucodec_workflow.storage.uploads import publish  # noqa: E402
 
 written = dict(snakemake.params.written)  # noqa: F821 (destination -> where it is written first)

@@ -5,7 +5,7 @@ from neucodec_workflow.jobs import setup_logging
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
 from neucodec_workflow.jobs import encode_shard_job  # noqa: E402
-from neucodec_workflow.plan import failure_note  # noqa: E402
+from neucodec_workflow.workflow.plan import failure_note  # noqa: E402
 
 with failure_note(snakemake.params.failure_note, snakemake.wildcards.shard):  # noqa: F821
     encode_shard_job(

@@ -1,4 +1,4 @@
-"""Snakemake script for rule report_figures: thin; the logic is neucodec_workflow.report."""
+"""Snakemake script for rule report_figures: thin; the logic is neucodec_workflow.quality.report."""
 
 from neucodec_workflow.jobs import setup_logging
 
@@ -8,7 +8,7 @@ import json  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from neucodec_workflow.report import make_report  # noqa: E402
+from neucodec_workflow.quality.report import make_report  # noqa: E402
 
 make_report(
     json.loads(open(snakemake.input.stats).read()),  # noqa: F821

@@ -1,4 +1,4 @@
-"""Snakemake script for rule verify: thin; the logic is neucodec_workflow.jobs.verify_job (neucodec_workflow.verify)."""
+"""Snakemake script for rule verify: thin; the logic is neucodec_workflow.jobs.verify_job (neucodec_workflow.commands.verify)."""
 
 from neucodec_workflow.jobs import setup_logging
 

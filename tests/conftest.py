@@ -17,7 +17,7 @@ import torch
 from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
 from neucodec_workflow.engine.codec import Codec, load_codec, save_random_checkpoint
 from neucodec_workflow.engine.probe import speech_like
-from neucodec_workflow.records import Clip
+from neucodec_workflow.record.records import Clip
 from neucodec_workflow.shard.audio import to_mono_16k
 
 REPO = Path(__file__).resolve().parents[1]

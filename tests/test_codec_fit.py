@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from conftest import clip
 
-from neucodec_workflow.codec_fit import log_mel_distance, sample_fits, si_sdr
-from neucodec_workflow.contract import HOP, METADATA, SAMPLE_RATE, TAR, TOKENS, write_tokens
 from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
+from neucodec_workflow.quality.codec_fit import log_mel_distance, sample_fits, si_sdr
+from neucodec_workflow.record.contract import HOP, METADATA, SAMPLE_RATE, TAR, TOKENS, write_tokens
 
 COLUMNS = {"segment_id": "segment_id", "language": "language"}
 

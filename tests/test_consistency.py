@@ -21,12 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from test_derive import MAPPING, encode_report, write_foreign
 
-from neucodec_workflow import status as st
-from neucodec_workflow.contract import write_tokens
+from neucodec_workflow.commands import footers
+from neucodec_workflow.commands import status as st
+from neucodec_workflow.commands.verify import verify_shards
 from neucodec_workflow.dataset import formats
 from neucodec_workflow.dataset.consistency import MixedDatasetError, codec_identity
 from neucodec_workflow.jobs import derive_job, same_object, summarize_job
-from neucodec_workflow.verify import verify_shards
+from neucodec_workflow.record.contract import write_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 SFT: dict[str, Any] = {
@@ -305,7 +306,7 @@ def test_status_and_verify_show_the_codecs_with_their_shard_counts(tmp_path, cap
     config = st.load_config(
         REPO, overrides=[f"corpus={corpus}", f"output={tmp_path / 'out'}"], snakefile=REPO / "Snakefile"
     )
-    s = st.status(config, tmp_path, cache=st.FooterCache(None))
+    s = st.status(config, tmp_path, cache=footers.FooterCache(None))
     assert [(c["label"], c["shards"]) for c in s["codecs"]] == [
         (f"neuphonic/neucodec (weights sha256 {'1' * 12})", 2),
         (f"neuphonic/distill-neucodec (weights sha256 {'2' * 12})", 1),

@@ -17,7 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from neucodec_workflow.contract import (
+from neucodec_workflow.dataset.derive import FOREIGN, WITHOUT_REPORT, WORKFLOW, derive_shard
+from neucodec_workflow.dataset.sft import SCHEMA as SFT_SCHEMA
+from neucodec_workflow.dataset.sft import SftError, part_path, speaker_split
+from neucodec_workflow.dataset.stats import corpus_stats, dataset_card, dataset_index
+from neucodec_workflow.record.contract import (
     PROVENANCE_KEY,
     REPORT_KEY,
     SCHEMA,
@@ -29,11 +33,7 @@ from neucodec_workflow.contract import (
     write_text,
     write_tokens,
 )
-from neucodec_workflow.dataset.derive import FOREIGN, WITHOUT_REPORT, WORKFLOW, derive_shard
-from neucodec_workflow.dataset.sft import SCHEMA as SFT_SCHEMA
-from neucodec_workflow.dataset.sft import SftError, part_path, speaker_split
-from neucodec_workflow.dataset.stats import corpus_stats, dataset_card, dataset_index
-from neucodec_workflow.records import Reason, Reject, ShardReport
+from neucodec_workflow.record.records import Reason, Reject, ShardReport
 
 MAPPING = {
     "segment_id": "segment_id",
@@ -694,7 +694,7 @@ def test_a_bad_token_file_does_not_cost_its_batch_the_other_shards(tmp_path, kin
     file or metadata) that shard alone is stale, and re-deriving it lets summarize through."""
     from neucodec_workflow.dataset.derive import FAILED, FailedShardsError, refuse_failed
     from neucodec_workflow.jobs import derive_job
-    from neucodec_workflow.plan import stale
+    from neucodec_workflow.workflow.plan import stale
 
     root, out = tmp_path / "corpus", tmp_path / "out"
     shards = ["a/s0", "bad/s1", "c"]

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_snakemake, simple_shard
 
-from neucodec_workflow.contract import DiskFullError, publishing, write_json, write_tokens
+from neucodec_workflow.record.contract import DiskFullError, publishing, write_json, write_tokens
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import run_snakemake, simple_shard
 
-from neucodec_workflow.contract import SCHEMA
 from neucodec_workflow.demo.tokenizer import build_test_tokenizer
+from neucodec_workflow.record.contract import SCHEMA
 
 pytestmark = pytest.mark.workflow
 TOKENS = "neucodec_tokens.parquet"

@@ -6,7 +6,7 @@ uninterrupted run writes, test_workflow.py) and no temporary file is left. The e
 wrapper the test installs from outside the product in the runs it starts (support/hooks.py, through a
 ``sitecustomize`` on their ``PYTHONPATH``), so a kill aimed mid-encode lands there deterministically: the job's
 temporary token file is open and the output does not exist. Kill times and targets come from a seeded generator.
-The unit tests of ``neucodec_workflow.recovery`` (locks, owner records, temporary files) run without Snakemake.
+The unit tests of ``neucodec_workflow.workflow.recovery`` (locks, owner records, temporary files) run without Snakemake.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pytest
 from conftest import simple_shard, snakemake_command
 from support import hooks
 
-from neucodec_workflow import recovery
+from neucodec_workflow.workflow import recovery
 
 SHARDS = {"a/shard-0": [0.5, 0.4, 0.6, 0.3], "b/shard-1": [0.4, 0.5, 0.3]}
 SLOW = 1.0  # seconds per clip while a kill is aimed mid-encode
@@ -99,7 +99,10 @@ def test_lock_without_owner_record(tmp_path: Path) -> None:
     (verdict,) = recovery.judge_locks(q)
     assert not verdict.stale and "no owner is known" in verdict.reason and unknown.exists()
     out = subprocess.run(
-        [sys.executable, "-m", "neucodec_workflow.recovery", str(q.parent)], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "neucodec_workflow.workflow.recovery", str(q.parent)],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "0.output.lock: held: no owner is known" in out
 

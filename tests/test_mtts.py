@@ -34,7 +34,7 @@ from neucodec_workflow.dataset.mtts_tokenizer import IM_START, SPEECH_START, Mtt
 from neucodec_workflow.dataset.neutts import NeuttsSettings
 from neucodec_workflow.dataset.sft import shard_rows
 from neucodec_workflow.demo.tokenizer import build_test_tokenizer, sample_text
-from neucodec_workflow.records import Reason
+from neucodec_workflow.record.records import Reason
 
 EDGE_TEXTS = [
     "  Hello   world, twice  ",

@@ -30,7 +30,7 @@ from neucodec_workflow.dataset.neutts import (
     upstream_reason,
     voice_of,
 )
-from neucodec_workflow.records import Reason
+from neucodec_workflow.record.records import Reason
 
 R = Reason
 DEFAULTS = NeuttsSettings.from_config(schema_defaults(NEUTTS))  # what the workflow runs with by default

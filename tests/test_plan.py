@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from neucodec_workflow.plan import derive_batches, every_encode_job_needed, one_of, stale
+from neucodec_workflow.workflow.plan import derive_batches, every_encode_job_needed, one_of, stale
 
 
 def test_stale_follows_snakemakes_rule() -> None:
@@ -83,7 +83,7 @@ def test_every_encode_job_needed_outside_snakemakes_cli() -> None:
 
 def test_job_shards_from_the_target_jobs_of_a_job_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cluster job's Snakemake process plans only its shards: those of its --target-jobs, in order, once each."""
-    from neucodec_workflow.plan import job_shards
+    from neucodec_workflow.workflow.plan import job_shards
 
     monkeypatch.chdir(tmp_path)
     program = str(Path(sys.prefix) / "snakemake" / "__main__.py")

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_snakemake, simple_shard
 
-from neucodec_workflow.contract import REPORT_KEY, SCHEMA, footer, read_report
 from neucodec_workflow.engine.reference import reference_tokens
+from neucodec_workflow.record.contract import REPORT_KEY, SCHEMA, footer, read_report
 from neucodec_workflow.shard.audio import decode_member, iter_flac_members
 
 pytestmark = pytest.mark.workflow
@@ -189,7 +189,7 @@ def test_one_new_shard_writes_only_its_own_files(encoded):
 def test_migrating_the_earlier_layout(encoded, tmp_path):
     """Earlier layout: token files with provenance but no report inside, reports in output/shards, one monolithic
     dataset. One command moves the reports into the token files; then snakemake derives, never encodes."""
-    from neucodec_workflow.migrate import migrate
+    from neucodec_workflow.commands.migrate import migrate
 
     root, corpus, config, _ = encoded
     old_corpus, old_out = tmp_path / "corpus", tmp_path / "out"

@@ -16,7 +16,7 @@ from support import browser
 from neucodec_workflow.dataset.derive import duration_histogram
 from neucodec_workflow.dataset.stats import corpus_stats, duration_totals, shard_table
 from neucodec_workflow.demo.corpus import make_demo_corpus
-from neucodec_workflow.report import FIGURES, make_report
+from neucodec_workflow.quality.report import FIGURES, make_report
 
 SHARDS = ("de/shard-00000", "en/shard-00001")  # of the demo corpus
 

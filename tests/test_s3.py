@@ -429,7 +429,7 @@ def put_foreign_shard(client: Any, prefix: str, shard: str, rows: int, seed: int
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from neucodec_workflow.contract import SCHEMA
+    from neucodec_workflow.record.contract import SCHEMA
 
     rng = np.random.default_rng(seed)
     ids = [f"{shard.replace('/', '_')}_{i}" for i in range(rows)]

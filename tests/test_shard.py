@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import clip, float_wav_bytes, simple_shard
 
-from neucodec_workflow.contract import REPORT_KEY, SCHEMA, footer, read_provenance, read_report
 from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
 from neucodec_workflow.engine.reference import ReferenceEncoder, reference_tokens
-from neucodec_workflow.records import Reason
+from neucodec_workflow.record.contract import REPORT_KEY, SCHEMA, footer, read_provenance, read_report
+from neucodec_workflow.record.records import Reason
 from neucodec_workflow.shard.audio import ShardError
 from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
 

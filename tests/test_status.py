@@ -24,12 +24,13 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, run_snakemake, simple_shard
 
-from neucodec_workflow import status as st
-from neucodec_workflow.contract import HOP, SCHEMA, SECONDS_PER_TOKEN
+from neucodec_workflow.commands import footers
+from neucodec_workflow.commands import status as st
 from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
 from neucodec_workflow.engine.probe import speech_like
-from neucodec_workflow.progress import Progress, Tick, line
-from neucodec_workflow.records import Clip
+from neucodec_workflow.record.contract import HOP, SCHEMA, SECONDS_PER_TOKEN
+from neucodec_workflow.record.progress import Progress, Tick, line
+from neucodec_workflow.record.records import Clip
 from neucodec_workflow.shard.encode import encode_shard, read_metadata_ids
 
 JSON_KEYS = {"shards", "done", "pending", "failed", "hours_done", "eta_hours"}
@@ -140,7 +141,7 @@ def test_progress_lines_at_a_steady_cadence(caplog: pytest.LogCaptureFixture) ->
 
 
 def test_progress_cadence_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from neucodec_workflow.progress import cadence
+    from neucodec_workflow.record.progress import cadence
 
     assert cadence() == 30.0
     monkeypatch.setenv("NEUCODEC_PROGRESS_SECONDS", "0.5")
@@ -155,7 +156,7 @@ def test_progress_bar_on_a_terminal_keeps_the_log_file_lines(tmp_path: Path) -> 
     prog = (
         "import sys, time\n"
         "from neucodec_workflow.jobs import setup_logging\n"
-        "from neucodec_workflow.progress import Progress, Tick\n"
+        "from neucodec_workflow.record.progress import Progress, Tick\n"
         "setup_logging(sys.argv[1])\n"
         "n = [0]\n"
         "with Progress('shard t', lambda: Tick(n[0], 20, float(n[0])), seconds=0.2):\n"
@@ -209,7 +210,7 @@ def local_corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     simple_shard(corpus, "de/e", [0.4], seed=5)  # running: its log was just written, with a progress line
     job_log(
         out / "logs/encode/de/e.log",
-        "from neucodec_workflow.progress import Progress, Tick; Progress('shard de/e', lambda: Tick(1, 4, 2.0)).emit()",
+        "from neucodec_workflow.record.progress import Progress, Tick; Progress('shard de/e', lambda: Tick(1, 4, 2.0)).emit()",
     )
     simple_shard(corpus, "fr/f", [0.4], seed=6)  # failed: the job's failure line
     job_log(
@@ -352,7 +353,7 @@ def test_footer_longer_than_one_ranged_read() -> None:
     pytest.importorskip("moto")
     from support.loopback_s3 import LoopbackS3
 
-    from neucodec_workflow.contract import REPORT_KEY
+    from neucodec_workflow.record.contract import REPORT_KEY
     from neucodec_workflow.storage.s3 import S3Settings
 
     buf = io.BytesIO()
@@ -368,8 +369,8 @@ def test_footer_longer_than_one_ranged_read() -> None:
         client = S3Settings(endpoint_url=server.endpoint, access_key="AKIAT", secret_key="t").client()
         client.create_bucket(Bucket="footer-bucket")
         client.put_object(Bucket="footer-bucket", Key="t.parquet", Body=buf.getvalue())
-        meta, requests = st.read_footer_s3(client, "s3://footer-bucket/t.parquet", len(buf.getvalue()))
-    assert requests == 2 and st.summarize(meta)["rejects_by_reason"] == {"decode_error": 5000}
+        meta, requests = footers.read_footer_s3(client, "s3://footer-bucket/t.parquet", len(buf.getvalue()))
+    assert requests == 2 and footers.summarize(meta)["rejects_by_reason"] == {"decode_error": 5000}
 
 
 # ----------------------------------------------------------------------------- a first look from shards.parquet
@@ -400,12 +401,12 @@ def summarize_shards(config: dict[str, Any], corpus: str, out: Path, shards: lis
         columns=config["columns"],
         sft=sft,
     )
-    outputs = {"stats": str(out / "stats.json"), "shards": str(out / st.SUMMARY)}
+    outputs = {"stats": str(out / "stats.json"), "shards": str(out / footers.SUMMARY)}
     for fmt in sft["formats"]:
         for name, path in formats.summary_files(fmt, splits).items():
             outputs[f"{fmt}_{name}"] = str(out / formats.ROOTS[fmt] / path)
     summarize_job(reports=reports, outputs=outputs, sft=sft, columns=config["columns"])
-    return out / st.SUMMARY
+    return out / footers.SUMMARY
 
 
 def rewrite_token_files(corpus: Path, work: Path) -> dict[str, Path]:
@@ -430,14 +431,14 @@ def test_status_first_look_from_shards_parquet_local(local_corpus: dict[str, Any
     shutil.copytree(local_corpus["out"], out)  # the job logs: de/e running, fr/f failed
     config = st.load_config(REPO, overrides=[f"corpus={corpus}", f"output={out}"], snakefile=REPO / "Snakefile")
     now = time.time()
-    by_footers = st.status(config, tmp_path, cache=st.FooterCache(None), now=now)
+    by_footers = st.status(config, tmp_path, cache=footers.FooterCache(None), now=now)
     assert by_footers["cost"]["footers_read"] == 3 and by_footers["cost"]["summary"] == "absent"
 
     table = pq.read_table(summarize_shards(config, str(corpus), out, DONE, {})).to_pandas().set_index("shard")
     for s in DONE:
         info = os.stat(corpus / s / "neucodec_tokens.parquet")
         assert (table.loc[s, "token_file_bytes"], table.loc[s, "token_file_mtime"]) == (info.st_size, info.st_mtime)
-    cache = st.FooterCache(tmp_path / "cache.json")
+    cache = footers.FooterCache(tmp_path / "cache.json")
     cold = st.status(config, tmp_path, cache=cache, now=now)
     assert cold["cost"] | {"seconds": 0} == {
         "list_requests": 0,
@@ -456,25 +457,27 @@ def test_status_first_look_from_shards_parquet_local(local_corpus: dict[str, Any
     workflow_hours = by_footers["hours_done"] - by_footers["hours_done_estimated"]
     assert workflow_hours == pytest.approx(local_corpus["audio"] / 3600)
     assert cold["hours_done"] == pytest.approx(workflow_hours + local_corpus["foreign_audio"] / 3600)
-    listing = st.list_corpus(config, tmp_path)
-    footers = st.read_footers(listing, DONE, st.FooterCache(None)).summaries
-    rows = st.read_footers(
-        listing, DONE, st.FooterCache(None), summary=lambda: st.read_summary(config, tmp_path, listing, cache)
+    listing = footers.list_corpus(config, tmp_path)
+    read = footers.read_footers(listing, DONE, footers.FooterCache(None)).summaries
+    rows = footers.read_footers(
+        listing, DONE, footers.FooterCache(None), summary=lambda: footers.read_summary(config, tmp_path, listing, cache)
     )
     assert rows.summary == "unchanged" and rows.read == 3  # the table's rows were taken by the look before
-    fresh = st.FooterCache(None)
-    rows = st.read_footers(listing, DONE, fresh, summary=lambda: st.read_summary(config, tmp_path, listing, fresh))
+    fresh = footers.FooterCache(None)
+    rows = footers.read_footers(
+        listing, DONE, fresh, summary=lambda: footers.read_summary(config, tmp_path, listing, fresh)
+    )
     assert rows.from_summary == 3 and rows.read == 0
-    assert {s: rows.summaries[s] for s in DONE[:2]} == {s: footers[s] for s in DONE[:2]}  # field by field
+    assert {s: rows.summaries[s] for s in DONE[:2]} == {s: read[s] for s in DONE[:2]}  # field by field
 
-    refresh = st.status(config, tmp_path, cache=st.FooterCache(tmp_path / "cache.json"), now=now)
+    refresh = st.status(config, tmp_path, cache=footers.FooterCache(tmp_path / "cache.json"), now=now)
     assert (refresh["cost"]["footers_cached"], refresh["cost"]["summary"]) == (3, "not needed")
 
     for s, path in rewrite_token_files(corpus, tmp_path / "new").items():
         os.replace(path, corpus / s / "neucodec_tokens.parquet")
     later = time.time() + 3  # en/b: the same bytes, a later time
     os.utime(corpus / "en/b/neucodec_tokens.parquet", (later, later))
-    for cache in (st.FooterCache(None), st.FooterCache(tmp_path / "cache.json")):  # a first look, a refresh
+    for cache in (footers.FooterCache(None), footers.FooterCache(tmp_path / "cache.json")):  # a first look, a refresh
         s = st.status(config, tmp_path, cache=cache, now=now)
         assert (s["cost"]["footers_read"], s["cost"]["footers_from_summary"]) == (2, 1 if cache.path is None else 0)
         assert s["cost"]["footers_cached"] == (0 if cache.path is None else 1)
@@ -570,8 +573,10 @@ def test_progress_in_job_log_and_status_after_a_run(tmp_path: Path) -> None:
     assert lines[-1].group(2) == lines[-1].group(3) == "3" and lines[-1].group(5) == " (end)"
     assert st.snakemake_failures(tmp_path) == {"fr/bad"}
 
-    exe = Path(sys.executable).with_name("neucodec-workflow")  # python -m neucodec_workflow.status: 'status' implied
-    cmd = [str(exe), "status"] if exe.exists() else [sys.executable, "-m", "neucodec_workflow.status"]
+    exe = Path(sys.executable).with_name(
+        "neucodec-workflow"
+    )  # python -m neucodec_workflow.commands.status: 'status' implied
+    cmd = [str(exe), "status"] if exe.exists() else [sys.executable, "-m", "neucodec_workflow.commands.status"]
     argv = status_cli(Path("."), *(f"{k}={v}" for k, v in config.items()), extra=("--json",))[1:]
     run = subprocess.run([*cmd, *argv], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -1,4 +1,4 @@
-"""``snakemake verify``: token files checked from their footers (neucodec_workflow/verify.py), on real token files
+"""``snakemake verify``: token files checked from their footers (neucodec_workflow/commands/verify.py), on real token files
 written by ``contract.write_tokens`` with a report, then broken: truncated, footer corrupted, spliced, rewritten with
 another record, nulls, wrong types, foreign; full mode for a flipped byte inside a page. Then the target itself,
 local and in the loopback S3 server, with token files already there (nothing is encoded)."""
@@ -20,8 +20,8 @@ import pytest
 from conftest import simple_shard, snakemake_command
 from test_s3 import ACCESS_KEY, SECRET, s3_env  # the loopback S3 keys and the Snakemake environment for them
 
-from neucodec_workflow.contract import PROVENANCE_KEY, REPORT_KEY, SCHEMA, TOKENS, write_tokens
-from neucodec_workflow.verify import BAD, ERROR, MISSING, OK, TRUNCATED, failure, verify_file, verify_shards
+from neucodec_workflow.commands.verify import BAD, ERROR, MISSING, OK, TRUNCATED, failure, verify_file, verify_shards
+from neucodec_workflow.record.contract import PROVENANCE_KEY, REPORT_KEY, SCHEMA, TOKENS, write_tokens
 
 PROVENANCE = {"codec": "test", "random_weights": True}
 

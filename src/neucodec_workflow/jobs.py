@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from neucodec_workflow.contract import write_json
+from neucodec_workflow.record.contract import write_json
 
 log = logging.getLogger("neucodec_workflow")
 
@@ -173,7 +173,7 @@ def derive_job(
 
     from neucodec_workflow.dataset.derive import FAILED, derive_or_record_failure
     from neucodec_workflow.dataset.formats import FormatWriter, describe
-    from neucodec_workflow.progress import Progress, Tick
+    from neucodec_workflow.record.progress import Progress, Tick
     from neucodec_workflow.storage import digests as digest
     from neucodec_workflow.storage.s3 import S3Error, S3Settings, is_s3, split_url
     from neucodec_workflow.storage.streams import OneAtATime
@@ -375,12 +375,12 @@ def summarize_job(
 
     import pyarrow.parquet as pq
 
-    from neucodec_workflow.contract import publishing
     from neucodec_workflow.dataset.consistency import check_reports
     from neucodec_workflow.dataset.derive import failed_derives, refuse_failed
     from neucodec_workflow.dataset.formats import write_summary_files
     from neucodec_workflow.dataset.stats import corpus_stats, shard_table
-    from neucodec_workflow.progress import Progress, Tick
+    from neucodec_workflow.record.contract import publishing
+    from neucodec_workflow.record.progress import Progress, Tick
     from neucodec_workflow.storage import digests as digest
     from neucodec_workflow.storage.s3 import S3Settings, is_s3
 
@@ -463,6 +463,6 @@ def push_job(*, repo_id: str, dataset: str, local_index: str, local_card: str, r
 def verify_job(*, shards: list[str], tokens: list[str], report: str, full: bool) -> None:
     """Rule verify: every shard's token file checked from its footer (``full``: every row too), the report written to
     ``report`` (a path or an s3:// URL), then ``VerifyError`` naming the bad shards, if any."""
-    from neucodec_workflow.verify import run
+    from neucodec_workflow.commands.verify import run
 
     run(shards, tokens, report, full=full)

@@ -22,15 +22,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import (
-    REPORT_KEY,
-    SCHEMA,
-    SECONDS_PER_TOKEN,
-    candidates,
-    footer,
-    records_of,
-    write_json,
-)
 from neucodec_workflow.dataset.formats import (
     HF,
     SETTINGS_KEY,
@@ -48,7 +39,16 @@ from neucodec_workflow.dataset.sft import (
     speaker_split,
     write_part,
 )
-from neucodec_workflow.records import Reason, Reject
+from neucodec_workflow.record.contract import (
+    REPORT_KEY,
+    SCHEMA,
+    SECONDS_PER_TOKEN,
+    candidates,
+    footer,
+    records_of,
+    write_json,
+)
+from neucodec_workflow.record.records import Reason, Reject
 
 log = logging.getLogger(__name__)
 

@@ -189,8 +189,8 @@ def write_summary_files(
 ) -> None:
     """What ties a format's parts together, from the shard reports alone (``sft``: the config section; ``paths``:
     name -> where, as in ``summary_files``)."""
-    from neucodec_workflow.contract import write_json, write_text
     from neucodec_workflow.dataset.stats import codecs_of, failed_section
+    from neucodec_workflow.record.contract import write_json, write_text
 
     splits = [name.removeprefix("index_") for name in paths if name.startswith("index_")]
     # what shaped the parts: the same for every report (summarize checked it first: consistency.check_reports)

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from neucodec_workflow.contract import publishing
 from neucodec_workflow.dataset.mtts_rows import Rows
 from neucodec_workflow.dataset.mtts_tokenizer import MttsError
+from neucodec_workflow.record.contract import publishing
 
 # the MDS columns of the upstream notebooks and the trainer; "uint32" is their own encoding (raw bytes of a uint32
 # array, registered over streaming's scalar one), so every column has a variable size

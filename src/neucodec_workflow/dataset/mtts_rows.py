@@ -26,7 +26,7 @@ from neucodec_workflow.dataset.mtts_tokenizer import (
     MttsError,
     SpeechTokenizer,
 )
-from neucodec_workflow.records import Reason, Reject
+from neucodec_workflow.record.records import Reason, Reject
 
 UNKNOWN = "unknown"  # a null dataset or speaker in a speaker name
 

@@ -30,9 +30,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import SECONDS_PER_TOKEN, publishing
 from neucodec_workflow.dataset.consistency import codec_lines
-from neucodec_workflow.records import Reason, Reject
+from neucodec_workflow.record.contract import SECONDS_PER_TOKEN, publishing
+from neucodec_workflow.record.records import Reason, Reject
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from neucodec_workflow.dataset.consistency import codec_identity
 from neucodec_workflow.dataset.sft import card_text
-from neucodec_workflow.records import AuditTotals, CorpusStats, GroupTotals
+from neucodec_workflow.record.records import AuditTotals, CorpusStats, GroupTotals
 
 
 def _add_groups(into: dict[str, GroupTotals], groups: dict[str, Any]) -> None:

@@ -41,14 +41,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from neucodec_workflow.contract import HOP, SAMPLE_RATE
 from neucodec_workflow.engine.acoustic import AcousticEncoder
 from neucodec_workflow.engine.codec import Codec
 from neucodec_workflow.engine.fbank import TorchFbank, feature_frames
 from neucodec_workflow.engine.numerics import numerics
 from neucodec_workflow.engine.reference import checked_tokens, is_oom
 from neucodec_workflow.engine.semantic import SemanticModel
-from neucodec_workflow.records import MODES, Clip, Mode
+from neucodec_workflow.record.contract import HOP, SAMPLE_RATE
+from neucodec_workflow.record.records import MODES, Clip, Mode
 
 log = logging.getLogger(__name__)
 MAX_PAD_RATIO = 1.15  # a batch's longest clip is at most 15 % longer than its shortest

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from neucodec_workflow.records import Mode
+from neucodec_workflow.record.records import Mode
 
 
 def tf32_state() -> tuple[bool, bool, str]:

@@ -17,10 +17,10 @@ from collections.abc import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from neucodec_workflow.contract import SAMPLE_RATE
 from neucodec_workflow.engine.codec import Codec
 from neucodec_workflow.engine.numerics import numerics
-from neucodec_workflow.records import Clip
+from neucodec_workflow.record.contract import SAMPLE_RATE
+from neucodec_workflow.record.records import Clip
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from neucodec_workflow.contract import HOP, SAMPLE_RATE
-from neucodec_workflow.records import Clip, Reason, Reject
+from neucodec_workflow.record.contract import HOP, SAMPLE_RATE
+from neucodec_workflow.record.records import Clip, Reason, Reject
 
 
 class ShardError(RuntimeError):

@@ -10,8 +10,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import pandas as pd
 
-from neucodec_workflow.contract import read_provenance, tokens_of
-from neucodec_workflow.records import Audit, Clip
+from neucodec_workflow.record.contract import read_provenance, tokens_of
+from neucodec_workflow.record.records import Audit, Clip
 from neucodec_workflow.shard.audio import decode_member, iter_flac_members, open_tar, segment_id_of
 
 

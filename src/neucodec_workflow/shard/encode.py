@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import SAMPLE_RATE, candidates, pick_column, write_tokens
-from neucodec_workflow.progress import Progress, Tick
-from neucodec_workflow.records import Audit, Clip, Encoder, Reason, Reject, ShardReport
+from neucodec_workflow.record.contract import SAMPLE_RATE, candidates, pick_column, write_tokens
+from neucodec_workflow.record.progress import Progress, Tick
+from neucodec_workflow.record.records import Audit, Clip, Encoder, Reason, Reject, ShardReport
 from neucodec_workflow.shard.audio import (
     ShardError,
     decode_member,

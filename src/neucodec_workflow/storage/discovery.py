@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from neucodec_workflow.contract import TAR
+from neucodec_workflow.record.contract import TAR
 
 if TYPE_CHECKING:
     from neucodec_workflow.storage.inventory import Inventory

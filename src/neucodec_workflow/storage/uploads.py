@@ -53,7 +53,7 @@ RECEIPTS = "neucodec_uploads"  # under .snakemake/: one folder per Snakemake pro
 def receipts_dir(persistence: Path) -> Path:
     """Where this Snakemake process's jobs leave their receipts (``persistence``: the ``.snakemake`` folder). The
     folder is removed when this process exits; those of processes of this host that are gone (killed) now."""
-    from neucodec_workflow.recovery import pid_alive
+    from neucodec_workflow.workflow.recovery import pid_alive
 
     host = socket.gethostname().split(".")[0]
     with contextlib.suppress(FileNotFoundError):
@@ -110,7 +110,7 @@ class Uploader:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if self.receipts is None or not self.sent:
             return
-        from neucodec_workflow.contract import write_json
+        from neucodec_workflow.record.contract import write_json
 
         try:
             write_json(self.receipts / f"{uuid.uuid4().hex}.json", {"uploads": self.sent})

@@ -1,6 +1,6 @@
 """Migrate outputs of the earlier layout (reports only in ``{output}/shards/``, one monolithic ``sft_dataset/``):
 
-    python -m neucodec_workflow.migrate --corpus CORPUS --output OUTPUT [--local-dir DIR] [--dry-run]
+    python -m neucodec_workflow.commands.migrate --corpus CORPUS --output OUTPUT [--local-dir DIR] [--dry-run]
 
 Each token file without a report inside gets its shard's report from ``{output}/shards/{shard}.json`` (the rows and
 the provenance are kept byte for byte; the file is replaced atomically, an S3 object by one PUT). The old dataset
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from neucodec_workflow.contract import REPORT_KEY, TOKENS, atomic_path, footer
+from neucodec_workflow.record.contract import REPORT_KEY, TOKENS, atomic_path, footer
 from neucodec_workflow.storage.discovery import shard_list
 from neucodec_workflow.storage.inventory import Inventory
 from neucodec_workflow.storage.s3 import S3Settings, is_s3, split_url

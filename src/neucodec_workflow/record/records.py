@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol, TypedDict
 
 import numpy as np
 
-from neucodec_workflow.contract import HOP, SAMPLE_RATE
+from neucodec_workflow.record.contract import HOP, SAMPLE_RATE
 
 
 @dataclass

@@ -146,7 +146,7 @@ FAILURE_NOTE = ".failed.json"  # beside the encode job's log: logs/encode/{shard
 def failure_note(path: str | Path, shard: str) -> Iterator[None]:
     """Around an encode job: when it raises, its shard and error are noted at ``path`` (the job still fails); when it
     succeeds, an earlier note is removed. The next ``--keep-going`` run plans its final steps without that shard."""
-    from neucodec_workflow.contract import write_json
+    from neucodec_workflow.record.contract import write_json
 
     note = Path(path)
     try:

@@ -31,8 +31,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import torch
 
-from neucodec_workflow.contract import SAMPLE_RATE, candidates, pick_column, read_provenance, tokens_of, write_json
-from neucodec_workflow.records import Clip
+from neucodec_workflow.record.contract import (
+    SAMPLE_RATE,
+    candidates,
+    pick_column,
+    read_provenance,
+    tokens_of,
+    write_json,
+)
+from neucodec_workflow.record.records import Clip
 
 log = logging.getLogger(__name__)
 

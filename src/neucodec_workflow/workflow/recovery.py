@@ -26,7 +26,7 @@ here is removed; with a cluster executor (the writer ran on some node) only a fi
 ``NEUCODEC_STALE_TEMP_HOURS`` (default 24) hours. A file whose pid runs here (e.g. a job orphaned by a kill of
 Snakemake alone, still writing) is kept until it is that old.
 
-``python -m neucodec_workflow.recovery [DIR] [--release]`` shows who holds the locks of DIR (default: here) and,
+``python -m neucodec_workflow.workflow.recovery [DIR] [--release]`` shows who holds the locks of DIR (default: here) and,
 with ``--release``, removes the stale ones.
 """
 

@@ -57,8 +57,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from neucodec_workflow.contract import PROVENANCE_KEY, REPORT_KEY, records_of, write_json
 from neucodec_workflow.dataset.consistency import codec_identity, codec_label
+from neucodec_workflow.record.contract import PROVENANCE_KEY, REPORT_KEY, records_of, write_json
 from neucodec_workflow.storage.s3 import S3Settings, is_s3, split_url
 
 log = logging.getLogger(__name__)
@@ -507,7 +507,7 @@ def _read(path: str, full: bool, client: Any, out: dict[str, Any]) -> tuple[Any,
     the footer when longer) and the first 4 bytes."""
     import pyarrow.parquet as pq
 
-    from neucodec_workflow.status import read_footer_local, read_footer_s3
+    from neucodec_workflow.commands.footers import read_footer_local, read_footer_s3
     from neucodec_workflow.storage.streams import read_bytes
 
     data: bytes | None = None

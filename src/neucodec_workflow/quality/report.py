@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from neucodec_workflow.contract import publishing, write_text  # noqa: E402
+from neucodec_workflow.record.contract import publishing, write_text  # noqa: E402
 
 RANDOM_NOTE = "random weights: these tokens are for tests and demos only"
 # What each figure shows: the names of rules/report.smk's outputs.
