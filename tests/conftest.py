@@ -1,11 +1,13 @@
-"""Shared fixtures: seeded random weights (real architecture) saved once per run, tiny real shards."""
+"""Shared fixtures: seeded random weights (real architecture) built once per session, tiny real shards."""
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import soundfile as sf
 import torch
 
 from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
-from neucodec_workflow.engine.codec import Codec, load_codec, save_random_checkpoint
+from neucodec_workflow.engine.codec import CACHE_ENV, Codec, load_codec, save_random_checkpoint
 from neucodec_workflow.engine.probe import speech_like
 from neucodec_workflow.record.records import Clip
 from neucodec_workflow.shard.audio import to_mono_16k
@@ -31,9 +33,22 @@ def _no_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def weights_cache(tmp_path_factory) -> Iterator[Path]:
+    """One cache of built weights for the whole session, shared by every test and every Snakemake job it starts
+    (through the environment): the seeded random weights (``codec.weights: random``, ``random_ckpt``) are built once
+    per session, not once per job; a user's own cache is never touched. Its gigabytes are removed at the end."""
+    cache = tmp_path_factory.mktemp("weights-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(cache))
+        yield cache
+    shutil.rmtree(cache / "random-weights", ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def random_ckpt(tmp_path_factory) -> Path:
-    """Seeded, non-degenerate random weights as a checkpoint file, loaded like real weights."""
+def random_ckpt(tmp_path_factory, weights_cache) -> Path:
+    """Seeded, non-degenerate random weights as a checkpoint file (encoder keys only), loaded like real weights; the
+    weights come from the session's cache."""
     return save_random_checkpoint(tmp_path_factory.mktemp("weights") / "random-seed0.pt", seed=0)
 
 
