@@ -38,6 +38,54 @@ def setup_logging(log_file: str | None) -> None:
     sys.excepthook = log_uncaught
 
 
+def process_age() -> float | None:
+    """Seconds since this process started (the job's start: interpreter, Snakemake's script preamble, imports and
+    all), None where the system does not say."""
+    try:  # Linux: the process's start in clock ticks after boot (field 22 of /proc/self/stat), the uptime now
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StartupNotes:
+    """Logs a job's start-up steps, each with the seconds since its process started (``shard S: start-up: STEP at
+    N.NN s``: benchmarks/jobs.py reads them)."""
+
+    def __init__(self, shard: str):
+        self.shard = shard
+
+    def __call__(self, step: str) -> None:
+        age = process_age()
+        if age is not None:
+            log.info("shard %s: start-up: %s at %.2f s", self.shard, step, age)
+
+
+class FirstClipNoted:
+    """An ``Encoder`` (the protocol in record/records.py) that notes when its first clip is encoded (the end of the
+    job's start-up)."""
+
+    def __init__(self, encoder: Any, note: StartupNotes):
+        self.encoder, self.note = encoder, note
+
+    @property
+    def name(self) -> str:
+        return str(self.encoder.name)
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return dict(self.encoder.provenance)
+
+    def encode(self, clips: Any) -> Iterator[Any]:
+        encoded = iter(self.encoder.encode(clips))
+        for item in encoded:
+            self.note("first clip encoded")
+            yield item
+            break
+        yield from encoded
+
+
 def encode_shard_job(
     *,
     shard: str,
@@ -54,7 +102,8 @@ def encode_shard_job(
     """Rule encode_shard: the token file, with the job's report inside it. ``codec``/``encode``/``columns``: the
     validated config sections (defaults from the schema). ``tokens``: a path, or an s3:// URL: then the file is
     written at ``staging`` (atomically), sent once and removed, and the upload recorded in ``receipts``
-    (storage/uploads.py)."""
+    (storage/uploads.py). Its start-up is logged (``start-up: ... at N s``, since its process started)."""
+    note = StartupNotes(shard)
     import torch
 
     from neucodec_workflow.engine.codec import load_codec
@@ -66,6 +115,7 @@ def encode_shard_job(
     from neucodec_workflow.storage.streams import open_source
     from neucodec_workflow.storage.uploads import publish
 
+    note("imports done")
     written = staging if is_s3(tokens) else tokens
     if written is None or is_s3(written):
         raise ValueError(f"shard {shard}: a token file bound for S3 ({tokens}) needs a local staging path")
@@ -81,15 +131,17 @@ def encode_shard_job(
     with open_source(tar) as tar_in, open_source(metadata, seekable=True) as metadata_in:  # s3:// is streamed
         ids = read_metadata_ids(shard, metadata_in, columns["segment_id"])  # fails fast, before the model loads
         loaded = load_codec(codec["weights"], seed=int(codec["seed"]), device=device)
+        note("model loaded")
         if loaded.is_random:
             log.warning(RANDOM_BANNER)
         engine = Engine(loaded, EngineConfig(mode=encode["mode"], batch_seconds=float(encode["batch_seconds"])))
+        note("engine ready")
         result = encode_shard(
             shard,
             tar_in,
             ids,
             written,
-            engine,
+            FirstClipNoted(engine, note),
             max_seconds=float(encode["max_seconds"]),
             decode_workers=int(encode["decode_workers"]),
             reference=audit_reference(loaded),
