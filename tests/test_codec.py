@@ -214,6 +214,10 @@ def test_random_weights_are_built_once_by_jobs_that_start_together(tmp_path, mon
     stale = tmp_path / "random-weights" / f".{name}.123.abcd.tmp"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a file")
+    older = stale.with_name("seed3-layers16-0123456789abcdef.safetensors")  # built for other versions: removed
+    other_seed = stale.with_name("seed4-layers16-0123456789abcdef.safetensors")  # kept
+    older.write_bytes(b"")
+    other_seed.write_bytes(b"")
     paths, states = [], []
 
     def job():
@@ -227,6 +231,7 @@ def test_random_weights_are_built_once_by_jobs_that_start_together(tmp_path, mon
         t.join()
     assert built == [3] and len(set(paths)) == 1 and paths[0].name == name
     assert not stale.exists() and not list(paths[0].parent.glob("*.tmp"))
+    assert not older.exists() and other_seed.exists()
     torch.manual_seed(3)
     expected = Tiny().state_dict()
     for state in states:

@@ -480,10 +480,21 @@ def random_weights_file(seed: int, semantic_layers: int = SEMANTIC_LAYERS) -> Pa
                     for stale in path.parent.glob(f".{name}.*.tmp"):  # left by a build that was killed
                         stale.unlink(missing_ok=True)
                     _write_random_weights(path, seed, semantic_layers)
+                    _remove_older_builds(path, f"seed{seed}-layers{semantic_layers}-")
             return path
         except OSError as exc:
             log.warning("cannot keep the random weights in the cache (%s): %s", directory.name, exc)
     return None
+
+
+def _remove_older_builds(path: Path, prefix: str) -> None:
+    """The same seed and layers built for other versions (gigabytes each) go once a new build is in; a job that
+    still has one open keeps reading it (the file lives on until it is closed)."""
+    for other in path.parent.glob(f"{prefix}*.safetensors"):
+        if other != path:
+            other.unlink(missing_ok=True)
+            other.with_name(other.name + ".lock").unlink(missing_ok=True)
+            log.info("removed the seeded random weights built for other versions: %s", other.name)
 
 
 def _write_random_weights(path: Path, seed: int, semantic_layers: int) -> None:
