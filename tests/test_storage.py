@@ -475,3 +475,62 @@ def test_multipart_threshold_publish_and_abandoned_uploads(
     assert [(u["Key"], u["UploadId"]) for u in left] == [("mp/data/t/audio.tar", theirs)]
     assert ours != theirs
     client.abort_multipart_upload(Bucket=BUCKET, Key="mp/data/t/audio.tar", UploadId=theirs)
+
+
+# -- the read-ahead stream (streams.ReadAhead over background.Prefetched) ---------------------------------------------
+
+
+class _CountingBody:
+    """An endless body of ``n``-byte reads, counting them; ``closed`` once the stream lets it go."""
+
+    def __init__(self) -> None:
+        self.reads, self.closed = 0, False
+
+    def read(self, n: int) -> bytes:
+        self.reads += 1
+        return bytes([self.reads % 256]) * n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_read_ahead_is_bounded_and_a_close_stops_the_download() -> None:
+    """``depth`` chunks wait and one more is read, no further; closing the stream early ends the download: its
+    thread ends and the body is closed, without the reader waiting for it."""
+    from neucodec_workflow.storage.streams import ReadAhead
+
+    body = _CountingBody()
+
+    class Client:
+        def get_object(self, **kwargs: Any) -> dict[str, Any]:
+            return {"Body": body, "ContentLength": 1 << 40}
+
+    stream = ReadAhead(Client(), "b", "k", chunk_size=1000, depth=2)
+    deadline = time.monotonic() + 5
+    while body.reads < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    assert body.reads == 3  # two waiting, one being read: then the thread waits for room
+    assert stream.read(1500) == bytes([1]) * 1000  # a raw read: one chunk at most
+    assert stream.read(200) == bytes([2]) * 200
+    stream.close()
+    stream._chunks._thread.join(5)
+    assert not stream._chunks._thread.is_alive() and body.closed
+    assert body.reads <= 5
+
+
+def test_read_ahead_raises_the_downloads_error_in_the_readers_thread() -> None:
+    """An error that stays comes out of ``read`` (after the bytes before it), naming the object; then EOF."""
+    from neucodec_workflow.storage.streams import ReadAhead
+
+    class Client:
+        def get_object(self, **kwargs: Any) -> dict[str, Any]:
+            from botocore.exceptions import ClientError
+
+            raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Get")
+
+    stream = ReadAhead(Client(), "b", "k")
+    with pytest.raises(S3Error, match=r"^s3://b/k: AccessDenied \(HTTP 403\)$"):
+        stream.read(10)
+    assert stream.read(10) == b""
+    stream.close()

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
-import threading
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from neucodec_workflow.background import Prefetched
 from neucodec_workflow.engine.acoustic import AcousticEncoder
 from neucodec_workflow.engine.codec import Codec
 from neucodec_workflow.engine.fbank import TorchFbank, feature_frames
@@ -189,8 +188,11 @@ class Engine:
         yield pending
 
     def encode(self, clips: Iterable[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
-        for window in _prefetched(_windows(clips, self.config.window_clips)):
-            yield from self._window(window)
+        # the next window is gathered (its clips decoded) on a thread while this one encodes: one waits, ready, and
+        # the one after it is gathered; a broken tar raises here; stopping early stops the thread after its window
+        with Prefetched(_windows(clips, self.config.window_clips), depth=1, name="window-prefetch") as windows:
+            for window in windows:
+                yield from self._window(window)
 
     def _window(self, window: list[Clip]) -> Iterator[tuple[Clip, np.ndarray | Exception]]:
         done: dict[int, tuple[Clip, np.ndarray | Exception]] = {}
@@ -250,47 +252,3 @@ def _windows(clips: Iterable[Clip], size: int) -> Iterator[list[Clip]]:
             window = []
     if window:
         yield window
-
-
-_END = object()
-
-
-def _prefetched(windows: Iterator[list[Clip]]) -> Iterator[list[Clip]]:
-    """The windows, the next one gathered on a thread (its clips decoded) while the caller encodes this one.
-
-    An exception while gathering (a broken tar) is raised here, in the caller's thread. If the caller stops early,
-    the thread stops after the window it is gathering and the source is closed."""
-    ready: queue.Queue[Any] = queue.Queue(maxsize=1)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def gather() -> None:
-        try:
-            for window in windows:
-                if not put(window):
-                    return
-            put(_END)
-        except BaseException as exc:  # handed to the caller's thread
-            put(exc)
-
-    thread = threading.Thread(target=gather, name="window-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := ready.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-        close = getattr(windows, "close", None)
-        if close is not None:
-            close()

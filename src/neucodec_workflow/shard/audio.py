@@ -1,6 +1,7 @@
 """Stream FLAC members out of a shard's tar, decode, downmix, resample to 16 kHz, and classify.
 
-Every member ends as exactly one of: a ``Clip`` ready to encode, or a ``Reject`` with a reason.
+Every member ends as exactly one of: a ``Clip`` ready to encode, or a ``Reject`` with a reason. The members are
+decoded on several threads by ``background.ordered_map`` (``shard/encode.py``).
 """
 
 from __future__ import annotations
@@ -8,12 +9,10 @@ from __future__ import annotations
 import io
 import re
 import tarfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -93,26 +92,3 @@ def decode_member(segment_id: str, member: str, data: bytes, max_seconds: float)
     if len(mono) < HOP:
         return Reject(segment_id, Reason.TOO_SHORT, f"{len(mono)} samples at 16 kHz < {HOP} (0 tokens)", member)
     return Clip(segment_id, member, mono, rate, channels)
-
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
-    """``map(fn, items)`` on ``workers`` threads, results in input order, at most ``ahead`` in flight.
-
-    FLAC decoding (libsndfile) and resampling (torch) release the GIL, so threads run in parallel;
-    the bound keeps memory flat however long the tar is.
-    """
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    pending: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
-        for item in items:
-            pending.append(pool.submit(fn, item))
-            if len(pending) >= ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()

@@ -23,17 +23,11 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from neucodec_workflow.background import ordered_map
 from neucodec_workflow.record.contract import SAMPLE_RATE, candidates, pick_column, write_tokens
 from neucodec_workflow.record.progress import Progress, Tick
 from neucodec_workflow.record.records import Audit, Clip, Encoder, Reason, Reject, ShardReport
-from neucodec_workflow.shard.audio import (
-    ShardError,
-    decode_member,
-    iter_flac_members,
-    open_tar,
-    ordered_map,
-    segment_id_of,
-)
+from neucodec_workflow.shard.audio import ShardError, decode_member, iter_flac_members, open_tar, segment_id_of
 from neucodec_workflow.shard.audit import audit_pick
 
 log = logging.getLogger(__name__)

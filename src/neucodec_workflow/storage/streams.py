@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import queue
 import random
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
+from neucodec_workflow.background import Prefetched
 from neucodec_workflow.storage.s3 import S3Error, S3Settings, is_s3, split_url
 
 log = logging.getLogger(__name__)
@@ -153,11 +153,12 @@ def iter_object(
 
 
 class ReadAhead(io.RawIOBase):
-    """A forward-only stream of one S3 object, filled by a background thread.
+    """A forward-only stream of one S3 object, filled by a background thread (``background.Prefetched``).
 
-    At most ``depth`` chunks of ``chunk_size`` bytes are buffered (bounded memory, nothing on disk), so the download
-    of the next members overlaps the encoding of the current ones. A broken connection is resumed with a byte-range
-    GET (``iter_object``; ``attempts`` while no byte arrives).
+    At most ``depth`` chunks of ``chunk_size`` bytes wait, downloaded, and one more is being read (bounded memory,
+    nothing on disk), so the download of the next members overlaps the encoding of the current ones. A broken
+    connection is resumed with a byte-range GET (``iter_object``; ``attempts`` while no byte arrives). An error that
+    stays is raised by ``read``, in the reader's thread; ``close`` returns at once, the download stops by itself.
     """
 
     def __init__(
@@ -173,45 +174,20 @@ class ReadAhead(io.RawIOBase):
         super().__init__()
         self.client, self.bucket, self.key = client, bucket, key
         self.chunk_size, self.attempts = chunk_size, attempts
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=depth)
         self._buffer = memoryview(b"")
-        self._done = False
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._fill, name=f"s3-read-ahead {key}", daemon=True)
-        self._thread.start()
-
-    def _fill(self) -> None:
-        try:
-            chunks = iter_object(
-                self.client, self.bucket, self.key, chunk_size=self.chunk_size, attempts=self.attempts, stop=self._stop
-            )
-            for chunk in chunks:
-                self._put(chunk)
-            self._put(None)
-        except Exception as exc:  # S3Error naming the object: raised in the reader's thread
-            self._put(exc)
-
-    def _put(self, item: bytes | BaseException | None) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                continue
+        self._stop = threading.Event()  # seen by iter_object between chunks and while it waits to retry
+        chunks = iter_object(client, bucket, key, chunk_size=chunk_size, attempts=attempts, stop=self._stop)
+        self._chunks = Prefetched(chunks, depth, name=f"s3-read-ahead {key}")
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        while not self._buffer and not self._done:
-            item = self._queue.get()
-            if item is None:
-                self._done = True
-            elif isinstance(item, BaseException):
-                self._done = True
-                raise item
-            else:
-                self._buffer = memoryview(item)
+        while not self._buffer:
+            chunk = next(self._chunks, None)  # an S3Error naming the object is raised here, in the reader's thread
+            if chunk is None:  # the end (or after an error): EOF
+                return 0
+            self._buffer = memoryview(chunk)
         n = min(len(b), len(self._buffer))
         b[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
@@ -219,6 +195,7 @@ class ReadAhead(io.RawIOBase):
 
     def close(self) -> None:
         self._stop.set()
+        self._chunks.close(wait=False)
         super().close()
 
 
