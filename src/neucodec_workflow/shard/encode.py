@@ -85,75 +85,115 @@ def encode_shard(
         host=platform.node().split(".")[0],
         started_at=utc_now(),
     )
-    null = ids.isna().to_numpy(dtype=bool)
-    blank = null | ids.fillna("").eq("").to_numpy(dtype=bool)
-    rejects: list[Reject] = [
-        Reject(
-            "",
-            Reason.MISSING_SEGMENT_ID,
-            f"metadata row {row} (0-based): segment_id is {'null' if null[row] else 'empty'}",
-        )
-        for row in np.flatnonzero(blank)
-    ]
-    ids = ids[~blank]
-    report.segments_in_metadata = int(ids.nunique())
-    counts = ids.value_counts()
-    duplicated_meta = set(counts[counts > 1].index)
-    known = set(ids)
-    seen: set[str] = set()
-    audit = Audit()
+    state = _ShardState(report, ids, reference, audit_segments)
+    clips = state.clips(state.members(tar), max_seconds, decode_workers)
+    try:
+        with Progress(f"shard {shard}", state.tick):
+            write_tokens(
+                tokens_path, state.rows(clips, encoder), encoder.provenance, report=lambda: state.settle(start)
+            )
+    finally:
+        for r in state.rejects:
+            log.warning("shard %s: segment %s rejected: %s %s", shard, r.segment_id, r.reason, r.detail)
+    if not report.encoded:
+        summary = dict(Counter(str(r.reason) for r in state.rejects)) or "no FLAC members and no metadata rows"
+        log.warning("shard %s: no segment could be encoded (%s): its token file has zero rows", shard, summary)
+    return report
 
-    def members() -> Iterator[tuple[str, str, bytes]]:
+
+class _ShardState:
+    """One shard while it encodes: the metadata's ids, the members seen so far, the rejects, the audit and the
+    report. Its stages are generators, chained by ``encode_shard``: ``members`` (the tar streamed, id-level
+    outcomes) -> ``clips`` (decoded on ``decode_workers`` threads) -> ``rows`` (encoded, audited, counted); each
+    settles what it can and passes the rest on; ``settle`` adds what is known only at the end."""
+
+    def __init__(
+        self,
+        report: ShardReport,
+        ids: pd.Series,
+        reference: Callable[[np.ndarray], np.ndarray | None] | None,
+        audit_segments: int,
+    ):
+        self.report, self.shard = report, report.shard
+        self.reference, self.audit_segments = reference, audit_segments
+        null = ids.isna().to_numpy(dtype=bool)
+        blank = null | ids.fillna("").eq("").to_numpy(dtype=bool)
+        self.rejects: list[Reject] = [
+            Reject(
+                "",
+                Reason.MISSING_SEGMENT_ID,
+                f"metadata row {row} (0-based): segment_id is {'null' if null[row] else 'empty'}",
+            )
+            for row in np.flatnonzero(blank)
+        ]
+        ids = ids[~blank]
+        report.segments_in_metadata = int(ids.nunique())
+        self.counts = ids.value_counts()
+        self.duplicated_meta = set(self.counts[self.counts > 1].index)
+        self.known = set(ids)
+        self.seen: set[str] = set()
+        self.audit = Audit()
+
+    def members(self, tar: str | Path | BinaryIO) -> Iterator[tuple[str, str, bytes]]:
         """Stream the tar (this thread) and settle id-level outcomes; yield what needs decoding."""
-        with open_tar(shard, tar) as f:
+        with open_tar(self.shard, tar) as f:
             try:
                 for member, data in iter_flac_members(f):
-                    report.segments_in_tar += 1
+                    self.report.segments_in_tar += 1
                     seg = segment_id_of(member)
-                    if seg in seen:
-                        rejects.append(
-                            Reject(seg, Reason.DUPLICATE_IN_TAR, "a member with this id came earlier", member)
-                        )
-                        continue
-                    seen.add(seg)
-                    if seg not in known:
-                        rejects.append(Reject(seg, Reason.NOT_IN_METADATA, "", member))
-                    elif seg in duplicated_meta:
-                        rejects.append(
-                            Reject(seg, Reason.DUPLICATE_IN_METADATA, f"{counts[seg]} metadata rows", member)
-                        )
+                    reject = self._id_reject(seg, member)
+                    self.seen.add(seg)
+                    if reject is not None:
+                        self.rejects.append(reject)
                     else:
                         yield seg, member, data
             except Exception as exc:  # tarfile.ReadError, truncated streams, network errors
                 raise ShardError(
-                    shard, f"cannot read audio.tar after {report.segments_in_tar} members: {type(exc).__name__}: {exc}"
+                    self.shard,
+                    f"cannot read audio.tar after {self.report.segments_in_tar} members: {type(exc).__name__}: {exc}",
                 ) from exc
 
-    def clips() -> Iterator[Clip]:
+    def _id_reject(self, seg: str, member: str) -> Reject | None:
+        """A member's reject for its id alone (seen before, not in the metadata, or more than once there)."""
+        if seg in self.seen:
+            return Reject(seg, Reason.DUPLICATE_IN_TAR, "a member with this id came earlier", member)
+        if seg not in self.known:
+            return Reject(seg, Reason.NOT_IN_METADATA, "", member)
+        if seg in self.duplicated_meta:
+            return Reject(seg, Reason.DUPLICATE_IN_METADATA, f"{self.counts[seg]} metadata rows", member)
+        return None
+
+    def clips(
+        self, members: Iterator[tuple[str, str, bytes]], max_seconds: float, decode_workers: int
+    ) -> Iterator[Clip]:
+        """The members decoded on ``decode_workers`` threads, in tar order; the ones that fail a check are rejects."""
+
         def decode(item: tuple[str, str, bytes]) -> Clip | Reject:
             return decode_member(*item, max_seconds=max_seconds)
 
-        for result in ordered_map(decode, members(), decode_workers, ahead=4 * decode_workers):
+        for result in ordered_map(decode, members, decode_workers, ahead=4 * decode_workers):
             if isinstance(result, Reject):
-                rejects.append(result)
+                self.rejects.append(result)
             else:
                 yield result
 
-    def rows() -> Iterator[tuple[str, np.ndarray]]:
-        for clip, tokens in encoder.encode(clips()):
+    def rows(self, clips: Iterator[Clip], encoder: Encoder) -> Iterator[tuple[str, np.ndarray]]:
+        """The token file's rows; a clip the encoder failed on is a reject, a sampled one is audited."""
+        report = self.report
+        for clip, tokens in encoder.encode(clips):
             if isinstance(tokens, Exception):
-                rejects.append(
+                self.rejects.append(
                     Reject(clip.segment_id, Reason.ENCODE_ERROR, f"{type(tokens).__name__}: {tokens}", clip.member)
                 )
                 continue
             if (
-                reference is not None
-                and audit.segments < audit_segments
-                and audit_pick(clip.segment_id, audit_segments, len(known))
+                self.reference is not None
+                and self.audit.segments < self.audit_segments
+                and audit_pick(clip.segment_id, self.audit_segments, len(self.known))
             ):
-                expected = reference(clip.audio)  # None: the reference could not run it (out of memory)
+                expected = self.reference(clip.audio)  # None: the reference could not run it (out of memory)
                 if expected is not None:
-                    audit.add(clip.segment_id, tokens, expected)
+                    self.audit.add(clip.segment_id, tokens, expected)
             report.encoded += 1
             report.audio_seconds += len(clip.audio) / SAMPLE_RATE
             report.tokens += len(tokens)
@@ -161,31 +201,28 @@ def encode_shard(
             report.downmixed += clip.source_channels > 1
             yield clip.segment_id, tokens
 
-    def settle() -> dict[str, Any]:
+    def settle(self, start: float) -> dict[str, Any]:
         """The report, once every row is in: it goes into the token file's key-value metadata."""
-        for seg in sorted(known - seen):
-            rejects.append(Reject(seg, Reason.MISSING_FROM_TAR, "id in metadata.parquet, no FLAC member in audio.tar"))
-        report.rejected = rejects
-        if reference is not None and audit_segments > 0:
-            report.audit = audit
-            log.info("shard %s: audit of %d segments: token agreement %s", shard, audit.segments, audit.token_agreement)
+        report = self.report
+        for seg in sorted(self.known - self.seen):
+            self.rejects.append(
+                Reject(seg, Reason.MISSING_FROM_TAR, "id in metadata.parquet, no FLAC member in audio.tar")
+            )
+        report.rejected = self.rejects
+        if self.reference is not None and self.audit_segments > 0:
+            report.audit = self.audit
+            log.info(
+                "shard %s: audit of %d segments: token agreement %s",
+                self.shard,
+                self.audit.segments,
+                self.audit.token_agreement,
+            )
         report.wall_seconds = time.perf_counter() - start
         report.finished_at = utc_now()
         return report.as_dict()
 
-    def tick() -> Tick:
+    def tick(self) -> Tick:
         """For the progress lines: segments settled / known so far (the metadata's ids, or the tar's members once
         more of them were read), audio encoded."""
-        done = report.encoded + len(rejects)
-        return Tick(done, max(len(known), report.segments_in_tar, done), report.audio_seconds)
-
-    try:
-        with Progress(f"shard {shard}", tick):
-            write_tokens(tokens_path, rows(), encoder.provenance, report=settle)
-    finally:
-        for r in rejects:
-            log.warning("shard %s: segment %s rejected: %s %s", shard, r.segment_id, r.reason, r.detail)
-    if not report.encoded:
-        summary = dict(Counter(str(r.reason) for r in rejects)) or "no FLAC members and no metadata rows"
-        log.warning("shard %s: no segment could be encoded (%s): its token file has zero rows", shard, summary)
-    return report
+        done = self.report.encoded + len(self.rejects)
+        return Tick(done, max(len(self.known), self.report.segments_in_tar, done), self.report.audio_seconds)
