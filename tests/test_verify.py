@@ -69,6 +69,23 @@ def flip(data: bytes, pos: int) -> bytes:
     return bytes(out)
 
 
+# -------------------------------------------------------------------------------------------- the footer's thrift
+def test_the_footers_thrift_as_verify_reads_it(tmp_path: Path) -> None:
+    """``parquet_thrift`` on a real token file: the row count and row groups pyarrow sees, the total length of the
+    token bytes per row group (size statistics), and byte regions that tile the file between its magic and footer."""
+    from neucodec_workflow.commands.parquet_thrift import byte_regions, raw_footer, value_bytes
+
+    rows = rows_of(40, 0)
+    metadata = pq.ParquetFile(token_file(tmp_path / TOKENS)).metadata
+    raw = raw_footer(metadata)
+    assert raw[3] == metadata.num_rows == 40 and len(raw[4]) == metadata.num_row_groups == 3
+    sizes = value_bytes(raw, "neucodec_tokens")
+    assert sizes == [sum(2 * len(t) for _, t in rows[g : g + 16]) for g in (0, 16, 32)]
+    regions, complete = byte_regions(raw)
+    assert complete and regions[0][0] == 4
+    assert all(start + length <= nxt for (start, length, _), (nxt, _, _) in zip(regions, regions[1:], strict=False))
+
+
 # ---------------------------------------------------------------------------------------------------- footer only
 def test_a_good_token_file_is_ok_from_its_footer_alone(tmp_path: Path) -> None:
     path = token_file(tmp_path / TOKENS)
