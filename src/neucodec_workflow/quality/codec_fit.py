@@ -232,12 +232,6 @@ Reader = Callable[[str], str | BinaryIO]
 Decoder = Callable[[np.ndarray], np.ndarray]
 
 
-def _rewind(source: str | BinaryIO) -> str | BinaryIO:
-    if isinstance(source, io.IOBase):
-        source.seek(0)
-    return source
-
-
 def sample_fits(
     *,
     shards: list[str],
@@ -260,29 +254,10 @@ def sample_fits(
     same order. ``decode``: stored tokens -> the decoded 16 kHz signal. ``read``: a small file (metadata, token file)
     as a path or an in-memory stream. ``open_tar_source``: a context manager giving a tar as a path or a stream.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    from neucodec_workflow.shard.audio import iter_flac_members, open_tar, segment_id_of
-
     files = {s: (t, m, k) for s, t, m, k in zip(shards, tars, metadata, tokens, strict=True)}
     order = shard_order(shards, seed)
-
-    def count_languages(shard: str) -> tuple[str, Counter[str] | Exception]:
-        """Segments per language of one shard: only the counts are kept (memory stays small for any corpus)."""
-        try:
-            return shard, Counter(read_languages(shard, read(files[shard][1]), columns).values())
-        except Exception as exc:  # an unreadable metadata file: that shard is left out, named
-            return shard, exc
-
-    by_shard: dict[str, Counter[str]] = {}
     shard_errors: list[dict[str, str]] = []
-    with ThreadPoolExecutor(max(1, metadata_workers)) as pool:
-        for shard, result in pool.map(count_languages, order):
-            if isinstance(result, Exception):
-                shard_errors.append({"shard": shard, "reason": f"metadata.parquet: {type(result).__name__}: {result}"})
-                log.error("shard %s: cannot read metadata.parquet: %s", shard, result)
-            else:
-                by_shard[shard] = result
+    by_shard = _languages_of_shards(order, files, read, columns, metadata_workers, shard_errors)
     fits: dict[str, LanguageFit] = {}
     for counts in by_shard.values():
         for lang, n in counts.items():
@@ -301,39 +276,15 @@ def sample_fits(
             continue
         tar, metadata_path, tokens_path = files[shard]
         shards_read.append(shard)
-        try:
-            what = "metadata.parquet"
-            langs = read_languages(shard, read(metadata_path), columns)  # again, now with the ids (few shards)
-            what = "neucodec_tokens.parquet"
-            source = read(tokens_path)
-            token_files[shard] = read_provenance(source)
-            stored = pq.read_table(_rewind(source), columns=["segment_id", "neucodec_tokens"]).to_pandas()
-        except Exception as exc:
-            shard_errors.append({"shard": shard, "reason": f"{what}: {type(exc).__name__}: {exc}"})
-            log.error("shard %s: cannot read %s: %s", shard, what, exc)
+        stored = _read_shard(shard, metadata_path, tokens_path, read, columns, token_files, shard_errors)
+        if stored is None:
             continue
-        stored = stored.drop_duplicates("segment_id", keep="first")  # the dataset uses the first row of an id too
-        blobs = dict(zip(stored["segment_id"].astype(str), stored["neucodec_tokens"], strict=True))
+        langs, blobs = stored
         picked = pick(shard, langs, blobs, needed, seed)
         if not picked:
             continue
         log.info("shard %s: %d segments picked (%s)", shard, len(picked), sorted(set(picked.values())))
-        results: dict[str, dict[str, Any]] = {}
-        try:
-            with open_tar_source(tar) as tar_in, open_tar(shard, tar_in) as f:
-                for member, data in iter_flac_members(f):
-                    seg = segment_id_of(member)
-                    if seg not in picked or seg in results:
-                        continue  # a duplicate member: the encode job used the first one as well
-                    results[seg] = fit_segment(shard, seg, member, data, tokens_of(blobs[seg]), max_seconds, decode)
-                    if len(results) == len(picked):
-                        break  # the rest of the tar is not read
-        except Exception as exc:  # an unreadable or broken tar: the segments not reached say why
-            reason = f"audio.tar: {type(exc).__name__}: {exc}"
-            shard_errors.append({"shard": shard, "reason": reason})
-            log.error("shard %s: %s", shard, reason)
-            for seg in picked:
-                results.setdefault(seg, {"reason": reason})
+        results = _fit_picked(shard, tar, picked, blobs, max_seconds, decode, open_tar_source, shard_errors)
         for seg, lang in picked.items():
             outcome = results.get(seg, {"reason": "missing_from_tar: the token file has it, audio.tar has no member"})
             record = {"shard": shard, "segment_id": seg, **outcome}
@@ -346,6 +297,98 @@ def sample_fits(
         "shard_errors": shard_errors,
         "token_files": token_files,
     }
+
+
+def _languages_of_shards(
+    order: list[str],
+    files: dict[str, tuple[str, str, str]],
+    read: Reader,
+    columns: dict[str, Any],
+    workers: int,
+    shard_errors: list[dict[str, str]],
+) -> dict[str, Counter[str]]:
+    """Segments per language of every shard, its metadata read on ``workers`` threads: only the counts are kept
+    (memory stays small for any corpus). A shard whose metadata cannot be read is left out, named in
+    ``shard_errors``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def count_languages(shard: str) -> tuple[str, Counter[str] | Exception]:
+        try:
+            return shard, Counter(read_languages(shard, read(files[shard][1]), columns).values())
+        except Exception as exc:  # an unreadable metadata file: that shard is left out, named
+            return shard, exc
+
+    by_shard: dict[str, Counter[str]] = {}
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for shard, result in pool.map(count_languages, order):
+            if isinstance(result, Exception):
+                shard_errors.append({"shard": shard, "reason": f"metadata.parquet: {type(result).__name__}: {result}"})
+                log.error("shard %s: cannot read metadata.parquet: %s", shard, result)
+            else:
+                by_shard[shard] = result
+    return by_shard
+
+
+def _read_shard(
+    shard: str,
+    metadata_path: str,
+    tokens_path: str,
+    read: Reader,
+    columns: dict[str, Any],
+    token_files: dict[str, dict[str, Any]],
+    shard_errors: list[dict[str, str]],
+) -> tuple[dict[str, str], dict[str, Any]] | None:
+    """A shard the sample needs: its segments' languages (the metadata, again, now with the ids) and its stored tokens
+    by id (the first row of an id, as the dataset uses); its token file's provenance goes into ``token_files``. None
+    when a file cannot be read (named in ``shard_errors``)."""
+    try:
+        what = "metadata.parquet"
+        langs = read_languages(shard, read(metadata_path), columns)
+        what = "neucodec_tokens.parquet"
+        source = read(tokens_path)
+        token_files[shard] = read_provenance(source)
+        if isinstance(source, io.IOBase):
+            source.seek(0)  # read_provenance read its footer
+        stored = pq.read_table(source, columns=["segment_id", "neucodec_tokens"]).to_pandas()
+    except Exception as exc:
+        shard_errors.append({"shard": shard, "reason": f"{what}: {type(exc).__name__}: {exc}"})
+        log.error("shard %s: cannot read %s: %s", shard, what, exc)
+        return None
+    stored = stored.drop_duplicates("segment_id", keep="first")  # the dataset uses the first row of an id too
+    return langs, dict(zip(stored["segment_id"].astype(str), stored["neucodec_tokens"], strict=True))
+
+
+def _fit_picked(
+    shard: str,
+    tar: str,
+    picked: dict[str, str],
+    blobs: dict[str, Any],
+    max_seconds: float,
+    decode: Decoder,
+    open_tar_source: Callable[[str], Any],
+    shard_errors: list[dict[str, str]],
+) -> dict[str, dict[str, Any]]:
+    """The picked segments of one shard measured, their tar streamed only as far as the last of them. A tar that
+    cannot be read gives its reason to the segments not reached, and is named in ``shard_errors``."""
+    from neucodec_workflow.shard.audio import iter_flac_members, open_tar, segment_id_of
+
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with open_tar_source(tar) as tar_in, open_tar(shard, tar_in) as f:
+            for member, data in iter_flac_members(f):
+                seg = segment_id_of(member)
+                if seg not in picked or seg in results:
+                    continue  # a duplicate member: the encode job used the first one as well
+                results[seg] = fit_segment(shard, seg, member, data, tokens_of(blobs[seg]), max_seconds, decode)
+                if len(results) == len(picked):
+                    break  # the rest of the tar is not read
+    except Exception as exc:  # an unreadable or broken tar: the segments not reached say why
+        reason = f"audio.tar: {type(exc).__name__}: {exc}"
+        shard_errors.append({"shard": shard, "reason": reason})
+        log.error("shard %s: %s", shard, reason)
+        for seg in picked:
+            results.setdefault(seg, {"reason": reason})
+    return results
 
 
 def fit_segment(
