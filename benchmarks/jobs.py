@@ -234,7 +234,7 @@ t = step("snakemake_preamble", t)
 try:
     from neucodec_workflow.workflow.jobs import setup_logging
 except ImportError:
-    from neucodec_workflow.jobs import setup_logging
+    from neucodec_workflow.workflow.job_log import setup_logging
 t = step("jobs_module", t)
 import torch
 t = step("torch", t)

@@ -105,7 +105,7 @@ def failed_log(work: Path, shard: str) -> None:
     """The failed shard's encode log, written by the job's own logging (jobs.setup_logging) in a process of its own."""
     path = work / "local" / "logs" / "encode" / f"{shard}.log"
     prog = (
-        "import sys; from neucodec_workflow.jobs import setup_logging; setup_logging(sys.argv[1])\n"
+        "import sys; from neucodec_workflow.workflow.job_log import setup_logging; setup_logging(sys.argv[1])\n"
         "from neucodec_workflow.shard.audio import ShardError; raise ShardError(sys.argv[2], 'cannot read audio.tar')"
     )
     subprocess.run([sys.executable, "-c", prog, str(path), shard], capture_output=True, timeout=120)
@@ -151,7 +151,7 @@ def make_summary(n: int, corpus: str, out: Path, env: dict[str, str]) -> tuple[P
     from neucodec_workflow.commands.footers import SUMMARY
     from neucodec_workflow.commands.status import load_config
     from neucodec_workflow.dataset import formats
-    from neucodec_workflow.jobs import derive_job, summarize_job
+    from neucodec_workflow.workflow.dataset_jobs import derive_job, summarize_job
 
     config = load_config(REPO, overrides=[f"corpus={corpus}", f"output={out}"], snakefile=REPO / "Snakefile")
     sft, splits = config["sft"], ["train"]

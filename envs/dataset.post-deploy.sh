@@ -14,7 +14,7 @@
 set -euo pipefail
 
 # What the rules import (scripts/assemble_sft.py, scripts/corpus_stats.py); this env has no torch.
-CHECK='import sys, neucodec_workflow.jobs, neucodec_workflow.dataset.sft, neucodec_workflow.dataset.stats
+CHECK='import sys, neucodec_workflow.workflow.dataset_jobs, neucodec_workflow.dataset.sft, neucodec_workflow.dataset.stats
 import neucodec_workflow.storage.streams
 assert "torch" not in sys.modules, "the dataset side imported torch"'
 

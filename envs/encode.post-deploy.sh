@@ -14,7 +14,7 @@
 set -euo pipefail
 
 # What the rules import (scripts/encode_shard.py, scripts/audit_shard.py); the tested upstream versions.
-CHECK='import neucodec, neucodec_workflow.jobs, neucodec_workflow.engine.codec, neucodec_workflow.engine.device
+CHECK='import neucodec, neucodec_workflow.workflow.encode_jobs, neucodec_workflow.engine.codec, neucodec_workflow.engine.device
 import neucodec_workflow.engine.engine, neucodec_workflow.engine.reference, neucodec_workflow.shard.encode
 import neucodec_workflow.shard.audit, neucodec_workflow.storage.streams
 from neucodec_workflow import upstream; upstream.require("neucodec", "transformers", "torch")'

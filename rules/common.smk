@@ -9,6 +9,7 @@ from snakemake.io import get_flag_value
 from snakemake.utils import min_version, validate
 
 from neucodec_workflow.workflow import plan, recovery
+from neucodec_workflow.record import layout
 from neucodec_workflow.record.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.dataset import formats
 from neucodec_workflow.workflow.plan import derive_batches, one_of
@@ -26,7 +27,7 @@ validate(config, schema="../config/config.schema.yaml")
 CORPUS = config["corpus"].rstrip("/")
 OUTPUT = config["output"].rstrip("/")
 # Logs and benchmarks always stay on local disk (the plugin would otherwise upload each one).
-LOCAL = config["local_dir"].rstrip("/") if s3.is_s3(OUTPUT) else OUTPUT
+LOCAL = layout.logs_root(OUTPUT, config["local_dir"], s3.is_s3(OUTPUT))
 SPLITS = ["train", "validation"] if config["sft"]["validation_fraction"] > 0 else ["train"]
 # The training-data formats, each under OUTPUT/{root}; their layouts: neucodec_workflow/dataset/formats.py.
 FORMATS = config["sft"]["formats"]
@@ -45,7 +46,7 @@ S3_LISTED = S3_ROOTS if JOB_SHARDS is None else [f"{CORPUS}/{s}" for s in JOB_SH
 # Jobs upload what they make in S3 themselves (the token file, reports, dataset parts: one at a time, never twice)
 # and record each upload here, where the inventory finds it when Snakemake checks the outputs after a job that ran
 # in this process; outputs of jobs elsewhere (cluster nodes) are looked up once each (storage/uploads.py).
-UPLOAD_RECEIPTS = str(uploads.receipts_dir(Path(".snakemake").resolve())) if S3_ROOTS else None
+UPLOAD_RECEIPTS = str(recovery.receipts_dir(Path(".snakemake").resolve())) if S3_ROOTS else None
 # The storage plugin's provider (its settings; local copies at {local_prefix}/{bucket}/{key}: local_copy()).
 S3_PROVIDER = get_flag_value(storage.s3(f"{S3_ROOTS[0]}/_"), "storage_object").provider if S3_ROOTS else None
 if S3_PROVIDER is not None and workflow.remote_exec:
@@ -128,10 +129,6 @@ def local_corpus_files(name):
     return [] if s3.is_s3(CORPUS) else all_of(name)
 
 
-def report_path(shard):
-    return f"shards/{shard}.json"
-
-
 # S3 output: each derive job sends one digest of its reports here, and summarize reads them (storage/digests.py).
 REPORT_DIGESTS = digests.folder(OUTPUT) if s3.is_s3(OUTPUT) else None
 
@@ -150,7 +147,7 @@ def derived_files(shard):
     S3 they are never downloaded nor uploaded by Snakemake: the derive job sends each one as soon as it is written
     (so a batch holds one file on local disk, not all of them until it ends; storage/uploads.py)."""
     return {
-        "reports": [output_file(report_path(shard), retrieve=False)],
+        "reports": [output_file(layout.report_path(shard), retrieve=False)],
         "parts": [output_file(p, retrieve=False) for p in part_paths(shard)],
     }
 
@@ -158,7 +155,7 @@ def derived_files(shard):
 def summary_files():
     """What summarize writes: stats.json, shards.parquet (a row per shard) and, per format, the small files that tie
     the parts together."""
-    files = {"stats": output_file("stats.json"), "shards": output_file("shards.parquet")}
+    files = {"stats": output_file(layout.STATS), "shards": output_file(layout.SHARD_TABLE)}
     for fmt in FORMATS:
         for name, path in formats.summary_files(fmt, SPLITS).items():
             files[f"{fmt}_{name}"] = output_file(f"{formats.ROOTS[fmt]}/{path}")
@@ -190,7 +187,7 @@ DERIVE_BATCHES = (
         SHARDS,
         _mtime,
         inputs=lambda s: [shard_path(s, TOKENS), shard_path(s, METADATA)],
-        outputs=lambda s: [f"{OUTPUT}/{report_path(s)}", *(f"{OUTPUT}/{p}" for p in part_paths(s))],
+        outputs=lambda s: [f"{OUTPUT}/{layout.report_path(s)}", *(f"{OUTPUT}/{p}" for p in part_paths(s))],
     )
     if JOB_SHARDS is None
     else []
@@ -224,12 +221,12 @@ def encode_candidates():
     return ANY_SHARD if len(todo) == len(SHARDS) else one_of(todo)
 
 
-ENCODE_LOGS = f"{LOCAL}/logs/encode"
+ENCODE_LOGS = f"{LOCAL}/{layout.ENCODE_LOGS}"
 KEEP_GOING = plan.keep_going(sys.argv)
 
 
 def failure_note_path(shard):
-    return f"{ENCODE_LOGS}/{shard}{plan.FAILURE_NOTE}"
+    return f"{LOCAL}/{layout.failure_note(shard)}"
 
 
 def failed_encodes():
@@ -253,7 +250,7 @@ def rerun_targets():
         return []
     targets = [r for s in SHARDS for r in derived_files(s)["reports"]]
     for s in SHARDS:
-        if _mtime(f"{OUTPUT}/{report_path(s)}") is None:
+        if _mtime(f"{OUTPUT}/{layout.report_path(s)}") is None:
             continue
         if _mtime(shard_path(s, TOKENS)) is None:
             targets.append(shard_file(s, TOKENS, retrieve=False))

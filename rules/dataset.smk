@@ -7,7 +7,7 @@ rule derive_shard:
     output:
         **derived_files("{shard}"),
     log:
-        f"{LOCAL}/logs/derive/{{shard}}.log",
+        f"{LOCAL}/{layout.job_log('derive', '{shard}')}",
     wildcard_constraints:
         shard=unbatched_shards(),
     localrule: True
@@ -15,8 +15,8 @@ rule derive_shard:
         "../envs/dataset.yaml"
     params:
         shards=lambda wildcards: [wildcards.shard],
-        reports=lambda wildcards: [f"{OUTPUT}/{report_path(wildcards.shard)}"],
-        report_staging=lambda wildcards: [local_copy(f"{OUTPUT}/{report_path(wildcards.shard)}")],
+        reports=lambda wildcards: [f"{OUTPUT}/{layout.report_path(wildcards.shard)}"],
+        report_staging=lambda wildcards: [local_copy(f"{OUTPUT}/{layout.report_path(wildcards.shard)}")],
         tokens=lambda wildcards: [shard_path(wildcards.shard, TOKENS)],
         local_tokens=lambda wildcards: [local_copy(shard_path(wildcards.shard, TOKENS))],
         metadata=lambda wildcards: [shard_path(wildcards.shard, METADATA)],
@@ -45,14 +45,14 @@ for i, batch in enumerate(DERIVE_BATCHES):
             reports=[r for s in batch for r in derived_files(s)["reports"]],
             parts=[p for s in batch for p in derived_files(s)["parts"]],
         log:
-            f"{LOCAL}/logs/derive/batch_{i}.log",
+            f"{LOCAL}/{layout.job_log('derive', f'batch_{i}')}",
         localrule: True
         conda:
             "../envs/dataset.yaml"
         params:
             shards=batch,
-            reports=[f"{OUTPUT}/{report_path(s)}" for s in batch],
-            report_staging=[local_copy(f"{OUTPUT}/{report_path(s)}") for s in batch],
+            reports=[f"{OUTPUT}/{layout.report_path(s)}" for s in batch],
+            report_staging=[local_copy(f"{OUTPUT}/{layout.report_path(s)}") for s in batch],
             tokens=[shard_path(s, TOKENS) for s in batch],
             local_tokens=[local_copy(shard_path(s, TOKENS)) for s in batch],
             metadata=[shard_path(s, METADATA) for s in batch],
@@ -81,7 +81,7 @@ rule summarize:
     conda:
         "../envs/dataset.yaml"
     params:
-        reports=[f"{OUTPUT}/{report_path(s)}" for s in SHARDS if s not in FAILED_ENCODES],
+        reports=[f"{OUTPUT}/{layout.report_path(s)}" for s in SHARDS if s not in FAILED_ENCODES],
         # --keep-going: shards that failed are listed in stats and on the cards, not refused
         keep_going=KEEP_GOING,
         failed_encodes=list(FAILED_ENCODES.values()),

@@ -9,7 +9,7 @@ rule encode_shard:
         # Snakemake checks the object after the job (retrieve=False: it never uploads nor downloads it itself).
         tokens=shard_file("{shard}", TOKENS, retrieve=False),
     log:
-        f"{ENCODE_LOGS}/{{shard}}.log",
+        f"{LOCAL}/{layout.encode_log('{shard}')}",
     benchmark:
         f"{LOCAL}/benchmarks/encode/{{shard}}.tsv"
     wildcard_constraints:
@@ -48,7 +48,7 @@ rule audit_shard:
         # sent by the job (in S3), like the token file
         audit=output_file("audit/{shard}.json", retrieve=False),
     log:
-        f"{LOCAL}/logs/audit/{{shard}}.log",
+        f"{LOCAL}/{layout.job_log('audit', '{shard}')}",
     conda:
         "../envs/encode.yaml"
     threads: 2

@@ -12,7 +12,7 @@ rule verify:
         shards=SHARDS,
         # what the job reads: local paths, or s3:// URLs (footers by ranged GETs)
         tokens=all_of(TOKENS),
-        report=f"{OUTPUT}/verify.json",
+        report=f"{OUTPUT}/{layout.VERIFY}",
         full=str(config["verify"]["full"]).lower() == "true",
     script:
         "../scripts/verify.py"

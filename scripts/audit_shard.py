@@ -1,11 +1,11 @@
-"""Snakemake script for rule audit_shard: thin; the logic is neucodec_workflow.jobs.audit_job (shard.audit)."""
+"""Snakemake script for rule audit_shard: thin; the logic is neucodec_workflow.workflow.encode_jobs.audit_job (shard.audit)."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
-from neucodec_workflow.jobs import audit_job  # noqa: E402
 from neucodec_workflow.storage.uploads import publish  # noqa: E402
+from neucodec_workflow.workflow.encode_jobs import audit_job  # noqa: E402
 
 audit_job(
     shard=snakemake.wildcards.shard,  # noqa: F821

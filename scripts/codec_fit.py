@@ -1,6 +1,6 @@
 """Snakemake script for rule codec_fit: thin; the logic is neucodec_workflow.quality.codec_fit.codec_fit_job."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 

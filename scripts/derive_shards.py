@@ -1,10 +1,10 @@
-"""Snakemake script for rules derive_shard and derive_batch_N: thin; the logic is neucodec_workflow.jobs.derive_job."""
+"""Snakemake script for rules derive_shard and derive_batch_N: thin; the logic is neucodec_workflow.workflow.dataset_jobs.derive_job."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
-from neucodec_workflow.jobs import derive_job  # noqa: E402
+from neucodec_workflow.workflow.dataset_jobs import derive_job  # noqa: E402
 
 derive_job(
     shards=list(snakemake.params.shards),  # noqa: F821

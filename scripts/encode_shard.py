@@ -1,10 +1,10 @@
-"""Snakemake script for rule encode_shard: thin; the logic is neucodec_workflow.jobs.encode_shard_job."""
+"""Snakemake script for rule encode_shard: thin; the logic is neucodec_workflow.workflow.encode_jobs.encode_shard_job."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
-from neucodec_workflow.jobs import encode_shard_job  # noqa: E402
+from neucodec_workflow.workflow.encode_jobs import encode_shard_job  # noqa: E402
 from neucodec_workflow.workflow.plan import failure_note  # noqa: E402
 
 with failure_note(snakemake.params.failure_note, snakemake.wildcards.shard):  # noqa: F821

@@ -1,10 +1,10 @@
-"""Snakemake script for rule push_to_hub: thin; the logic is neucodec_workflow.jobs.push_job (dataset.hub)."""
+"""Snakemake script for rule push_to_hub: thin; the logic is neucodec_workflow.workflow.dataset_jobs.push_job (dataset.hub)."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
-from neucodec_workflow.jobs import push_job  # noqa: E402
+from neucodec_workflow.workflow.dataset_jobs import push_job  # noqa: E402
 
 push_job(
     repo_id=snakemake.params.repo,  # noqa: F821

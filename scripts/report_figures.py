@@ -1,6 +1,6 @@
 """Snakemake script for rule report_figures: thin; the logic is neucodec_workflow.quality.report."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 

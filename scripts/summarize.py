@@ -1,10 +1,10 @@
-"""Snakemake script for rule summarize: thin; the logic is neucodec_workflow.jobs.summarize_job (dataset.stats, dataset.formats)."""
+"""Snakemake script for rule summarize: thin; the logic is neucodec_workflow.workflow.dataset_jobs.summarize_job (dataset.stats, dataset.formats)."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
-from neucodec_workflow.jobs import summarize_job  # noqa: E402
+from neucodec_workflow.workflow.dataset_jobs import summarize_job  # noqa: E402
 
 summarize_job(
     reports=list(snakemake.params.reports),  # noqa: F821 (paths or s3:// URLs)

@@ -1,10 +1,10 @@
-"""Snakemake script for rule verify: thin; the logic is neucodec_workflow.jobs.verify_job (neucodec_workflow.commands.verify)."""
+"""Snakemake script for rule verify: thin; the logic is neucodec_workflow.commands.verify.verify_job."""
 
-from neucodec_workflow.jobs import setup_logging
+from neucodec_workflow.workflow.job_log import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821 (snakemake is injected)
 
-from neucodec_workflow.jobs import verify_job  # noqa: E402
+from neucodec_workflow.commands.verify import verify_job  # noqa: E402
 
 verify_job(
     shards=list(snakemake.params.shards),  # noqa: F821

@@ -25,9 +25,10 @@ from neucodec_workflow.commands import footers
 from neucodec_workflow.commands import status as st
 from neucodec_workflow.commands.verify import verify_shards
 from neucodec_workflow.dataset import formats
-from neucodec_workflow.dataset.consistency import MixedDatasetError, codec_identity
-from neucodec_workflow.jobs import derive_job, same_object, summarize_job
+from neucodec_workflow.dataset.codecs import codec_identity
+from neucodec_workflow.dataset.consistency import MixedDatasetError
 from neucodec_workflow.record.contract import write_tokens
+from neucodec_workflow.workflow.dataset_jobs import derive_job, same_object, summarize_job
 
 REPO = Path(__file__).resolve().parents[1]
 SFT: dict[str, Any] = {

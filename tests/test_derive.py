@@ -653,7 +653,7 @@ def test_dataset_side_does_not_import_torch():
 
     code = (
         "import sys, neucodec_workflow.dataset.sft, neucodec_workflow.dataset.derive, neucodec_workflow.dataset.stats, "
-        "neucodec_workflow.jobs, neucodec_workflow.storage.streams; print('torch' in sys.modules)"
+        "neucodec_workflow.workflow.dataset_jobs, neucodec_workflow.storage.streams; print('torch' in sys.modules)"
     )
     assert (
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -693,7 +693,7 @@ def test_a_bad_token_file_does_not_cost_its_batch_the_other_shards(tmp_path, kin
     shard's report records why, with empty parts; summarize then refuses, naming it; after the fix (a newer token
     file or metadata) that shard alone is stale, and re-deriving it lets summarize through."""
     from neucodec_workflow.dataset.derive import FAILED, FailedShardsError, refuse_failed
-    from neucodec_workflow.jobs import derive_job
+    from neucodec_workflow.workflow.dataset_jobs import derive_job
     from neucodec_workflow.workflow.plan import stale
 
     root, out = tmp_path / "corpus", tmp_path / "out"

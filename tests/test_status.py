@@ -96,7 +96,9 @@ def foreign_tokens(path: Path, ids: list[str], n_tokens: int) -> bytes:
 
 def job_log(path: Path, code: str) -> None:
     """A job log written by the job's own logging (jobs.setup_logging) in a process of its own, then ``code``."""
-    prog = f"import sys; from neucodec_workflow.jobs import setup_logging; setup_logging(sys.argv[1])\n{code}"
+    prog = (
+        f"import sys; from neucodec_workflow.workflow.job_log import setup_logging; setup_logging(sys.argv[1])\n{code}"
+    )
     subprocess.run([sys.executable, "-c", prog, str(path)], capture_output=True, timeout=120)
     assert path.exists()
 
@@ -155,7 +157,7 @@ def test_progress_bar_on_a_terminal_keeps_the_log_file_lines(tmp_path: Path) -> 
     pty = pytest.importorskip("pty")
     prog = (
         "import sys, time\n"
-        "from neucodec_workflow.jobs import setup_logging\n"
+        "from neucodec_workflow.workflow.job_log import setup_logging\n"
         "from neucodec_workflow.record.progress import Progress, Tick\n"
         "setup_logging(sys.argv[1])\n"
         "n = [0]\n"
@@ -384,7 +386,7 @@ def summarize_shards(config: dict[str, Any], corpus: str, out: Path, shards: lis
     them) for ``shards`` of ``corpus`` (a directory or an s3:// URL; ``local``: shard -> the local copy of its token
     file, as this run's encode job leaves it): the reports and dataset parts under ``out``, and ``out/shards.parquet``."""
     from neucodec_workflow.dataset import formats
-    from neucodec_workflow.jobs import derive_job, summarize_job
+    from neucodec_workflow.workflow.dataset_jobs import derive_job, summarize_job
 
     sft, splits = config["sft"], ["train"]
     part_keys = [(fmt, split) for fmt in sft["formats"] for split in splits]

@@ -175,7 +175,8 @@ def test_uploader_sends_removes_and_leaves_a_receipt_the_inventory_reads(
     """A job's own uploads (uploads.Uploader): each staging file is sent with one PUT and removed; the receipt,
     written when the job ends (also when it fails), lets the run's inventory answer for the new objects without a
     request; uploads outside the inventory's roots and unreadable receipts are ignored."""
-    from neucodec_workflow.storage.uploads import Uploader, receipts_dir
+    from neucodec_workflow.storage.uploads import Uploader
+    from neucodec_workflow.workflow.recovery import receipts_dir
 
     for name in SETTING_NAMES:  # a job process gets the plugin's settings from the environment
         monkeypatch.setenv(ENV_PREFIX + name.upper(), getattr(settings, name) or "")

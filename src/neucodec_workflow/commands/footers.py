@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from neucodec_workflow.dataset.consistency import codec_identity
+from neucodec_workflow.dataset.codecs import codec_identity
 from neucodec_workflow.dataset.derive import FOREIGN, WITHOUT_REPORT, WORKFLOW
+from neucodec_workflow.record import layout
 from neucodec_workflow.record.contract import METADATA, SECONDS_PER_TOKEN, TAR, TOKENS, records_of, write_text
 from neucodec_workflow.storage.discovery import shard_list
 from neucodec_workflow.storage.inventory import Inventory, ObjectInfo
@@ -24,7 +25,7 @@ from neucodec_workflow.storage.streams import describe
 
 CACHE = ".snakemake/neucodec_workflow/status_footers.json"
 CACHE_VERSION = 2  # 2: summaries carry the codec
-SUMMARY = "shards.parquet"  # summarize's table in the output: one row per shard (dataset/stats.shard_table)
+SUMMARY = layout.SHARD_TABLE  # summarize's table in the output: one row per shard
 # what a row must hold to stand for a token file's footer (stats.SHARD_COLUMNS; older tables lack some: not used)
 SUMMARY_COLUMNS = (
     "shard",

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from neucodec_workflow.record import layout
 from neucodec_workflow.record.contract import REPORT_KEY, TOKENS, atomic_path, footer
 from neucodec_workflow.storage.discovery import shard_list
 from neucodec_workflow.storage.inventory import Inventory
@@ -74,7 +75,7 @@ def migrate(corpus: str, output: str, local_dir: str | None, *, dry_run: bool = 
         if REPORT_KEY in footer(io.BytesIO(tokens)):
             done["already"] += 1
             continue
-        report = read(f"{output}/shards/{shard}.json")
+        report = read(f"{output}/{layout.report_path(shard)}")
         if report is None:
             done["no_report"] += 1
             log.warning("shard %s: token file without a report, and no old report: adopted as it is", shard)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from collections import Counter
@@ -44,9 +43,10 @@ from neucodec_workflow.commands.footers import (
     read_footers,
     read_summary,
 )
-from neucodec_workflow.dataset.consistency import codec_label
+from neucodec_workflow.dataset.codecs import codec_label
 from neucodec_workflow.dataset.derive import FOREIGN, WORKFLOW
 from neucodec_workflow.dataset.stats import audit_totals
+from neucodec_workflow.record import layout
 from neucodec_workflow.record.contract import METADATA, TAR, TOKENS
 from neucodec_workflow.storage.discovery import ShardListError
 from neucodec_workflow.storage.s3 import S3Error, S3Settings, is_s3
@@ -56,10 +56,6 @@ CONFIG = "config/config.yaml"  # the Snakefile's configfile, relative to the wor
 SCHEMA = "config/config.schema.yaml"  # beside the Snakefile
 RUNNING_SECONDS = 600  # a pending shard whose job log was written this recently is running
 LOG_TAIL = 64 << 10
-# The encode job's failure line (jobs.setup_logging: log_uncaught) and its progress lines (progress.Progress).
-FAILED_LINE = re.compile(r" ERROR neucodec_workflow: job failed: (.*)")
-PROGRESS_LINE = re.compile(r" INFO neucodec_workflow\.progress: progress (.*)")
-SNAKEMAKE_ERROR = re.compile(r"^Error in rule encode_shard:\n(?:    .*\n)*?    log: \S*?logs/encode/(\S+)\.log", re.M)
 
 
 class StatusError(RuntimeError):
@@ -103,8 +99,7 @@ def load_config(
 
 def local_dir(config: dict[str, Any]) -> str:
     """Where logs and benchmarks go (rules/common.smk: LOCAL)."""
-    output = config["output"].rstrip("/")
-    return config["local_dir"].rstrip("/") if is_s3(output) else output
+    return layout.logs_root(config["output"], config["local_dir"], is_s3(config["output"]))
 
 
 # ----------------------------------------------------------------------------------------------------------- logs
@@ -119,7 +114,7 @@ def snakemake_failures(directory: Path) -> set[str]:
     logs = sorted((directory / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
     if not logs:
         return set()
-    return set(SNAKEMAKE_ERROR.findall(logs[-1].read_text(errors="replace")))
+    return set(layout.SNAKEMAKE_ERROR.findall(logs[-1].read_text(errors="replace")))
 
 
 @dataclass
@@ -135,7 +130,7 @@ def job_states(directory: Path, config: dict[str, Any], shards: list[str], now: 
     from_snakemake = snakemake_failures(directory)
     state = JobState()
     for s in shards:
-        path = logs / "logs" / "encode" / f"{s}.log"
+        path = logs / layout.encode_log(s)
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -143,11 +138,11 @@ def job_states(directory: Path, config: dict[str, Any], shards: list[str], now: 
                 state.failed[s] = "Snakemake's log: error in encode_shard"
             continue
         text = _tail(path)
-        failure = FAILED_LINE.findall(text)
+        failure = layout.FAILED_LINE.findall(text)
         if failure:
             state.failed[s] = failure[-1].strip()
         elif now - mtime <= RUNNING_SECONDS:
-            lines = PROGRESS_LINE.findall(text)
+            lines = layout.PROGRESS_LINE.findall(text)
             state.running[s] = lines[-1].strip().removeprefix(f"shard {s}: ") if lines else ""
         elif s in from_snakemake:
             state.failed[s] = "Snakemake's log: error in encode_shard"

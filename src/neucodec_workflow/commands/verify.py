@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from neucodec_workflow.commands.verify_checks import TRUNCATED, check_footer, check_rows
-from neucodec_workflow.dataset.consistency import codec_label
+from neucodec_workflow.dataset.codecs import codec_label
 from neucodec_workflow.record.contract import write_json
 from neucodec_workflow.storage.s3 import S3Settings, is_s3, split_url
 
@@ -231,7 +231,7 @@ def verify_shards(
 
 
 def codecs_of_results(results: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The codecs of the token files whose footer was read (``consistency.codec_counts``: each known codec with its
+    """The codecs of the token files whose footer was read (``codecs.codec_counts``: each known codec with its
     shards and their names; ``unknown``: foreign files without provenance; ``mixed``: more than one known codec,
     which summarize refuses to make one dataset of)."""
     read = [r for r in results if r["record"] is not None]
@@ -325,3 +325,9 @@ def run(
     if message:
         raise VerifyError(message)
     return summary
+
+
+def verify_job(*, shards: list[str], tokens: list[str], report: str, full: bool) -> None:
+    """Rule verify: every shard's token file checked from its footer (``full``: every row too), the report written to
+    ``report`` (a path or an s3:// URL), then ``VerifyError`` naming the bad shards, if any."""
+    run(shards, tokens, report, full=full)

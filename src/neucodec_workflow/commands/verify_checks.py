@@ -27,7 +27,7 @@ import json
 from typing import Any
 
 from neucodec_workflow.commands.parquet_thrift import byte_regions, raw_footer, value_bytes
-from neucodec_workflow.dataset.consistency import codec_identity
+from neucodec_workflow.dataset.codecs import codec_identity
 from neucodec_workflow.record.contract import PROVENANCE_KEY, REPORT_KEY, records_of
 
 MAGIC = b"PAR1"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from neucodec_workflow.dataset.consistency import codec_lines
+from neucodec_workflow.dataset.codecs import codec_lines
 
 READER = """\
 import numpy as np

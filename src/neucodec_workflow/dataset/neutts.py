@@ -30,7 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from neucodec_workflow.dataset.consistency import codec_lines
+from neucodec_workflow.dataset.codecs import codec_lines
 from neucodec_workflow.record.contract import SECONDS_PER_TOKEN, publishing
 from neucodec_workflow.record.records import Reason, Reject
 

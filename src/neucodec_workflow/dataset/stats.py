@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from neucodec_workflow.dataset.consistency import codec_identity
+from neucodec_workflow.dataset.codecs import codec_identity
 from neucodec_workflow.dataset.sft import card_text
 from neucodec_workflow.record.records import AuditTotals, CorpusStats, GroupTotals
 

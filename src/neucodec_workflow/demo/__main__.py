@@ -17,7 +17,7 @@ from pathlib import Path
 from neucodec_workflow.dataset.formats import FORMATS
 from neucodec_workflow.demo.corpus import make_demo_corpus
 from neucodec_workflow.demo.tokenizer import build_test_tokenizer
-from neucodec_workflow.jobs import RANDOM_BANNER
+from neucodec_workflow.record.contract import RANDOM_BANNER
 
 
 def main(argv: list[str] | None = None) -> int:

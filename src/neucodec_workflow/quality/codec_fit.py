@@ -541,7 +541,7 @@ def codec_fit_job(
     ``tars``/``metadata``/``tokens``: per shard, a local path or an s3:// URL."""
     from neucodec_workflow.engine.codec import load_codec
     from neucodec_workflow.engine.device import pick_device
-    from neucodec_workflow.jobs import RANDOM_BANNER
+    from neucodec_workflow.record.contract import RANDOM_BANNER
     from neucodec_workflow.storage.streams import OneAtATime, open_source
 
     torch.set_num_threads(max(1, threads))

@@ -31,6 +31,12 @@ SECONDS_PER_TOKEN = HOP / SAMPLE_RATE
 
 SCHEMA = pa.schema([("segment_id", pa.string()), ("neucodec_tokens", pa.binary()), ("token_count", pa.int32())])
 PROVENANCE_KEY = b"neucodec_workflow.provenance"
+#: said loudly wherever tokens of seeded random weights (provenance ``random_weights``) are made or summed up
+RANDOM_BANNER = (
+    "\n" + "!" * 88 + "\n"
+    "!!  codec.weights = random: SEEDED RANDOM WEIGHTS. These tokens are NOT neucodec tokens.\n"
+    "!!  Use them to test the workflow only. Real weights: codec.weights=neuphonic/neucodec\n" + "!" * 88
+)
 REPORT_KEY = b"neucodec_workflow.report"
 
 

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-log = logging.getLogger("neucodec_workflow.progress")
+from neucodec_workflow.record.layout import PROGRESS, PROGRESS_LOGGER
+
+log = logging.getLogger(PROGRESS_LOGGER)
 
 SECONDS_ENV = "NEUCODEC_PROGRESS_SECONDS"
 BAR_ENV = "NEUCODEC_PROGRESS_BAR"
@@ -140,7 +142,7 @@ class Progress:
         tick = self._safe_tick()
         if tick is not None:
             text = line(self.label, tick, time.monotonic() - self._start)
-            self.logger.info("progress %s%s", text, " (end)" if final else "", extra={"progress": True})
+            self.logger.info(PROGRESS, text, " (end)" if final else "", extra={"progress": True})
             self.lines += 1
 
     def _update_bar(self) -> None:

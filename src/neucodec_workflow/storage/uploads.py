@@ -16,13 +16,10 @@ seen: the check costs no request (a HEAD per part would be one request per part 
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import logging
 import os
-import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -45,25 +42,6 @@ def multipart_bytes() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise S3Error(f"{MULTIPART_ENV}={raw!r}: expected a whole number of bytes >= 1")
     return int(raw)
-
-
-RECEIPTS = "neucodec_uploads"  # under .snakemake/: one folder per Snakemake process, one file per job
-
-
-def receipts_dir(persistence: Path) -> Path:
-    """Where this Snakemake process's jobs leave their receipts (``persistence``: the ``.snakemake`` folder). The
-    folder is removed when this process exits; those of processes of this host that are gone (killed) now."""
-    from neucodec_workflow.workflow.recovery import pid_alive
-
-    host = socket.gethostname().split(".")[0]
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(persistence / RECEIPTS):
-            name, _, pid = entry.name.rpartition(".")
-            if name == host and pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(entry.path, ignore_errors=True)
-    mine = persistence / RECEIPTS / f"{host}.{os.getpid()}"
-    atexit.register(shutil.rmtree, mine, ignore_errors=True)
-    return mine
 
 
 class Uploader:

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from neucodec_workflow.record import layout
+
 BATCH_SHARDS = 100
 
 
@@ -139,9 +141,6 @@ def job_shards(argv: list[str]) -> list[str] | None:
     return shards or None
 
 
-FAILURE_NOTE = ".failed.json"  # beside the encode job's log: logs/encode/{shard}.failed.json
-
-
 @contextlib.contextmanager
 def failure_note(path: str | Path, shard: str) -> Iterator[None]:
     """Around an encode job: when it raises, its shard and error are noted at ``path`` (the job still fails); when it
@@ -164,7 +163,7 @@ def failed_encodes(logs: str | Path, done: Callable[[str], bool]) -> dict[str, d
     notes = {}
     for folder, _, files in os.walk(logs):
         for name in files:
-            if name.endswith(FAILURE_NOTE):
+            if name.endswith(layout.FAILURE_NOTE):
                 with contextlib.suppress(OSError, ValueError):
                     note = json.loads(Path(folder, name).read_text())
                     if not done(note["shard"]):

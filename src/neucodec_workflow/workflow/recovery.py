@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import sys
 import time
@@ -333,6 +334,23 @@ def on_start(workflow: Any) -> None:
             file=sys.stderr,
             flush=True,
         )
+
+
+RECEIPTS = "neucodec_uploads"  # under .snakemake/: one folder per Snakemake process, one file per job
+
+
+def receipts_dir(persistence: Path) -> Path:
+    """Where this Snakemake process's jobs leave their receipts (``persistence``: the ``.snakemake`` folder). The
+    folder is removed when this process exits; those of processes of this host that are gone (killed) now."""
+    host = socket.gethostname().split(".")[0]
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(persistence / RECEIPTS):
+            name, _, pid = entry.name.rpartition(".")
+            if name == host and pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(entry.path, ignore_errors=True)
+    mine = persistence / RECEIPTS / f"{host}.{os.getpid()}"
+    atexit.register(shutil.rmtree, mine, ignore_errors=True)
+    return mine
 
 
 def remove_empty_tree(root: str | Path) -> None:
