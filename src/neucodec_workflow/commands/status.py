@@ -39,6 +39,8 @@ from neucodec_workflow.commands.footers import (
     RECORD_KINDS,
     SUMMARY,
     FooterCache,
+    Footers,
+    Listing,
     list_corpus,
     read_footers,
     read_summary,
@@ -173,12 +175,9 @@ def status(
     now = time.time() if now is None else now
 
     with_tokens = [s for s in listing.shards if listing.files[s][TOKENS] is not None]
-    done, stale_shards = [], []
-    for s in with_tokens:
-        if stale([listing.mtime(s, n) for n in (TAR, METADATA, TOKENS)], 2):  # Snakemake would encode it again
-            stale_shards.append(s)
-        else:
-            done.append(s)
+    # a token file older than its tar or metadata is stale: Snakemake would encode the shard again
+    stale_shards = [s for s in with_tokens if stale([listing.mtime(s, n) for n in (TAR, METADATA, TOKENS)], 2)]
+    done = [s for s in with_tokens if s not in set(stale_shards)]
     footers = read_footers(
         listing, done, cache, threads, note, summary=lambda: read_summary(config, directory, listing, cache, settings)
     )
@@ -196,63 +195,11 @@ def status(
     audio_done = sum(summaries[s]["audio_seconds"] for s in summaries)
     estimated = sum(summaries[s]["audio_seconds"] for s in summaries if summaries[s]["estimated"])
 
-    # hours left: the shards not done, from their tar sizes at the done shards' audio seconds per tar byte
-    measured = [s for s in workflow if listing.size(s, TAR) > 0]
-    tar_bytes = sum(listing.size(s, TAR) for s in measured)
-    per_byte = sum(summaries[s]["audio_seconds"] for s in measured) / tar_bytes if tar_bytes else None
-    left_bytes = sum(listing.size(s, TAR) for s in not_done)
-    seconds_left = left_bytes * per_byte if per_byte is not None else None
-
-    # throughput: a workflow shard's audio spread over [end - wall, end]; end = the token file's modification time
-    spans: list[tuple[float, float, float, float]] = []  # start, end, audio seconds, wall seconds
-    for s in workflow:
-        end, wall = listing.mtime(s, TOKENS) or now, summaries[s]["wall_seconds"]
-        spans.append((end - wall, end, summaries[s]["audio_seconds"], wall))
-    window = now - 3600
-    last_hour = sum(
-        audio * max(0.0, min(end, now) - max(start, window)) / wall if wall > 0 else (audio if end >= window else 0.0)
-        for start, end, audio, wall in spans
-    )
-    first = min((a for a, _, _, _ in spans), default=None)
-    last = max((b for _, b, _, _ in spans), default=None)
-    span = (last - first) if first is not None and last is not None else 0.0
-    rate_overall = sum(a for _, _, a, _ in spans) / span if span > 0 else None  # audio seconds per second
-    rate_last_hour = last_hour / 3600
-    if seconds_left is None:
-        eta, basis = None, None
-    elif seconds_left == 0:
-        eta, basis = 0.0, "nothing left"
-    elif rate_last_hour > 0:
-        eta, basis = _hours(seconds_left / rate_last_hour), "rate of the last hour"
-    elif rate_overall:
-        eta, basis = _hours(seconds_left / rate_overall), "overall rate (no shard finished in the last hour)"
-    else:
-        eta, basis = None, None
-
-    def per(field: str) -> dict[str, dict[str, float]]:
-        """Shards, audio and job hours, x real time, per value of a report field (device, host)."""
-        groups: dict[str, dict[str, float]] = {}
-        for s in workflow:
-            g = groups.setdefault(
-                summaries[s].get(field) or "unknown", {"shards": 0, "audio_hours": 0.0, "wall_hours": 0.0}
-            )
-            g["shards"] += 1
-            g["audio_hours"] += _hours(summaries[s]["audio_seconds"])
-            g["wall_hours"] += _hours(summaries[s]["wall_seconds"])
-        for g in groups.values():
-            g["x_real_time"] = g["audio_hours"] / g["wall_hours"] if g["wall_hours"] else 0.0
-        return dict(sorted(groups.items()))
-
+    seconds_left = _seconds_left(listing, summaries, workflow, not_done)
+    eta, basis, throughput = _pace(listing, summaries, workflow, seconds_left, now)
     rejects: Counter[str] = Counter()
     for s in workflow:
         rejects.update(summaries[s]["rejects_by_reason"])
-    audit = audit_totals([{"shard": s, "audit": summaries[s]["audit"]} for s in workflow])
-    codecs: dict[str, dict[str, Any]] = {}  # the done shards' codecs (a mix: summarize refuses it)
-    for s in done:
-        if s in summaries and summaries[s].get("codec") is not None:
-            c = codecs.setdefault(summaries[s]["codec"], {"shards": 0, "codec_ids": set()})
-            c["shards"] += 1
-            c["codec_ids"].add(summaries[s].get("codec_id"))
     return {
         "corpus": listing.corpus,
         "generated_at": datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds"),
@@ -270,39 +217,116 @@ def status(
         "hours_left": _hours(seconds_left) if seconds_left is not None else None,
         "eta_hours": eta,
         "eta_basis": basis,
-        "throughput": {
-            "last_hour_audio_hours_per_hour": rate_last_hour,
-            "overall_audio_hours_per_hour": rate_overall,
-            "shards_finished_last_hour": sum(1 for _, end, _, _ in spans if end >= window),
-            "per_device": per("device"),
-            # a report records no host yet: every shard is 'unknown' until the encode job writes one (``host``)
-            "per_node": per("host"),
-        },
+        "throughput": throughput,
         "segments": {
             "encoded": sum(summaries[s]["encoded"] for s in workflow),
             "rejected": sum(rejects.values()),
         },
         "rejects_by_reason": dict(sorted(rejects.items())),
-        "audit": audit,
+        "audit": audit_totals([{"shard": s, "audit": summaries[s]["audit"]} for s in workflow]),
         "random_weights": any(summaries[s]["random_weights"] for s in summaries),
-        "codecs": [
-            {"codec": k, "label": codec_label(k, c["codec_ids"]), "shards": c["shards"]}
-            for k, c in sorted(codecs.items(), key=lambda kc: (-kc[1]["shards"], kc[0]))
-        ],
+        "codecs": _codecs(summaries, done),
         "codec_unknown": sum(1 for s in done if s in summaries and summaries[s].get("codec") is None),
         "failed_shards": dict(sorted(jobs.failed.items())),
         "running_shards": dict(sorted(jobs.running.items())),
-        "cost": {
-            "list_requests": listing.requests,
-            "footer_requests": footers.requests,
-            "footers_read": footers.read,
-            "footers_cached": footers.cached,
-            "footers_from_summary": footers.from_summary,
-            "summary_requests": footers.summary_requests,
-            "summary": footers.summary,
-            "seconds": time.perf_counter() - t0,
-        },
+        "cost": _cost(listing, footers, t0),
     }
+
+
+def _cost(listing: Listing, footers: Footers, t0: float) -> dict[str, Any]:
+    """What the look cost: requests, footers read, cached or taken from the summary, seconds."""
+    return {
+        "list_requests": listing.requests,
+        "footer_requests": footers.requests,
+        "footers_read": footers.read,
+        "footers_cached": footers.cached,
+        "footers_from_summary": footers.from_summary,
+        "summary_requests": footers.summary_requests,
+        "summary": footers.summary,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _seconds_left(
+    listing: Listing, summaries: dict[str, dict[str, Any]], workflow: list[str], not_done: list[str]
+) -> float | None:
+    """Audio seconds left: the shards not done, from their tar sizes at the done shards' audio seconds per tar byte."""
+    measured = [s for s in workflow if listing.size(s, TAR) > 0]
+    tar_bytes = sum(listing.size(s, TAR) for s in measured)
+    per_byte = sum(summaries[s]["audio_seconds"] for s in measured) / tar_bytes if tar_bytes else None
+    left_bytes = sum(listing.size(s, TAR) for s in not_done)
+    return left_bytes * per_byte if per_byte is not None else None
+
+
+def _pace(
+    listing: Listing,
+    summaries: dict[str, dict[str, Any]],
+    workflow: list[str],
+    seconds_left: float | None,
+    now: float,
+) -> tuple[float | None, str | None, dict[str, Any]]:
+    """ETA (hours), its basis, and the throughput: a workflow shard's audio spread over [end - wall, end], end being
+    its token file's modification time."""
+    spans: list[tuple[float, float, float, float]] = []  # start, end, audio seconds, wall seconds
+    for s in workflow:
+        end, wall = listing.mtime(s, TOKENS) or now, summaries[s]["wall_seconds"]
+        spans.append((end - wall, end, summaries[s]["audio_seconds"], wall))
+    window = now - 3600
+    last_hour = sum(
+        audio * max(0.0, min(end, now) - max(start, window)) / wall if wall > 0 else (audio if end >= window else 0.0)
+        for start, end, audio, wall in spans
+    )
+    first = min((a for a, _, _, _ in spans), default=None)
+    last = max((b for _, b, _, _ in spans), default=None)
+    span = (last - first) if first is not None and last is not None else 0.0
+    rate_overall = sum(a for _, _, a, _ in spans) / span if span > 0 else None  # audio seconds per second
+    rate_last_hour = last_hour / 3600
+    eta: float | None = None
+    basis: str | None = None
+    if seconds_left == 0:
+        eta, basis = 0.0, "nothing left"
+    elif seconds_left is not None and rate_last_hour > 0:
+        eta, basis = _hours(seconds_left / rate_last_hour), "rate of the last hour"
+    elif seconds_left is not None and rate_overall:
+        eta, basis = _hours(seconds_left / rate_overall), "overall rate (no shard finished in the last hour)"
+    throughput = {
+        "last_hour_audio_hours_per_hour": rate_last_hour,
+        "overall_audio_hours_per_hour": rate_overall,
+        "shards_finished_last_hour": sum(1 for _, end, _, _ in spans if end >= window),
+        "per_device": _per(summaries, workflow, "device"),
+        # a report records no host yet: every shard is 'unknown' until the encode job writes one (``host``)
+        "per_node": _per(summaries, workflow, "host"),
+    }
+    return eta, basis, throughput
+
+
+def _per(summaries: dict[str, dict[str, Any]], workflow: list[str], field: str) -> dict[str, dict[str, float]]:
+    """Shards, audio and job hours, x real time, per value of a report field (device, host)."""
+    groups: dict[str, dict[str, float]] = {}
+    for s in workflow:
+        g = groups.setdefault(
+            summaries[s].get(field) or "unknown", {"shards": 0, "audio_hours": 0.0, "wall_hours": 0.0}
+        )
+        g["shards"] += 1
+        g["audio_hours"] += _hours(summaries[s]["audio_seconds"])
+        g["wall_hours"] += _hours(summaries[s]["wall_seconds"])
+    for g in groups.values():
+        g["x_real_time"] = g["audio_hours"] / g["wall_hours"] if g["wall_hours"] else 0.0
+    return dict(sorted(groups.items()))
+
+
+def _codecs(summaries: dict[str, dict[str, Any]], done: list[str]) -> list[dict[str, Any]]:
+    """The done shards' codecs with their shard counts (a mix: summarize refuses it)."""
+    codecs: dict[str, dict[str, Any]] = {}
+    for s in done:
+        if s in summaries and summaries[s].get("codec") is not None:
+            c = codecs.setdefault(summaries[s]["codec"], {"shards": 0, "codec_ids": set()})
+            c["shards"] += 1
+            c["codec_ids"].add(summaries[s].get("codec_id"))
+    return [
+        {"codec": k, "label": codec_label(k, c["codec_ids"]), "shards": c["shards"]}
+        for k, c in sorted(codecs.items(), key=lambda kc: (-kc[1]["shards"], kc[0]))
+    ]
 
 
 # ------------------------------------------------------------------------------------------------------- printing
