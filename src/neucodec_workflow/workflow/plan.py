@@ -164,7 +164,7 @@ def failed_encodes(logs: str | Path, done: Callable[[str], bool]) -> dict[str, d
     for folder, _, files in os.walk(logs):
         for name in files:
             if name.endswith(layout.FAILURE_NOTE):
-                with contextlib.suppress(OSError, ValueError):
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a note half-written or not ours
                     note = json.loads(Path(folder, name).read_text())
                     if not done(note["shard"]):
                         notes[note["shard"]] = note
