@@ -3,6 +3,7 @@ constraints that keep finished shards' jobs out of the DAG."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -96,3 +97,29 @@ def test_job_shards_from_the_target_jobs_of_a_job_process(tmp_path: Path, monkey
     assert job_shards([program, *snakefile, *no_shard]) is None, "codec_fit reads the whole corpus: plan all"
     assert job_shards([program, *snakefile, "-n"]) is None, "no target job: the main process"
     assert job_shards(["/usr/bin/python", "-c", "..."]) is None
+
+
+def test_failure_notes_name_the_shards_left_out_under_keep_going(tmp_path):
+    """A failed encode job leaves its note (and still fails); a later success removes it; planning takes the notes
+    of shards whose token file is still missing, and skips a note that is not one."""
+    from neucodec_workflow.record import layout
+    from neucodec_workflow.workflow.plan import failed_encodes, failure_note
+
+    def note_of(shard):
+        return tmp_path / layout.failure_note(shard)
+
+    with pytest.raises(RuntimeError, match="cannot read audio.tar"):
+        with failure_note(note_of("fr/s2"), "fr/s2"):
+            raise RuntimeError("shard fr/s2: cannot read audio.tar")
+    with pytest.raises(ValueError):
+        with failure_note(note_of("en/s0"), "en/s0"):
+            raise ValueError("no id column")
+    (tmp_path / layout.ENCODE_LOGS / "junk.failed.json").write_text("{not json")
+    notes = failed_encodes(tmp_path / layout.ENCODE_LOGS, done=lambda s: s == "en/s0")
+    assert list(notes) == ["fr/s2"] and notes["fr/s2"]["stage"] == "encode"
+    assert notes["fr/s2"]["error"] == "RuntimeError: shard fr/s2: cannot read audio.tar"
+    with failure_note(note_of("fr/s2"), "fr/s2"):
+        pass  # encoded this time
+    assert not note_of("fr/s2").exists() and failed_encodes(tmp_path / layout.ENCODE_LOGS, lambda s: False) == {
+        "en/s0": json.loads(note_of("en/s0").read_text())
+    }
