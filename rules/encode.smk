@@ -65,6 +65,7 @@ rule audit_shard:
         codec=config["codec"],
         segments=config["audit"]["segments"],
         max_seconds=config["encode"]["max_seconds"],
+        keep_loaded_seconds=config["encode"]["keep_loaded_seconds"],
     script:
         "../scripts/audit_shard.py"
 

@@ -1,4 +1,5 @@
-"""Kills at any moment: SIGKILL of Snakemake's whole process group and of one encode job, then the plain rerun.
+"""Kills at any moment: SIGKILL of Snakemake's whole process group, of one encode job and of the resident process
+running it, then the plain rerun.
 
 After every kill: nothing half-written under a real name, the next plain run gets past the lock (no ``--unlock``),
 removes the temporary files of the killed jobs, and in the end the tokens equal ``encode_code``'s (what every
@@ -148,6 +149,21 @@ def encoding(corpus: Path, out: Path) -> tuple[str, Path] | None:
     return None
 
 
+def job_processes(session: int) -> list[int]:
+    """The encode job's own processes in Snakemake's session (its script, and a shell running it; the resident process
+    that writes the tokens for it runs in a session of its own: workflow/resident.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getsid(int(entry.name)) == session:
+                if b"encode_shard" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    assert found, "no encode job process in the run's session"
+    return found
+
+
 def assert_nothing_half_written(corpus: Path, out: Path) -> None:
     """Whatever exists under a real name is complete."""
     for shard, clips in SHARDS.items():
@@ -179,7 +195,7 @@ def test_sigkill_at_any_moment_then_plain_rerun(tmp_path: Path, random_ckpt: Pat
         "codec": json.dumps({"weights": str(random_ckpt), "device": "cpu"}),
     }
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    plan = ["time"] * 14 + ["group_mid_encode"] * 2 + ["job_mid_encode"]
+    plan = ["time"] * 14 + ["group_mid_encode"] * 2 + ["job_mid_encode", "resident_mid_encode"]
     rng.shuffle(plan)
     plan += ["derive_time"] * 6  # after the encodes: kills among the derive and summarize jobs
     tally: Counter[str] = Counter()
@@ -243,8 +259,10 @@ def test_sigkill_at_any_moment_then_plain_rerun(tmp_path: Path, random_ckpt: Pat
             assert not (corpus / shard / TOKENS).exists() and tmp.exists(), "the kill must land mid-encode"
             if kind == "group_mid_encode":
                 os.killpg(proc.pid, signal.SIGKILL)
-            else:
-                os.kill(int(TEMP.match(tmp.name)[2]), signal.SIGKILL)  # the writer's pid: the job's process
+            else:  # the job's own (thin) process, or the resident process writing for it (the temp file's pid)
+                pids = job_processes(proc.pid) if kind == "job_mid_encode" else [int(TEMP.match(tmp.name)[2])]
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
                 assert proc.wait(timeout=120) != 0, "a killed job fails the run"
         tally[kind] += 1
         after_kill(proc, kind)
@@ -252,7 +270,7 @@ def test_sigkill_at_any_moment_then_plain_rerun(tmp_path: Path, random_ckpt: Pat
     final = start(0)
     assert final.wait(timeout=600) == 0, final.communicate()[0][-4000:]
     after_kill(final, "final")
-    kills = sum(tally[k] for k in ("time", "derive_time", "group_mid_encode", "job_mid_encode"))
+    kills = sum(tally[k] for k in ("time", "derive_time", "group_mid_encode", "job_mid_encode", "resident_mid_encode"))
     print(f"\nkills {kills} in {time.time() - t0:.0f} s: {dict(tally)}")
     assert kills >= 20
     assert not temps(tmp_path), "temporary files left behind"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+from pathlib import Path
 from typing import Any
 
 from neucodec_workflow.record import layout
@@ -11,6 +13,21 @@ from neucodec_workflow.record.contract import RANDOM_BANNER, write_json
 from neucodec_workflow.workflow.job_log import FirstClipNoted, StartupNotes
 
 log = logging.getLogger(layout.JOB_LOGGER)
+_loaded: dict[tuple[Any, ...], Any] = {}  # the last codec this process loaded, by what it was loaded from
+
+
+def loaded_codec(weights: str, *, seed: int, device: str) -> Any:
+    """``load_codec``'s model, loaded once per process for the same weights, seed and device (a resident process
+    runs many jobs): a checkpoint by its path and file identity, so a replaced file is loaded again."""
+    from neucodec_workflow.engine.codec import load_codec
+
+    where = Path(weights).expanduser()
+    identity = (str(where.resolve()), where.stat().st_mtime_ns, where.stat().st_size) if where.exists() else weights
+    key = (identity, seed, device, os.environ.get("NEUCODEC_REVISION"))
+    if key not in _loaded:
+        _loaded.clear()  # one model held at a time
+        _loaded[key] = load_codec(weights, seed=seed, device=device)
+    return _loaded[key]
 
 
 def encode_shard_job(
@@ -25,15 +42,18 @@ def encode_shard_job(
     threads: int,
     staging: str | None = None,
     receipts: str | None = None,
+    started: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> None:
     """Rule encode_shard: the token file, with the job's report inside it. ``codec``/``encode``/``columns``: the
     validated config sections (defaults from the schema). ``tokens``: a path, or an s3:// URL: then the file is
     written at ``staging`` (atomically), sent once and removed, and the upload recorded in ``receipts``
-    (storage/uploads.py). Its start-up is logged (``start-up: ... at N s``, since its process started)."""
-    note = StartupNotes(shard)
+    (storage/uploads.py). Its start-up is logged (``start-up: ... at N s``, since ``started``, else since its
+    process started). Run by a resident process (workflow/resident.py), it stops at the next clip once ``cancel`` is
+    set, and reuses the model the process loaded for an earlier job."""
+    note = StartupNotes(shard, started)
     import torch
 
-    from neucodec_workflow.engine.codec import load_codec
     from neucodec_workflow.engine.device import device_name, pick_device
     from neucodec_workflow.engine.engine import Engine, EngineConfig
     from neucodec_workflow.engine.reference import audit_reference
@@ -57,7 +77,7 @@ def encode_shard_job(
     )
     with open_source(tar) as tar_in, open_source(metadata, seekable=True) as metadata_in:  # s3:// is streamed
         ids = read_metadata_ids(shard, metadata_in, columns["segment_id"])  # fails fast, before the model loads
-        loaded = load_codec(codec["weights"], seed=int(codec["seed"]), device=device)
+        loaded = loaded_codec(codec["weights"], seed=int(codec["seed"]), device=device)
         note("model loaded")
         if loaded.is_random:
             log.warning(RANDOM_BANNER)
@@ -68,7 +88,7 @@ def encode_shard_job(
             tar_in,
             ids,
             written,
-            FirstClipNoted(engine, note),
+            FirstClipNoted(engine, note, cancel),
             max_seconds=float(encode["max_seconds"]),
             decode_workers=int(encode["decode_workers"]),
             reference=audit_reference(loaded),
@@ -99,18 +119,20 @@ def audit_job(
     segments: int,
     max_seconds: float,
     threads: int,
+    started: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> None:
-    """Rule audit_shard: the stored tokens against the reference path (strict fp32) on a sample."""
+    """Rule audit_shard: the stored tokens against the reference path (strict fp32) on a sample (``started`` and
+    ``cancel``: as for encode_shard_job; a sample is short, so it runs to its end)."""
     import torch
 
-    from neucodec_workflow.engine.codec import load_codec
     from neucodec_workflow.engine.device import pick_device
     from neucodec_workflow.engine.reference import reference_tokens
     from neucodec_workflow.shard.audit import audit_stored
     from neucodec_workflow.storage.streams import local_copy, open_source
 
     torch.set_num_threads(max(1, threads))
-    loaded = load_codec(codec["weights"], seed=int(codec["seed"]), device=pick_device(codec["device"]))
+    loaded = loaded_codec(codec["weights"], seed=int(codec["seed"]), device=pick_device(codec["device"]))
     with open_source(tar) as tar_in, local_copy(tokens) as tokens_path:  # s3://: tar streamed, tokens fetched
         result = audit_stored(
             shard, tar_in, tokens_path, lambda audio: reference_tokens(loaded, audio), segments, max_seconds
