@@ -39,7 +39,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from neucodec_workflow.record import layout
 
@@ -176,7 +176,7 @@ def _start(path: Path, idle_seconds: float) -> socket.socket:
         raise RuntimeError(f"the resident process did not listen within {START_SECONDS:.0f} s")
 
 
-def _read(stream: IO[bytes]) -> dict[str, Any] | None:
+def _read(stream: Any) -> dict[str, Any] | None:
     line = stream.readline()
     return json.loads(line) if line else None
 
