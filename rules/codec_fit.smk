@@ -37,6 +37,7 @@ rule codec_fit:
         codec_fit=config["codec_fit"],
         columns=config["columns"],
         max_seconds=config["encode"]["max_seconds"],
+        keep_loaded_seconds=config["encode"]["keep_loaded_seconds"],
         # where its two files go (paths or s3:// URLs) and where each is written first
         fit=lambda wildcards: f"{OUTPUT}/codec_fit/codec_fit.json",
         plot=lambda wildcards: f"{OUTPUT}/codec_fit/codec_fit.svg",

@@ -119,11 +119,8 @@ def audit_job(
     segments: int,
     max_seconds: float,
     threads: int,
-    started: float | None = None,
-    cancel: threading.Event | None = None,
 ) -> None:
-    """Rule audit_shard: the stored tokens against the reference path (strict fp32) on a sample (``started`` and
-    ``cancel``: as for encode_shard_job; a sample is short, so it runs to its end)."""
+    """Rule audit_shard: the stored tokens against the reference path (strict fp32) on a sample."""
     import torch
 
     from neucodec_workflow.engine.device import pick_device

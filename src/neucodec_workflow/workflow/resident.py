@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -45,11 +46,12 @@ from neucodec_workflow.record import layout
 
 log = logging.getLogger(layout.JOB_LOGGER)
 
-# What a resident process may run: job name -> "module:function" (each takes keyword arguments, plus ``started``,
-# the job's start time, and ``cancel``, an event set when the job's process is gone).
+# What a resident process may run: job name -> "module:function", called with keyword arguments, plus where it
+# declares them ``started`` (the job's start time) and ``cancel`` (an event set when the job's process is gone).
 JOBS = {
     "encode_shard": "neucodec_workflow.workflow.encode_jobs:encode_shard_job",
     "audit_shard": "neucodec_workflow.workflow.encode_jobs:audit_job",
+    "codec_fit": "neucodec_workflow.quality.codec_fit:codec_fit_job",
 }
 SLOTS = 64  # resident processes per key at most: encode jobs running at once on one node
 START_SECONDS = 600.0  # how long a job waits for the process it started to listen
@@ -251,7 +253,10 @@ def _run(request: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
     with _logging_to(request["log"]):
         log.info("%s: run by resident process %d (its job %d)", request["job"], os.getpid(), len(_served))
         try:
-            _job_function(request["job"])(**request["kwargs"], started=request["started"], cancel=cancel)
+            function = _job_function(request["job"])
+            known = inspect.signature(function).parameters
+            extra = {k: v for k, v in (("started", request["started"]), ("cancel", cancel)) if k in known}
+            function(**request["kwargs"], **extra)
         except BaseException as e:  # noqa: BLE001 (the job's error goes back to the job, the process goes on)
             return {"ok": False, "error": str(e) or type(e).__name__, "traceback": traceback.format_exc()}
     return {"ok": True}
