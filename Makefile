@@ -119,7 +119,7 @@ bench-sft: setup
 	$(PY) benchmarks/sft.py $(BENCH_ARGS)
 
 bench-jobs: setup
-	$(PY) benchmarks/jobs.py $(BENCH_ARGS)
+	$(PY) benchmarks/jobs.py --compare-own-process $(BENCH_ARGS)
 
 gpu-wheels: setup
 	$(PY) benchmarks/gpu_wheels.py --dest .whl

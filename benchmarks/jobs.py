@@ -9,8 +9,9 @@ random weights saved as a checkpoint the way the Hub ships one (``pytorch_model.
 decoder), then ``snakemake --cores N --resources gpu=1`` with the shards' token files as targets (the encode rule
 only) and ``codec.weights=<that checkpoint>``, as a user runs it. It prints one JSON line:
 
-- ``fixed_seconds_per_shard``: from each job's process start (interpreter, Snakemake's script preamble, imports,
-  model, engine) to its first encoded clip, from the job's ``start-up:`` log lines, averaged over the shards; the
+- ``fixed_seconds_per_shard``: from each job's process start (interpreter, Snakemake's script preamble, handing the
+  job to the node's resident process, which imports and loads the model only for its first job; engine) to its
+  first encoded clip, from the job's ``start-up:`` log lines, averaged over the shards; the
   first clip includes its batch's encoding (``first_batch_seconds``: from the engine ready to the first clip).
 - ``job_minus_encode_seconds_per_shard``: each job's wall time (Snakemake's benchmark file) less the shard encode's own
   (its report's ``wall_seconds``): the fixed cost by another route, which needs no log line (so it also measures a
@@ -18,6 +19,9 @@ only) and ``codec.weights=<that checkpoint>``, as a user runs it. It prints one 
 - ``end_to_end_x_realtime``: audio seconds over the Snakemake command's wall time (its own start-up, DAG, jobs);
   ``jobs_x_realtime``: audio over the sum of the jobs' wall times; ``engine_x_realtime``: the engine's own speed on
   the same clips in this process (model loaded once, warmed up, per shard as the jobs batch them).
+
+``--compare-own-process`` first runs the same shards with ``encode.keep_loaded_seconds: 0`` (each job imports torch
+and loads the model in its own process, as before the resident process): its numbers under ``own_process``.
 
 ``--breakdown`` runs each way of starting a job in fresh processes and times each step: the interpreter, Snakemake's
 preamble, torch, the job's modules, transformers + neucodec, then the model (seeded random weights built in the job
@@ -111,7 +115,8 @@ def snakemake_run(
         "--",
         *[str(corpus / s / TOKENS) for s in shards],
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # a resident process of its own (workflow/resident.py): the run's first job starts it, as on a fresh node
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NEUCODEC_BENCH_RUN": f"{os.getpid()}-{time.time()}"}
     if repo != REPO:  # the other checkout's package first (this venv's editable install points here)
         env["PYTHONPATH"] = os.pathsep.join([str(repo / "src"), *filter(None, [env.get("PYTHONPATH")])])
     t0 = time.monotonic()
@@ -178,6 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     overrides: dict[str, object] = {"audit_segments": args.audit_segments}
     if args.batch_seconds:
         overrides["batch_seconds"] = args.batch_seconds
+    if args.keep_loaded is not None:
+        overrides["keep_loaded_seconds"] = args.keep_loaded
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as tmp:
         work = Path(tmp)
         corpus = work / "corpus"
@@ -185,13 +192,28 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         t0 = time.monotonic()
         weights = save_checkpoint(work / "weights" / "pytorch_model.bin", seed=0)
         checkpoint_seconds = time.monotonic() - t0
+        own = None
+        if args.compare_own_process:  # the same shards, each job loading the model in its own process, first
+            (work / "own").mkdir()
+            own_corpus = work / "own" / "corpus"
+            make_shards(own_corpus, args.shards, args.clips, args.seconds)
+            own_overrides = {**overrides, "keep_loaded_seconds": 0}
+            own_wall = snakemake_run(repo, work / "own", own_corpus, shards, weights, args.cores, own_overrides)
+            own_jobs = job_numbers(work / "own", own_corpus, shards)
+            own = {
+                "fixed_seconds_per_shard": _mean(own_jobs, "first_clip_encoded"),
+                "job_minus_encode_seconds_per_shard": round(
+                    statistics.mean(j["job_wall"] - j["encode_wall"] for j in own_jobs), 2
+                ),
+                "end_to_end_x_realtime": round(audio / own_wall, 3),
+                "snakemake_wall_seconds": round(own_wall, 1),
+            }
         wall = snakemake_run(repo, work, corpus, shards, weights, args.cores, overrides)
         jobs = job_numbers(work, corpus, shards)
         engine = engine_speed(corpus, shards, weights, overrides) if not args.no_engine else None
 
     def mean(key: str) -> float | None:
-        values = [j[key] for j in jobs if j.get(key) is not None]
-        return round(statistics.mean(values), 2) if len(values) == len(jobs) else None
+        return _mean(jobs, key)
 
     first = mean("first_clip_encoded")
     ready = mean("engine_ready")
@@ -214,7 +236,14 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         "audit_segments": args.audit_segments,
         "checkpoint": "pytorch_model.bin (seeded random weights, every key)",
         "checkpoint_save_seconds": round(checkpoint_seconds, 1),
+        "keep_loaded_seconds": overrides.get("keep_loaded_seconds", "config default"),
+        "own_process": own,
     }
+
+
+def _mean(jobs: list[dict[str, float | None]], key: str) -> float | None:
+    values = [j[key] for j in jobs if j.get(key) is not None]
+    return round(statistics.mean(values), 2) if len(values) == len(jobs) else None  # type: ignore[arg-type]
 
 
 # --- the breakdown --------------------------------------------------------------------------
@@ -351,6 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cores", type=int, default=2, help="snakemake --cores")
     ap.add_argument("--audit-segments", type=int, default=0, help="encode.audit_segments (config default: 4)")
     ap.add_argument("--batch-seconds", type=float, help="encode.batch_seconds (default: the config's)")
+    ap.add_argument("--keep-loaded", type=float, help="encode.keep_loaded_seconds (default: the config's)")
+    ap.add_argument(
+        "--compare-own-process",
+        action="store_true",
+        help="first run the same shards with keep_loaded_seconds=0 (each job loads the model itself): own_process",
+    )
     ap.add_argument("--repo", type=Path, default=REPO, help="the checkout whose workflow and package run the jobs")
     ap.add_argument("--no-engine", action="store_true", help="skip the engine-only measurement")
     ap.add_argument("--breakdown", action="store_true", help="time the steps of a job's start-up instead")

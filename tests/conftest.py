@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,12 +16,13 @@ import soundfile as sf
 import torch
 
 from neucodec_workflow.demo.corpus import Member, flac_bytes, write_shard
-from neucodec_workflow.engine.codec import CACHE_ENV, Codec, load_codec, save_random_checkpoint
+from neucodec_workflow.engine.codec import CACHE_ENV, Codec, load_codec, random_weights_key, save_random_checkpoint
 from neucodec_workflow.engine.probe import speech_like
 from neucodec_workflow.record.records import Clip
 from neucodec_workflow.shard.audio import to_mono_16k
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_CACHE = REPO / ".cache" / "tests"  # git-ignored: 2.5 GB of seeded random weights, kept between test sessions
 
 torch.set_num_threads(2)
 
@@ -34,22 +34,27 @@ def _no_hub(monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def weights_cache(tmp_path_factory) -> Iterator[Path]:
-    """One cache of built weights for the whole session, shared by every test and every Snakemake job it starts
-    (through the environment): the seeded random weights (``codec.weights: random``, ``random_ckpt``) are built once
-    per session, not once per job; a user's own cache is never touched. Its gigabytes are removed at the end."""
-    cache = tmp_path_factory.mktemp("weights-cache")
+def weights_cache() -> Iterator[Path]:
+    """The tests' cache of built weights (``TEST_CACHE``), shared by every test session of this checkout and every
+    Snakemake job they start (through the environment): the seeded random weights (``codec.weights: random``,
+    ``random_ckpt``) are built once (~30-50 s here) while their recipe and versions stay the same (the cache key),
+    not once per session or job; a build for other versions is replaced; a user's own cache is never touched."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV, str(cache))
-        yield cache
-    shutil.rmtree(cache / "random-weights", ignore_errors=True)
+        mp.setenv(CACHE_ENV, str(TEST_CACHE))
+        yield TEST_CACHE
 
 
 @pytest.fixture(scope="session")
-def random_ckpt(tmp_path_factory, weights_cache) -> Path:
-    """Seeded, non-degenerate random weights as a checkpoint file (encoder keys only), loaded like real weights; the
-    weights come from the session's cache."""
-    return save_random_checkpoint(tmp_path_factory.mktemp("weights") / "random-seed0.pt", seed=0)
+def random_ckpt(weights_cache) -> Path:
+    """Seeded, non-degenerate random weights as a checkpoint file (encoder keys only), loaded like real weights; made
+    from the tests' cache, and kept there under the weights' key (read only by the tests)."""
+    path = weights_cache / "checkpoints" / f"random-seed0-{random_weights_key(0)}.pt"
+    if not path.is_file():
+        for older in path.parent.glob("random-seed0-*.pt"):
+            older.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_random_checkpoint(path, seed=0)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -14,8 +14,8 @@ An encode job spends ~8 s importing torch and transformers and loading the model
   (``encode.keep_loaded_seconds``; 0: every job loads the model in its own process, as before). Under SLURM it is
   also part of its allocation and ends with it.
 - **Never the wrong process.** Sockets are named by what shapes a job: the Python, this package's sources (a newer
-  file, a new process), the environment less SLURM's per-step variables, the user, and so the allocation. A changed
-  checkout or setting never meets an old process.
+  file, a new process), the environment (S3 settings, threads, ...) less SLURM's per-step variables, the user, and
+  SLURM's allocation. A changed checkout or setting never meets an old process.
 - **Kills and crashes.** A killed job closes its connection: its work stops at the next clip, its temporary file is
   removed as on any error. A resident process that dies fails the jobs it was running (the error says so); the next
   job starts a new one.
@@ -56,7 +56,7 @@ JOBS = {
 SLOTS = 64  # resident processes per key at most: encode jobs running at once on one node
 START_SECONDS = 600.0  # how long a job waits for the process it started to listen
 _PACKAGE = Path(__file__).resolve().parents[1]
-_PER_STEP = ("SLURM_", "SNAKEMAKE_")  # variables that differ between the steps of one allocation or the jobs of a run
+_PER_STEP = "SLURM_"  # SLURM's variables differ between the steps of one allocation: only its id counts
 _KEPT = ("SLURM_JOB_ID",)
 _served: list[str] = []  # the jobs this resident process ran
 
@@ -157,7 +157,7 @@ def _start(path: Path, idle_seconds: float) -> socket.socket:
             return conn
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        with open(path.with_suffix(".log"), "ab") as out:
+        with open(path.with_suffix(".log"), "wb") as out:  # the last process of this slot: its log
             process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(path), str(idle_seconds)],
                 stdin=subprocess.DEVNULL,
