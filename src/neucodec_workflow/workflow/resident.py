@@ -58,6 +58,9 @@ START_SECONDS = 600.0  # how long a job waits for the process it started to list
 _PACKAGE = Path(__file__).resolve().parents[1]
 _PER_STEP = "SLURM_"  # SLURM's variables differ between the steps of one allocation: only its id counts
 _KEPT = ("SLURM_JOB_ID",)
+# what differs between jobs without shaping them: the shell's directories (a job runs in the directory it sends),
+# pytest's current test
+_VOLATILE = {"PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST"}
 _served: list[str] = []  # the jobs this resident process ran
 
 
@@ -97,7 +100,9 @@ def job_started() -> float:
 
 def process_key() -> str:
     """What a resident process must share with the jobs it runs, hashed: Python, package sources, environment."""
-    env = sorted((k, v) for k, v in os.environ.items() if k in _KEPT or not k.startswith(_PER_STEP))
+    env = sorted(
+        (k, v) for k, v in os.environ.items() if k not in _VOLATILE and (k in _KEPT or not k.startswith(_PER_STEP))
+    )
     newest = max(p.stat().st_mtime_ns for p in _PACKAGE.rglob("*.py"))
     what = [sys.executable, str(_PACKAGE), newest, env, os.getuid()]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
