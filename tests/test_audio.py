@@ -71,6 +71,7 @@ def test_downmix_three_channels():
         (float_wav_bytes(np.array([0.1, np.inf] * 400, np.float32), 16_000), Reason.NON_FINITE),
         (flac_bytes(clip(3.0, 8_000), 8_000), Reason.TOO_LONG),
     ],
+    ids=["garbage", "zero_bytes", "empty_wav", "short_flac", "nan_wav", "inf_wav", "long_flac"],  # WAVs carry a time
 )
 def test_bad_members_are_rejected_with_reason(payload, reason):
     out = decode_member("seg", "dir/seg.flac", payload, max_seconds=2.5)

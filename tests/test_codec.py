@@ -54,7 +54,7 @@ def test_skeleton_matches_upstream_init(monkeypatch):
 
 def test_checkpoint_loads_with_provenance(random_ckpt, codec):
     p = codec.provenance
-    assert p["codec_id"] == "checkpoint:random-seed0.pt" and p["random_weights"] is True and p["seed"] == 0
+    assert p["codec_id"] == f"checkpoint:{random_ckpt.name}" and p["random_weights"] is True and p["seed"] == 0
     assert p["semantic_layers"] == 16 and p["precision"] == "fp32" and len(p["weights_sha256"]) == 64
     assert str(random_ckpt.parent) not in str(p)  # no machine paths in provenance
     assert not codec.model.training and len(codec.model.semantic_model.encoder.layers) == 16

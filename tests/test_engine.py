@@ -20,35 +20,58 @@ def exact(batch_seconds: float, **kw) -> EngineConfig:
     return EngineConfig(mode="exact", batch_seconds=batch_seconds, **kw)
 
 
+MIXED = [
+    (0.3, 16_000, 1),
+    (320 * 40, 16_000, 1),
+    (320 * 40, 16_000, 1),
+    (1.37, 44_100, 2),
+    (320, 16_000, 1),
+    (2.05, 24_000, 1),
+    (0.9, 48_000, 2),
+]
+LONG = (20.5, 16_000, 1)
+
+
 @pytest.fixture(scope="module")
 def mixed(codec):
-    clips = make_clips(
-        [
-            (0.3, 16_000, 1),
-            (320 * 40, 16_000, 1),
-            (320 * 40, 16_000, 1),
-            (1.37, 44_100, 2),
-            (320, 16_000, 1),
-            (2.05, 24_000, 1),
-            (0.9, 48_000, 2),
-            (20.5, 16_000, 1),
-        ]
-    )
+    clips = make_clips(MIXED)
     return clips, [reference_tokens(codec, c.audio) for c in clips]
 
 
-@pytest.mark.parametrize("batch_seconds", [1.0, 6.0, 60.0])
-def test_exact_mode_equals_encode_code(codec, mixed, batch_seconds):
-    clips, refs = mixed
-    if batch_seconds < 60:
-        clips, refs = clips[:-1], refs[:-1]  # the 20.5 s clip once, in the large batch
-    out = list(Engine(codec, exact(batch_seconds)).encode(clips))
+_expected: dict[bytes, np.ndarray] = {}
+
+
+def expected(codec, clip) -> np.ndarray:
+    """``encode_code``'s tokens for ``clip``, computed once per module (tests encode the same short clips; each
+    reference call costs ~1 s on 2 cores whatever the clip's length). Call it before patching the model."""
+    key = clip.audio.tobytes()
+    if key not in _expected:
+        _expected[key] = reference_tokens(codec, clip.audio)
+    return _expected[key]
+
+
+def assert_equal_to_reference(out, clips, refs):
     assert [c.segment_id for c, _ in out] == [c.segment_id for c in clips]  # tar order kept
     for (c, tokens), ref in zip(out, refs, strict=True):
         assert len(tokens) == c.n_tokens
         np.testing.assert_array_equal(tokens, ref, err_msg=f"{c.segment_id} ({c.seconds:.2f} s)")
 
 
+@pytest.mark.parametrize("batch_seconds", [pytest.param(1.0, marks=pytest.mark.slow), 6.0])
+def test_exact_mode_equals_encode_code(codec, mixed, batch_seconds):
+    clips, refs = mixed
+    assert_equal_to_reference(list(Engine(codec, exact(batch_seconds)).encode(clips)), clips, refs)
+
+
+@pytest.mark.slow  # the 20.5 s clip: ~40 s of reference and engine on 2 cores
+def test_exact_mode_equals_encode_code_with_a_long_clip_in_a_large_batch(codec, mixed):
+    clips, refs = mixed
+    long = make_clips([*MIXED, LONG])[-1]
+    clips, refs = [*clips, long], [*refs, reference_tokens(codec, long.audio)]
+    assert_equal_to_reference(list(Engine(codec, exact(60.0)).encode(clips)), clips, refs)
+
+
+@pytest.mark.slow  # several windows: ~6 s
 def test_window_smaller_than_input(codec, mixed):
     clips, refs = mixed
     out = list(Engine(codec, exact(4.0, window_clips=3)).encode(clips[:5]))
@@ -67,6 +90,7 @@ def test_torch_fbank_matches_stock_extractor(codec):
         assert (ours - stock).abs().max().item() < 1e-4
 
 
+@pytest.mark.slow  # bf16 on a CPU without AVX-512: torch's slow path
 def test_fast_mode_changes_arithmetic_and_stays_close(codec, mixed):
     """bf16 autocast is in effect (random weights sit near rounding boundaries, so some tokens flip: ~0.75 on CPU),
     and the tokens stay mostly those of the reference (a broken fast path lands near chance, 1/65,536)."""
@@ -78,6 +102,7 @@ def test_fast_mode_changes_arithmetic_and_stays_close(codec, mixed):
     assert 0.5 < agree < 1.0
 
 
+@pytest.mark.slow  # fast mode (bf16) on the CPU
 def test_numerics_are_scoped_and_the_audit_reference_is_strict_fp32(codec, mixed, monkeypatch):
     """Fast mode's TF32 holds only inside its own forward passes; the reference that audits it runs in strict fp32
     (on a GPU, TF32 in the reference would overstate fast mode's agreement), and nothing leaks to the process."""
@@ -118,8 +143,12 @@ CPU_ALLOC_FAILURE = (
             torch.OutOfMemoryError("CUDA out of memory (simulated)"),
             torch.OutOfMemoryError("CUDA out of memory (simulated)"),
         ),
-        (RuntimeError(CPU_ALLOC_FAILURE), RuntimeError(CPU_ALLOC_FAILURE)),  # torch's CPU allocator
-        (MemoryError("snake_aa: out of memory for its tile buffer"), MemoryError()),  # the native kernel, Python
+        pytest.param(  # torch's CPU allocator
+            RuntimeError(CPU_ALLOC_FAILURE), RuntimeError(CPU_ALLOC_FAILURE), marks=pytest.mark.slow
+        ),
+        pytest.param(  # the native kernel, Python
+            MemoryError("snake_aa: out of memory for its tile buffer"), MemoryError(), marks=pytest.mark.slow
+        ),
     ],
     ids=["cuda", "cpu-allocator", "memoryerror"],
 )
@@ -142,8 +171,8 @@ def test_oom_in_batch_retries_one_by_one_and_rejects_what_never_fits(codec, monk
     out = dict((c.segment_id, t) for c, t in engine.encode(clips))
     assert sizes == [3, 1, 1, 1]
     assert out["c2"] is alone_error
-    np.testing.assert_array_equal(out["c0"], reference_tokens(codec, clips[0].audio))
-    np.testing.assert_array_equal(out["c1"], reference_tokens(codec, clips[1].audio))
+    np.testing.assert_array_equal(out["c0"], expected(codec, clips[0]))
+    np.testing.assert_array_equal(out["c1"], expected(codec, clips[1]))
 
 
 def test_other_errors_are_not_taken_for_memory(codec, monkeypatch):
@@ -234,13 +263,14 @@ def _forge_codes(model_or_engine, attr, n_tokens, value):
 
 
 @pytest.mark.parametrize("value", [65_536 + 7, -3])
+@pytest.mark.slow  # three reference encodes and the engine: ~8 s each
 def test_codes_outside_uint16_are_the_segments_error_not_a_wrapped_token(codec, monkeypatch, value):
     """The range check runs before the narrowing cast (which would wrap 65,543 to 7): the forged clip is an error
     naming its segment, the others are tokens equal to encode_code's."""
     from neucodec_workflow.engine.reference import TokenRangeError
 
     clips = make_clips([(0.3, 16_000, 1), (0.5, 16_000, 1), (0.7, 16_000, 1)])  # 15, 25, 35 tokens
-    refs = [reference_tokens(codec, c.audio) for c in clips]
+    refs = [expected(codec, c) for c in clips]
     engine = Engine(codec, exact(60))
     monkeypatch.setattr(engine, "quantizer", _forge_codes(engine, "quantizer", 25, value))
     out = dict((c.segment_id, t) for c, t in engine.encode(clips))
@@ -250,12 +280,13 @@ def test_codes_outside_uint16_are_the_segments_error_not_a_wrapped_token(codec, 
     np.testing.assert_array_equal(out["c2"], refs[2])
 
 
+@pytest.mark.slow  # four reference encodes
 def test_the_reference_path_checks_range_and_count_per_segment(codec, monkeypatch):
     """ReferenceEncoder: a code out of range, or a count other than n_samples // 320, is that clip's error."""
     from neucodec_workflow.engine.reference import ReferenceEncoder, TokenCountError, TokenRangeError
 
     clips = make_clips([(0.3, 16_000, 1), (0.5, 16_000, 1), (0.7, 16_000, 1)])
-    refs = [reference_tokens(codec, c.audio) for c in clips]
+    refs = [expected(codec, c) for c in clips]
     monkeypatch.setattr(codec.model, "encode_code", _forge_codes(codec.model, "encode_code", 25, 70_000))
     with pytest.raises(TokenRangeError, match="a clip of 8000 samples: 1 code"):
         reference_tokens(codec, clips[1].audio)
@@ -284,8 +315,8 @@ def test_a_token_count_mismatch_in_a_batch_is_that_clips_error(codec, monkeypatc
     monkeypatch.setattr(engine, "sem", sem)
     out = dict((c.segment_id, t) for c, t in engine.encode(clips))
     assert isinstance(out["c2"], TokenCountError) and "segment c2: 34 tokens" in str(out["c2"])
-    np.testing.assert_array_equal(out["c0"], reference_tokens(codec, clips[0].audio))
-    np.testing.assert_array_equal(out["c1"], reference_tokens(codec, clips[1].audio))
+    np.testing.assert_array_equal(out["c0"], expected(codec, clips[0]))
+    np.testing.assert_array_equal(out["c1"], expected(codec, clips[1]))
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,6 +22,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+from neucodec_workflow.workflow import resident
+
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PACKAGE = "neucodec_workflow"
@@ -158,6 +160,9 @@ class CodePath:
             self.visit(name.rsplit(".", 1)[0], None)  # importing a.b runs a/__init__.py first
         mod = self.module(name)
         package = name if mod.is_package else name.rsplit(".", 1)[0]
+        if name == resident.__name__:  # a script that hands its job to the resident process: it runs in this env
+            for job in resident.JOBS.values():
+                self.visit(*job.split(":"))
         if symbol is None:
             self.scan(list(imports_in(mod.top)), package, name)
         elif symbol == "*":

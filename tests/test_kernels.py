@@ -98,6 +98,7 @@ def test_acoustic_encoder_matches_stock_codec_enc(codec):
     assert (ours - stock).abs().max().item() <= 1e-5 * stock.abs().max().item()
 
 
+@pytest.mark.slow  # transformers' model beside ours: ~6 s
 def test_semantic_model_matches_transformers_with_a_padded_batch(codec):
     w2v = codec.model.semantic_model
     torch.manual_seed(0)
@@ -112,6 +113,7 @@ def test_semantic_model_matches_transformers_with_a_padded_batch(codec):
     assert (ours[1, :70] - stock[1, :70]).abs().max().item() <= 1e-5 * scale  # padded frames are never read
 
 
+@pytest.mark.slow  # the stock activations: ~9 s on 2 cores
 def test_exact_mode_without_native_kernels_equals_encode_code(codec, monkeypatch):
     """The path GPUs and compiler-less hosts take: stock convolutions and activation modules."""
     monkeypatch.setenv("NEUCODEC_WORKFLOW_NATIVE", "0")

@@ -369,6 +369,7 @@ def test_inline_audit_skips_what_the_reference_cannot_hold(tmp_path, codec):
     assert not list(shard.glob(".*tmp*"))
 
 
+@pytest.mark.slow  # the audit's reference encodes: ~6 s
 def test_inline_audit_travels_inside_the_token_file(tmp_path, codec):
     from neucodec_workflow.engine.reference import audit_reference
 
