@@ -126,13 +126,16 @@ def _ask(path: Path, request: dict[str, Any], idle_seconds: float) -> dict[str, 
     for _ in range(3):  # a process that was exiting, idle, as we connected: start another
         conn = _connect(path) or _start(path, idle_seconds)
         with conn, conn.makefile("rwb") as stream:
-            stream.write(json.dumps(request).encode() + b"\n")
-            stream.flush()
-            first = _read(stream)
+            first = _read(stream)  # it says first whether it is free
             if first is None:
                 continue
             if first.get("busy"):
                 return None
+            try:
+                stream.write(json.dumps(request).encode() + b"\n")
+                stream.flush()
+            except OSError:  # it died before the job began
+                continue
             answer = _read(stream)  # the job runs: as long as it takes
             if answer is None:
                 raise ResidentJobError(
@@ -226,10 +229,10 @@ def _serve_one(conn: socket.socket, busy: threading.Lock, last: list[float]) -> 
     done = False
     try:
         with conn, conn.makefile("rb") as stream:
+            _send(conn, {"busy": False})
             request = _read(stream)
             if request is None:
                 return
-            _send(conn, {"busy": False})
             cancel = threading.Event()
             threading.Thread(target=_watch, args=(conn, cancel), daemon=True).start()
             answer = _run(request, cancel)
