@@ -258,6 +258,7 @@ def _run(request: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
     """Run one job in its working directory, its log lines appended to its log file."""
     os.chdir(request["cwd"])
     _served.append(request["job"])
+    t0, answer = time.monotonic(), {"ok": True}
     with _logging_to(request["log"]):
         log.info("%s: run by resident process %d (its job %d)", request["job"], os.getpid(), len(_served))
         try:
@@ -266,8 +267,10 @@ def _run(request: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
             extra = {k: v for k, v in (("started", request["started"]), ("cancel", cancel)) if k in known}
             function(**request["kwargs"], **extra)
         except BaseException as e:  # noqa: BLE001 (the job's error goes back to the job, the process goes on)
-            return {"ok": False, "error": str(e) or type(e).__name__, "traceback": traceback.format_exc()}
-    return {"ok": True}
+            answer = {"ok": False, "error": str(e) or type(e).__name__, "traceback": traceback.format_exc()}
+    outcome = "done" if answer["ok"] else f"failed: {answer['error']}"  # in this process's own log only
+    log.info("job %d (%s) %s in %.1f s", len(_served), request["job"], outcome, time.monotonic() - t0)
+    return answer
 
 
 @contextlib.contextmanager
