@@ -199,7 +199,11 @@ def serve(path: Path, idle_seconds: float) -> None:
     logging.basicConfig(level=logging.INFO, format=layout.LOG_FORMAT, force=True)
     logging.captureWarnings(True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(path))
+    umask = os.umask(0o077)  # only this user may connect (and so hand it jobs)
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(umask)
     listener.listen(16)
     listener.settimeout(1.0)
     mine = path.stat().st_ino
