@@ -8,6 +8,8 @@ process mid-encode: tests/test_kills.py.
 from __future__ import annotations
 
 import re
+import stat
+import tempfile
 import threading
 from pathlib import Path
 
@@ -15,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import simple_shard
 
-from neucodec_workflow.workflow.resident import ResidentJobError, run_job
+from neucodec_workflow.workflow.resident import ResidentJobError, process_key, run_job
 
 RUN_BY = re.compile(r"encode_shard: run by resident process (\d+) \(its job (\d+)\)")
 IDLE = 20.0  # seconds: the processes these tests start leave soon after
@@ -57,6 +59,8 @@ def test_jobs_share_one_resident_process_and_write_what_their_own_process_would(
     assert all(runs), "each job's log names the resident process that ran it"
     (pid0, n0), (pid1, n1) = (r.groups() for r in runs)
     assert pid0 == pid1 and int(n1) == int(n0) + 1, "the second job ran in the first one's process"
+    sockets = list(Path(tempfile.gettempdir()).glob(f"neucodec-resident-{process_key()}-*.sock"))
+    assert sockets and all(stat.S_IMODE(s.stat().st_mode) & 0o077 == 0 for s in sockets), "only this user connects"
     for i in range(2):  # the same tokens as a job that loads the model in its own process
         here, log = encode(corpus, f"s{i}", random_ckpt, 0)
         assert "run by resident process" not in log

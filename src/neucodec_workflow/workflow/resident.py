@@ -262,7 +262,8 @@ def _run(request: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
     """Run one job in its working directory, its log lines appended to its log file."""
     os.chdir(request["cwd"])
     _served.append(request["job"])
-    t0, answer = time.monotonic(), {"ok": True}
+    t0 = time.monotonic()
+    answer: dict[str, Any] = {"ok": True}
     with _logging_to(request["log"]):
         log.info("%s: run by resident process %d (its job %d)", request["job"], os.getpid(), len(_served))
         try:
