@@ -1,5 +1,6 @@
 # Helpers shared by the rules: config validation, shard discovery, paths (local or S3 through the storage plugin).
 import atexit
+import datetime
 import os
 import sys
 from pathlib import Path
@@ -235,7 +236,16 @@ def failed_encodes():
     them. Empty otherwise: the final steps wait for every shard."""
     if JOB_SHARDS is not None or not KEEP_GOING:
         return {}
-    return plan.failed_encodes(ENCODE_LOGS, lambda s: s not in SHARDS or _mtime(shard_path(s, TOKENS)) is not None)
+    return plan.failed_encodes(ENCODE_LOGS, _note_outdated)
+
+
+def _note_outdated(note):
+    """A failure note no longer holds: its shard is gone or encoded, or its tar or metadata changed since (repaired)."""
+    shard = note["shard"]
+    if shard not in SHARDS or _mtime(shard_path(shard, TOKENS)) is not None:
+        return True
+    failed_at = datetime.datetime.fromisoformat(note["time"]).timestamp()
+    return max(_mtime(shard_path(shard, name)) or 0 for name in (TAR, METADATA)) > failed_at
 
 
 FAILED_ENCODES = failed_encodes()

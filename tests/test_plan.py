@@ -115,11 +115,11 @@ def test_failure_notes_name_the_shards_left_out_under_keep_going(tmp_path):
         with failure_note(note_of("en/s0"), "en/s0"):
             raise ValueError("no id column")
     (tmp_path / layout.ENCODE_LOGS / "junk.failed.json").write_text("{not json")
-    notes = failed_encodes(tmp_path / layout.ENCODE_LOGS, done=lambda s: s == "en/s0")
+    notes = failed_encodes(tmp_path / layout.ENCODE_LOGS, done=lambda note: note["shard"] == "en/s0")
     assert list(notes) == ["fr/s2"] and notes["fr/s2"]["stage"] == "encode"
     assert notes["fr/s2"]["error"] == "RuntimeError: shard fr/s2: cannot read audio.tar"
     with failure_note(note_of("fr/s2"), "fr/s2"):
         pass  # encoded this time
-    assert not note_of("fr/s2").exists() and failed_encodes(tmp_path / layout.ENCODE_LOGS, lambda s: False) == {
+    assert not note_of("fr/s2").exists() and failed_encodes(tmp_path / layout.ENCODE_LOGS, lambda note: False) == {
         "en/s0": json.loads(note_of("en/s0").read_text())
     }

@@ -157,15 +157,16 @@ def failure_note(path: str | Path, shard: str) -> Iterator[None]:
     note.unlink(missing_ok=True)
 
 
-def failed_encodes(logs: str | Path, done: Callable[[str], bool]) -> dict[str, dict[str, Any]]:
-    """shard -> failure note, for the notes under ``logs`` (one walk) whose shard is not ``done`` (its token file
-    exists: a later run made it)."""
+def failed_encodes(logs: str | Path, done: Callable[[dict[str, Any]], bool]) -> dict[str, dict[str, Any]]:
+    """shard -> failure note, for the notes under ``logs`` (one walk) that still hold: not ``done(note)`` (its
+    shard's token file exists, a later run made it; or its inputs changed after the note, so the shard is tried
+    afresh and the final steps wait for it)."""
     notes = {}
     for folder, _, files in os.walk(logs):
         for name in files:
             if name.endswith(layout.FAILURE_NOTE):
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # a note half-written or not ours
                     note = json.loads(Path(folder, name).read_text())
-                    if not done(note["shard"]):
+                    if not done(note):
                         notes[note["shard"]] = note
     return dict(sorted(notes.items()))

@@ -11,8 +11,8 @@ An encode job spends ~8 s importing torch and transformers and loading the model
   once (one per GPU on a multi-GPU box), each claiming its GPU once (engine/device.py).
 - **Lifetime.** The first job that finds no process in a slot starts one (under a lock per slot), in its own session,
   so killing Snakemake's process group leaves it alone; it exits after ``idle_seconds`` without a job
-  (``encode.keep_loaded_seconds``; 0: every job loads the model in its own process, as before). Under SLURM it is
-  also part of its allocation and ends with it.
+  (``encode.keep_loaded_seconds``; 0: every job loads the model in its own process, as before). Not yet inside
+  SLURM jobs: there each job still runs in its own process (``run_job``).
 - **Never the wrong process.** Sockets are named by what shapes a job: the Python, this package's sources (a newer
   file, a new process), the environment (S3 settings, threads, ...) less SLURM's per-step variables, the user, and
   SLURM's allocation. A changed checkout or setting never meets an old process.
@@ -69,8 +69,10 @@ class ResidentJobError(RuntimeError):
 
 
 def run_job(name: str, kwargs: dict[str, Any], *, idle_seconds: float, log_file: str | None) -> None:
-    """Run job ``name`` (``JOBS``) with ``kwargs``: in a resident process when ``idle_seconds`` > 0, else here."""
-    if idle_seconds <= 0:
+    """Run job ``name`` (``JOBS``) with ``kwargs``: in a resident process when ``idle_seconds`` > 0, else here.
+    Inside a SLURM job always here: a resident process there is not yet validated against the cluster tests (a
+    temporary file left in a job's node-local scratch, 2026-12-08), so cluster jobs keep one process each."""
+    if idle_seconds <= 0 or os.environ.get("SLURM_JOB_ID"):
         _job_function(name)(**kwargs)
         return
     request = {
