@@ -14,8 +14,8 @@ An encode job spends ~8 s importing torch and transformers and loading the model
   (``encode.keep_loaded_seconds``; 0: every job loads the model in its own process, as before). Not yet inside
   SLURM jobs: there each job still runs in its own process (``run_job``).
 - **Never the wrong process.** Sockets are named by what shapes a job: the Python, this package's sources (a newer
-  file, a new process), the environment (S3 settings, threads, ...) less SLURM's per-step variables, the user, and
-  SLURM's allocation. A changed checkout or setting never meets an old process.
+  file, a new process), the environment (S3 settings, threads, ...) and the user. A changed checkout or setting
+  never meets an old process.
 - **Kills and crashes.** A killed job closes its connection: its work stops at the next clip, its temporary file is
   removed as on any error. A resident process that dies fails the jobs it was running (the error says so); the next
   job starts a new one.
@@ -56,8 +56,6 @@ JOBS = {
 SLOTS = 64  # resident processes per key at most: encode jobs running at once on one node
 START_SECONDS = 600.0  # how long a job waits for the process it started to listen
 _PACKAGE = Path(__file__).resolve().parents[1]
-_PER_STEP = "SLURM_"  # SLURM's variables differ between the steps of one allocation: only its id counts
-_KEPT = ("SLURM_JOB_ID",)
 # what differs between jobs without shaping them: the shell's directories (a job runs in the directory it sends),
 # pytest's current test
 _VOLATILE = {"PWD", "OLDPWD", "SHLVL", "_", "PYTEST_CURRENT_TEST"}
@@ -102,9 +100,7 @@ def job_started() -> float:
 
 def process_key() -> str:
     """What a resident process must share with the jobs it runs, hashed: Python, package sources, environment."""
-    env = sorted(
-        (k, v) for k, v in os.environ.items() if k not in _VOLATILE and (k in _KEPT or not k.startswith(_PER_STEP))
-    )
+    env = sorted((k, v) for k, v in os.environ.items() if k not in _VOLATILE)
     newest = max(p.stat().st_mtime_ns for p in _PACKAGE.rglob("*.py"))
     what = [sys.executable, str(_PACKAGE), newest, env, os.getuid()]
     return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:16]
